@@ -1,0 +1,86 @@
+// Package chain holds what every chained plugin does with the result handed
+// to it by the plugin before it: decode prevResult into the current result
+// type, pick the container's addresses, and print a result in the version
+// the configuration asked for.
+package chain
+
+import (
+	"net"
+	"net/netip"
+
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
+
+	"github.com/cnichain/plugins/pkg/cnierr"
+)
+
+// PrevResult decodes conf.RawPrevResult (any cniVersion from 0.1.0 on) into
+// a current result. It returns (nil, nil) when there is no prevResult, so
+// that DEL, which must succeed without one, can decide what that means.
+func PrevResult(conf *types.PluginConf) (*current.Result, error) {
+	if conf.RawPrevResult == nil {
+		return nil, nil
+	}
+	if err := version.ParsePrevResult(conf); err != nil {
+		return nil, cnierr.Decode("prevResult", err)
+	}
+	res, err := current.NewResultFromResult(conf.PrevResult)
+	if err != nil {
+		return nil, cnierr.Decode("prevResult", err)
+	}
+	return res, nil
+}
+
+// ContainerIPs returns the addresses of prevResult that belong to an
+// interface inside the container's netns (the one with a "sandbox"), or, when
+// the previous plugin did not say which interface an address is on, all of
+// them. The reference macvlan lists only its container interface, bridge lists
+// host interfaces too: both end up right.
+func ContainerIPs(res *current.Result) []netip.Prefix {
+	var out []netip.Prefix
+	for _, ipc := range res.IPs {
+		if ipc.Interface != nil {
+			i := *ipc.Interface
+			if i >= 0 && i < len(res.Interfaces) && res.Interfaces[i].Sandbox == "" {
+				continue
+			}
+		}
+		p, ok := Prefix(ipc.Address)
+		if !ok {
+			continue
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+// Prefix converts a result's address (IP with host bits, and mask) to a
+// netip.Prefix, unmapping IPv4 addresses stored in 16 bytes.
+func Prefix(ipn net.IPNet) (netip.Prefix, bool) {
+	addr, ok := netip.AddrFromSlice(ipn.IP)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	ones, bits := ipn.Mask.Size()
+	if bits == 0 {
+		return netip.Prefix{}, false
+	}
+	addr = addr.Unmap()
+	if addr.Is4() && bits == 128 {
+		ones -= 96
+	}
+	if ones < 0 {
+		return netip.Prefix{}, false
+	}
+	return netip.PrefixFrom(addr, ones), true
+}
+
+// Print writes res to stdout converted to cniVersion, the only thing a
+// plugin may print there.
+func Print(res types.Result, cniVersion string) error {
+	if err := types.PrintResult(res, cniVersion); err != nil {
+		return cnierr.IncompatibleVersion(cniVersion, "cannot express the result: "+err.Error())
+	}
+	return nil
+}

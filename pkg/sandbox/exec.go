@@ -1,0 +1,50 @@
+package sandbox
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"net/netip"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+)
+
+// Run runs a command inside netns and returns its combined output. The
+// command inherits the namespace from the locked OS thread that starts it.
+func Run(netns ns.NetNS, env []string, name string, args ...string) (string, error) {
+	var out bytes.Buffer
+	err := netns.Do(func(ns.NetNS) error {
+		cmd := exec.Command(name, args...)
+		cmd.Env = env
+		cmd.Stdout, cmd.Stderr = &out, &out
+		return cmd.Run()
+	})
+	if err != nil {
+		return out.String(), fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, out.String())
+	}
+	return out.String(), nil
+}
+
+// MustRun is Run that fails the test on error.
+func MustRun(t testing.TB, netns ns.NetNS, name string, args ...string) string {
+	t.Helper()
+	out, err := Run(netns, nil, name, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// Ping sends a few echo requests from netns to dst and reports whether any
+// came back.
+func Ping(netns ns.NetNS, dst netip.Addr) error {
+	_, err := Run(netns, nil, "ping", "-c", "2", "-i", "0.2", "-W", "1", dst.String())
+	return err
+}
+
+func ipNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}

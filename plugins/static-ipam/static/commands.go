@@ -1,0 +1,50 @@
+package static
+
+import (
+	"encoding/json"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/cnichain/plugins/pkg/chain"
+	"github.com/cnichain/plugins/pkg/cnierr"
+)
+
+// Add prints the result for the attachment's addresses, routes and DNS.
+func Add(args *skel.CmdArgs) error {
+	cfg, err := Parse(args.StdinData, args.Args)
+	if err != nil {
+		return err
+	}
+	return chain.Print(Result(cfg), cfg.CNIVersion)
+}
+
+// Del succeeds always: a static IPAM holds nothing to release.
+func Del(*skel.CmdArgs) error { return nil }
+
+// GC succeeds always, for the same reason as Del.
+func GC(*skel.CmdArgs) error { return nil }
+
+// Status reports ready: static-ipam depends on nothing outside its input.
+func Status(*skel.CmdArgs) error { return nil }
+
+// Check verifies that the result of ADD (prevResult) still carries every
+// address this configuration hands out, with its gateway, and every route.
+func Check(args *skel.CmdArgs) error {
+	cfg, err := Parse(args.StdinData, args.Args)
+	if err != nil {
+		return err
+	}
+	var conf types.PluginConf
+	if err := json.Unmarshal(args.StdinData, &conf); err != nil {
+		return cnierr.Decode("network configuration", err)
+	}
+	prev, err := chain.PrevResult(&conf)
+	if err != nil {
+		return err
+	}
+	if prev == nil {
+		return cnierr.MissingConfig("prevResult", "CHECK compares against the result of ADD")
+	}
+	return Verify(cfg, prev)
+}
