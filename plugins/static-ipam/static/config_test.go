@@ -61,8 +61,8 @@ func TestParseSourcesAndPrecedence(t *testing.T) {
 			args: "IP=10.1.0.5/16", wantSource: sourceCapability, want: "10.3.0.5/24 invalid IP",
 		},
 		{
-			name:  "a per-pod address keeps the gateway of the configured subnet (plugins#406)",
-			stdin: conf("1.0.0", dockinIPAM, `"runtimeConfig":{"ips":["192.168.0.77/24"]}`),
+			name:       "a per-pod address keeps the gateway of the configured subnet (plugins#406)",
+			stdin:      conf("1.0.0", dockinIPAM, `"runtimeConfig":{"ips":["192.168.0.77/24"]}`),
 			wantSource: sourceCapability, want: "192.168.0.77/24 192.168.0.254",
 		},
 		{
