@@ -1,0 +1,90 @@
+package chain
+
+import (
+	"encoding/json"
+	"errors"
+	"net"
+	"strings"
+	"testing"
+
+	"github.com/containernetworking/cni/pkg/types"
+)
+
+func TestPrevResultAndContainerIPs(t *testing.T) {
+	tests := []struct {
+		name string
+		conf string
+		want string
+	}{
+		{
+			name: "bridge lists host interfaces too; only the sandbox one counts",
+			conf: `{"cniVersion":"1.0.0","name":"n","prevResult":{"cniVersion":"1.0.0",
+				"interfaces":[{"name":"cni0"},{"name":"veth1"},{"name":"eth0","sandbox":"/var/run/netns/p"}],
+				"ips":[{"address":"10.244.10.1/24","interface":0},{"address":"10.244.10.7/24","interface":2},{"address":"fd00::7/64","interface":2}]}}`,
+			want: "10.244.10.7/24 fd00::7/64",
+		},
+		{
+			name: "addresses without an interface index all count",
+			conf: `{"cniVersion":"0.3.0","name":"n","prevResult":{"cniVersion":"0.3.0","ips":[{"version":"4","address":"192.168.1.2/16"}]}}`,
+			want: "192.168.1.2/16",
+		},
+		{
+			name: "a 0.2.0 result converts",
+			conf: `{"cniVersion":"0.2.0","name":"n","prevResult":{"cniVersion":"0.2.0","ip4":{"ip":"192.168.2.7/24"}}}`,
+			want: "192.168.2.7/24",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var conf types.PluginConf
+			if err := json.Unmarshal([]byte(tt.conf), &conf); err != nil {
+				t.Fatal(err)
+			}
+			res, err := PrevResult(&conf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, p := range ContainerIPs(res) {
+				got = append(got, p.String())
+			}
+			if strings.Join(got, " ") != tt.want {
+				t.Fatalf("ContainerIPs = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestPrevResultAbsentOrBroken(t *testing.T) {
+	res, err := PrevResult(&types.PluginConf{CNIVersion: "1.0.0"})
+	if res != nil || err != nil {
+		t.Fatalf("no prevResult: got %v, %v; want nil, nil", res, err)
+	}
+	var conf types.PluginConf
+	_ = json.Unmarshal([]byte(`{"cniVersion":"1.0.0","prevResult":{"ips":"nope"}}`), &conf)
+	_, err = PrevResult(&conf)
+	var cniErr *types.Error
+	if !errors.As(err, &cniErr) || cniErr.Code != types.ErrDecodingFailure || !strings.Contains(cniErr.Msg, "prevResult") {
+		t.Fatalf("broken prevResult: err = %v, want a code-6 error naming prevResult", err)
+	}
+}
+
+func TestPrefix(t *testing.T) {
+	tests := []struct {
+		in   net.IPNet
+		want string
+		ok   bool
+	}{
+		{net.IPNet{IP: net.ParseIP("10.0.0.7"), Mask: net.CIDRMask(24, 32)}, "10.0.0.7/24", true},
+		{net.IPNet{IP: net.ParseIP("10.0.0.7"), Mask: net.CIDRMask(120, 128)}, "10.0.0.7/24", true},
+		{net.IPNet{IP: net.ParseIP("fd00::7"), Mask: net.CIDRMask(64, 128)}, "fd00::7/64", true},
+		{net.IPNet{IP: net.ParseIP("10.0.0.7"), Mask: net.IPMask{255, 0, 255, 0}}, "", false},
+		{net.IPNet{}, "", false},
+	}
+	for _, tt := range tests {
+		got, ok := Prefix(tt.in)
+		if ok != tt.ok || (ok && got.String() != tt.want) {
+			t.Errorf("Prefix(%v) = %v, %v; want %s, %v", tt.in, got, ok, tt.want, tt.ok)
+		}
+	}
+}
