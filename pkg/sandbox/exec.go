@@ -38,6 +38,17 @@ func MustRun(t testing.TB, netns ns.NetNS, name string, args ...string) string {
 	return out
 }
 
+// MustRunHere runs a command in the namespace of the calling goroutine's
+// thread (inside a netns.Do) and fails the test on error.
+func MustRunHere(t testing.TB, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v: %s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
 // Ping sends a few echo requests from netns to dst and reports whether any
 // came back.
 func Ping(netns ns.NetNS, dst netip.Addr) error {

@@ -1,0 +1,117 @@
+// Package attachstate keeps small per-attachment records on disk, so that
+// DEL and GC can undo exactly what an ADD did even when the request no
+// longer carries what the ADD was given (no prevResult, no portMappings),
+// or the plugin that did the ADD crashed.
+//
+// A record is one JSON file, written to a temporary name and renamed into
+// place, so a reader sees the old record or the new one, never half of one.
+package attachstate
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/containernetworking/cni/pkg/types"
+)
+
+// Key names one attachment: a container's interface on a network.
+type Key struct {
+	Network     string `json:"network"`
+	ContainerID string `json:"containerID"`
+	IfName      string `json:"ifName"`
+}
+
+// ID is a short, fixed-length, filesystem- and iptables-safe digest of the
+// key. The fields are joined with NUL, which none of them may contain, so
+// distinct keys never collide by concatenation.
+func (k Key) ID() string {
+	sum := sha256.Sum256([]byte(k.Network + "\x00" + k.ContainerID + "\x00" + k.IfName))
+	return hex.EncodeToString(sum[:])
+}
+
+// In reports whether k is one of the attachments a GC request names as valid.
+func (k Key) In(valid []types.GCAttachment) bool {
+	for _, v := range valid {
+		if v.ContainerID == k.ContainerID && v.IfName == k.IfName {
+			return true
+		}
+	}
+	return false
+}
+
+// Store is a directory of records.
+type Store struct{ Dir string }
+
+// Save writes v as the record called name, replacing any earlier one.
+func (s Store) Save(name string, v any) error {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(s.Dir, ".tmp-"+name+"-")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name()) // after a successful rename this is a no-op
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), filepath.Join(s.Dir, name))
+}
+
+// Load reads the record called name into v; found is false when there is none.
+func (s Store) Load(name string, v any) (found bool, err error) {
+	data, err := os.ReadFile(filepath.Join(s.Dir, name))
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	if err := json.Unmarshal(data, v); err != nil {
+		return false, fmt.Errorf("state record %s: %w", filepath.Join(s.Dir, name), err)
+	}
+	return true, nil
+}
+
+// Delete removes the record called name; a missing record is not an error.
+func (s Store) Delete(name string) error {
+	err := os.Remove(filepath.Join(s.Dir, name))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	return err
+}
+
+// Names lists the records, skipping half-written temporaries. A missing
+// directory holds no records.
+func (s Store) Names() ([]string, error) {
+	entries, err := os.ReadDir(s.Dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, e := range entries {
+		if !e.IsDir() && !strings.HasPrefix(e.Name(), ".tmp-") {
+			names = append(names, e.Name())
+		}
+	}
+	return names, nil
+}

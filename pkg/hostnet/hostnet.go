@@ -1,0 +1,205 @@
+// Package hostnet changes the node's own network namespace on behalf of a
+// chained plugin: it ensures a bridge-mode macvlan sub-device of an uplink
+// and adds and removes host routes through it, all idempotently.
+//
+// Dumps go through plugins/pkg/netlinksafe, which retries dumps the kernel
+// interrupted because the table changed meanwhile (busy nodes do that).
+package hostnet
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"syscall"
+
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// RouteProtocol marks the host routes we add ("proto 197" in `ip route`), so
+// that they can be told from anyone else's and swept by GC even if their
+// state record is lost. Values from 5 to 255 are free for routing daemons; no
+// well-known one uses this.
+const RouteProtocol netlink.RouteProtocol = 197
+
+// ErrNoMaster means the uplink named as master does not exist.
+var ErrNoMaster = errors.New("no such link")
+
+// ConflictError means a link has the sub-device's name but is something
+// else; we never take over a link we did not make.
+type ConflictError struct {
+	Name, Reason string
+}
+
+func (e *ConflictError) Error() string {
+	return fmt.Sprintf("link %q exists but %s", e.Name, e.Reason)
+}
+
+// Master returns the uplink called name, or an error wrapping ErrNoMaster.
+func Master(name string) (netlink.Link, error) {
+	link, err := netlinksafe.LinkByName(name)
+	if err != nil {
+		var notFound netlink.LinkNotFoundError
+		if errors.As(err, &notFound) {
+			return nil, fmt.Errorf("%w %q", ErrNoMaster, name)
+		}
+		return nil, err
+	}
+	return link, nil
+}
+
+// EnsureMacvlanBridge returns the bridge-mode macvlan sub-device name of
+// master, up, creating it when missing. Concurrent callers may race to
+// create it: the loser's EEXIST is success when the link that won is right.
+func EnsureMacvlanBridge(name, master string, mtu int) (netlink.Link, error) {
+	parent, err := Master(master)
+	if err != nil {
+		return nil, err
+	}
+	link, err := macvlanBridge(name, parent)
+	if err == nil {
+		return link, upIfDown(link)
+	}
+	var notFound netlink.LinkNotFoundError
+	if !errors.As(err, &notFound) {
+		return nil, err
+	}
+	attrs := netlink.NewLinkAttrs()
+	attrs.Name, attrs.ParentIndex, attrs.MTU = name, parent.Attrs().Index, mtu
+	if err := netlink.LinkAdd(&netlink.Macvlan{LinkAttrs: attrs, Mode: netlink.MACVLAN_MODE_BRIDGE}); err != nil && !errors.Is(err, syscall.EEXIST) {
+		return nil, fmt.Errorf("create macvlan %q on %q: %w", name, master, err)
+	}
+	if link, err = macvlanBridge(name, parent); err != nil {
+		return nil, err
+	}
+	return link, upIfDown(link)
+}
+
+// MacvlanBridge returns the existing sub-device name of master, checking
+// that it is a bridge-mode macvlan of that master.
+func MacvlanBridge(name, master string) (netlink.Link, error) {
+	parent, err := Master(master)
+	if err != nil {
+		return nil, err
+	}
+	return macvlanBridge(name, parent)
+}
+
+func macvlanBridge(name string, parent netlink.Link) (netlink.Link, error) {
+	link, err := netlinksafe.LinkByName(name)
+	if err != nil {
+		return nil, err
+	}
+	mv, ok := link.(*netlink.Macvlan)
+	switch {
+	case !ok:
+		return nil, &ConflictError{name, "is a " + link.Type() + ", not a macvlan"}
+	case mv.ParentIndex != parent.Attrs().Index:
+		return nil, &ConflictError{name, fmt.Sprintf("is a macvlan of another link (index %d), not of %q", mv.ParentIndex, parent.Attrs().Name)}
+	case mv.Mode != netlink.MACVLAN_MODE_BRIDGE:
+		return nil, &ConflictError{name, "is a macvlan not in bridge mode"}
+	}
+	return link, nil
+}
+
+func upIfDown(link netlink.Link) error {
+	if link.Attrs().Flags&net.FlagUp != 0 {
+		return nil
+	}
+	return netlink.LinkSetUp(link)
+}
+
+// EnsureAddress puts addr on link as a host address (/32 or /128, no prefix
+// route, no DAD), so that the node answers ARP and NDP for it on link.
+func EnsureAddress(link netlink.Link, addr netip.Addr) error {
+	a := &netlink.Addr{IPNet: hostNet(addr), Flags: unix.IFA_F_NODAD | unix.IFA_F_NOPREFIXROUTE}
+	if err := netlink.AddrAdd(link, a); err != nil && !errors.Is(err, syscall.EEXIST) {
+		return fmt.Errorf("add address %s to %q: %w", addr, link.Attrs().Name, err)
+	}
+	return nil
+}
+
+// HostRoute is the scope-link route to the single address ip through link.
+func HostRoute(linkIndex int, ip netip.Addr) *netlink.Route {
+	return &netlink.Route{LinkIndex: linkIndex, Dst: hostNet(ip), Scope: netlink.SCOPE_LINK, Protocol: RouteProtocol}
+}
+
+// AddHostRoute adds the route to ip through link. A route that is already
+// there through link is success; one through another link is an error, not
+// something to overwrite.
+func AddHostRoute(link netlink.Link, ip netip.Addr) error {
+	err := netlink.RouteAdd(HostRoute(link.Attrs().Index, ip))
+	if err == nil || !errors.Is(err, syscall.EEXIST) {
+		return err
+	}
+	routes, lerr := routesTo(ip)
+	if lerr != nil {
+		return lerr
+	}
+	for _, r := range routes {
+		if r.LinkIndex == link.Attrs().Index {
+			return nil
+		}
+	}
+	return fmt.Errorf("route to %s exists through another link: %w", ip, err)
+}
+
+// DelHostRoute removes our route to ip through the link with index
+// linkIndex; one that is already gone is success.
+func DelHostRoute(linkIndex int, ip netip.Addr) error {
+	err := netlink.RouteDel(HostRoute(linkIndex, ip))
+	if err == nil || errors.Is(err, syscall.ESRCH) || errors.Is(err, syscall.ENODEV) {
+		return nil
+	}
+	return fmt.Errorf("delete route to %s: %w", ip, err)
+}
+
+// HasHostRoute reports whether our route to ip goes through linkIndex.
+func HasHostRoute(linkIndex int, ip netip.Addr) (bool, error) {
+	routes, err := routesTo(ip)
+	if err != nil {
+		return false, err
+	}
+	for _, r := range routes {
+		if r.LinkIndex == linkIndex && r.Protocol == RouteProtocol {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// HostRoutes lists the destinations of our routes through link.
+func HostRoutes(link netlink.Link) ([]netip.Addr, error) {
+	filter := &netlink.Route{LinkIndex: link.Attrs().Index, Protocol: RouteProtocol}
+	routes, err := netlinksafe.RouteListFiltered(netlink.FAMILY_ALL, filter, netlink.RT_FILTER_OIF|netlink.RT_FILTER_PROTOCOL)
+	if err != nil {
+		return nil, err
+	}
+	var out []netip.Addr
+	for _, r := range routes {
+		if r.Dst == nil {
+			continue
+		}
+		if ones, bits := r.Dst.Mask.Size(); ones != bits {
+			continue
+		}
+		if a, ok := netip.AddrFromSlice(r.Dst.IP); ok {
+			out = append(out, a.Unmap())
+		}
+	}
+	return out, nil
+}
+
+func routesTo(ip netip.Addr) ([]netlink.Route, error) {
+	family := netlink.FAMILY_V4
+	if ip.Is6() {
+		family = netlink.FAMILY_V6
+	}
+	return netlinksafe.RouteListFiltered(family, &netlink.Route{Dst: hostNet(ip)}, netlink.RT_FILTER_DST)
+}
+
+func hostNet(ip netip.Addr) *net.IPNet {
+	return &net.IPNet{IP: ip.AsSlice(), Mask: net.CIDRMask(ip.BitLen(), ip.BitLen())}
+}

@@ -1,0 +1,189 @@
+package hostnet
+
+import (
+	"errors"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+
+	"github.com/cnichain/plugins/pkg/sandbox"
+)
+
+// inNode runs fn in a fresh namespace holding an up uplink "eno1" (a veth:
+// some kernels here lack the dummy driver).
+func inNode(t *testing.T, fn func(t *testing.T)) {
+	t.Helper()
+	node := sandbox.NewNS(t)
+	err := node.Do(func(ns.NetNS) error {
+		attrs := netlink.NewLinkAttrs()
+		attrs.Name = "eno1"
+		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: attrs, PeerName: "peer0"}); err != nil {
+			return err
+		}
+		link, err := netlink.LinkByName("eno1")
+		if err != nil {
+			return err
+		}
+		if err := netlink.LinkSetUp(link); err != nil {
+			return err
+		}
+		fn(t)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestEnsureMacvlanBridge(t *testing.T) {
+	t.Run("creates it up, in bridge mode, with the MTU asked for", func(t *testing.T) {
+		inNode(t, func(t *testing.T) {
+			link, err := EnsureMacvlanBridge("eno1.host", "eno1", 1400)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, _ := netlink.LinkByName("eno1.host")
+			mv, ok := got.(*netlink.Macvlan)
+			if !ok || mv.Mode != netlink.MACVLAN_MODE_BRIDGE || mv.MTU != 1400 || mv.OperState == netlink.OperDown || got.Attrs().Index != link.Attrs().Index {
+				t.Fatalf("link = %+v, want an up bridge-mode macvlan with MTU 1400", got)
+			}
+		})
+	})
+	t.Run("reuses an existing one, also when many race to create it", func(t *testing.T) {
+		inNode(t, func(t *testing.T) {
+			node, err := ns.GetCurrentNS()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer node.Close()
+			var wg sync.WaitGroup
+			errs := make([]error, 8)
+			for i := range errs {
+				wg.Add(1)
+				// Each goroutine must enter the namespace itself.
+				go func() {
+					defer wg.Done()
+					errs[i] = node.Do(func(ns.NetNS) error { _, err := EnsureMacvlanBridge("eno1.host", "eno1", 0); return err })
+				}()
+			}
+			wg.Wait()
+			for _, err := range errs {
+				if err != nil {
+					t.Fatalf("concurrent EnsureMacvlanBridge: %v", err)
+				}
+			}
+			links, _ := netlink.LinkList()
+			n := 0
+			for _, l := range links {
+				if l.Attrs().Name == "eno1.host" {
+					n++
+				}
+			}
+			if n != 1 {
+				t.Fatalf("%d links named eno1.host, want 1", n)
+			}
+		})
+	})
+	t.Run("refuses to take over a link of that name that is something else", func(t *testing.T) {
+		inNode(t, func(t *testing.T) {
+			attrs := netlink.NewLinkAttrs()
+			attrs.Name = "eno1.host"
+			if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: attrs, PeerName: "peer1"}); err != nil {
+				t.Fatal(err)
+			}
+			_, err := EnsureMacvlanBridge("eno1.host", "eno1", 0)
+			var conflict *ConflictError
+			if !errors.As(err, &conflict) || !strings.Contains(err.Error(), "is a veth, not a macvlan") {
+				t.Fatalf("err = %v, want a conflict naming the veth", err)
+			}
+		})
+	})
+	t.Run("refuses a macvlan in another mode", func(t *testing.T) {
+		inNode(t, func(t *testing.T) {
+			master, _ := netlink.LinkByName("eno1")
+			attrs := netlink.NewLinkAttrs()
+			attrs.Name, attrs.ParentIndex = "eno1.host", master.Attrs().Index
+			if err := netlink.LinkAdd(&netlink.Macvlan{LinkAttrs: attrs, Mode: netlink.MACVLAN_MODE_VEPA}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := EnsureMacvlanBridge("eno1.host", "eno1", 0); err == nil || !strings.Contains(err.Error(), "not in bridge mode") {
+				t.Fatalf("err = %v, want a conflict about the mode", err)
+			}
+		})
+	})
+	t.Run("a missing master is ErrNoMaster", func(t *testing.T) {
+		inNode(t, func(t *testing.T) {
+			if _, err := EnsureMacvlanBridge("eno9.host", "eno9", 0); !errors.Is(err, ErrNoMaster) {
+				t.Fatalf("err = %v, want ErrNoMaster", err)
+			}
+		})
+	})
+}
+
+func TestHostRoutes(t *testing.T) {
+	for _, ip := range []string{"192.168.1.20", "fd00:c0a8::20"} {
+		t.Run(ip, func(t *testing.T) {
+			inNode(t, func(t *testing.T) {
+				addr := netip.MustParseAddr(ip)
+				link, err := EnsureMacvlanBridge("eno1.host", "eno1", 0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for i := 0; i < 2; i++ {
+					if err := AddHostRoute(link, addr); err != nil {
+						t.Fatalf("AddHostRoute #%d: %v", i+1, err)
+					}
+				}
+				if ok, err := HasHostRoute(link.Attrs().Index, addr); !ok || err != nil {
+					t.Fatalf("HasHostRoute = %v, %v", ok, err)
+				}
+				if got, _ := HostRoutes(link); len(got) != 1 || got[0] != addr {
+					t.Fatalf("HostRoutes = %v, want [%s]", got, addr)
+				}
+				out := sandbox.MustRunHere(t, "ip", "route", "show", "table", "all", "proto", "197")
+				if !strings.Contains(out, ip+" dev eno1.host") {
+					t.Fatalf("kernel routes:\n%s\nwant %s dev eno1.host", out, ip)
+				}
+				for i := 0; i < 2; i++ {
+					if err := DelHostRoute(link.Attrs().Index, addr); err != nil {
+						t.Fatalf("DelHostRoute #%d: %v", i+1, err)
+					}
+				}
+				if got, _ := HostRoutes(link); len(got) != 0 {
+					t.Fatalf("HostRoutes after delete = %v", got)
+				}
+			})
+		})
+	}
+	t.Run("a route to the address through another link is not overwritten", func(t *testing.T) {
+		inNode(t, func(t *testing.T) {
+			link, _ := EnsureMacvlanBridge("eno1.host", "eno1", 0)
+			master, _ := netlink.LinkByName("eno1")
+			addr := netip.MustParseAddr("192.168.1.30")
+			if err := netlink.RouteAdd(HostRoute(master.Attrs().Index, addr)); err != nil {
+				t.Fatal(err)
+			}
+			if err := AddHostRoute(link, addr); err == nil || !strings.Contains(err.Error(), "through another link") {
+				t.Fatalf("err = %v, want a refusal", err)
+			}
+		})
+	})
+	t.Run("a host address goes on without a prefix route", func(t *testing.T) {
+		inNode(t, func(t *testing.T) {
+			link, _ := EnsureMacvlanBridge("eno1.host", "eno1", 0)
+			for i := 0; i < 2; i++ {
+				if err := EnsureAddress(link, netip.MustParseAddr("fd00:c0a8::5")); err != nil {
+					t.Fatal(err)
+				}
+			}
+			out := sandbox.MustRunHere(t, "ip", "-6", "addr", "show", "dev", "eno1.host")
+			if !strings.Contains(out, "fd00:c0a8::5/128") || !strings.Contains(out, "noprefixroute") {
+				t.Fatalf("addresses:\n%s", out)
+			}
+		})
+	})
+}
