@@ -54,3 +54,11 @@ func Internal(what string, err error) *types.Error {
 func describe(field string, value any, reason string) string {
 	return fmt.Sprintf("%s %q: %s", field, fmt.Sprint(value), reason)
 }
+
+// CodeUnavailable is the spec's STATUS code 50: the plugin cannot service ADD.
+const CodeUnavailable uint = 50
+
+// Unavailable reports, from STATUS, what keeps ADD from working (code 50).
+func Unavailable(format string, a ...any) *types.Error {
+	return types.NewError(CodeUnavailable, fmt.Sprintf(format, a...), "")
+}

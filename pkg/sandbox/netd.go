@@ -1,6 +1,7 @@
 package sandbox
 
 import (
+	"encoding/json"
 	"path/filepath"
 	"runtime"
 	"testing"
@@ -46,3 +47,32 @@ func ListFromJSON(t testing.TB, text string) *libcni.NetworkConfigList {
 	}
 	return list
 }
+
+// Localize points the state of a list's plugins into the sandbox:
+// host-local's dataDir and our plugins' stateDir, which otherwise default to
+// the machine's /var/lib/cni. (cnitool runs get a private /var/lib/cni.)
+func (sb *Sandbox) Localize(t testing.TB, list *libcni.NetworkConfigList) *libcni.NetworkConfigList {
+	t.Helper()
+	var raw map[string]any
+	if err := json.Unmarshal(list.Bytes, &raw); err != nil {
+		t.Fatal(err)
+	}
+	plugins, _ := raw["plugins"].([]any)
+	for _, p := range plugins {
+		plugin, _ := p.(map[string]any)
+		if ipam, ok := plugin["ipam"].(map[string]any); ok && ipam["type"] == "host-local" {
+			ipam["dataDir"] = filepath.Join(sb.Dir, "host-local")
+		}
+		if typ, _ := plugin["type"].(string); ours[typ] {
+			plugin["stateDir"] = filepath.Join(sb.Dir, "state", typ)
+		}
+	}
+	text, err := json.Marshal(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ListFromJSON(t, string(text))
+}
+
+// ours are the plugins of this repository that keep state.
+var ours = map[string]bool{"macvlan-host-route": true, "portmap-lite": true, "multinic": true}

@@ -1,0 +1,272 @@
+package hostroute
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	current "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/cnichain/plugins/pkg/attachstate"
+	"github.com/cnichain/plugins/pkg/chain"
+	"github.com/cnichain/plugins/pkg/cnierr"
+	"github.com/cnichain/plugins/pkg/hostnet"
+)
+
+// owner is the record of which attachment a host route belongs to, one per
+// pod address, written before the route is added: a route of ours without
+// a record is a leak GC may remove.
+type owner struct {
+	attachstate.Key
+	Bridge string `json:"bridge"`
+}
+
+const recordPrefix = "route-"
+
+func recordName(ip netip.Addr) string { return recordPrefix + ip.String() }
+
+func recordAddr(name string) (netip.Addr, bool) {
+	s, ok := strings.CutPrefix(name, recordPrefix)
+	if !ok {
+		return netip.Addr{}, false
+	}
+	ip, err := netip.ParseAddr(s)
+	return ip, err == nil
+}
+
+func keyOf(cfg *Config, args *skel.CmdArgs) attachstate.Key {
+	return attachstate.Key{Network: cfg.Name, ContainerID: args.ContainerID, IfName: args.IfName}
+}
+
+// Add ensures the sub-device and a host route to every pod address, then
+// passes prevResult on unchanged. On failure it undoes what it did.
+func Add(args *skel.CmdArgs) (err error) {
+	cfg, err := Parse(args.StdinData)
+	if err != nil {
+		return err
+	}
+	prev, err := requirePrevResult(cfg)
+	if err != nil {
+		return err
+	}
+	targets := RouteTargets(chain.ContainerIPs(prev))
+	if len(targets) == 0 {
+		return cnierr.InvalidConfig("prevResult.ips", "[]", "no container address to route to; chain this plugin after macvlan with an IPAM")
+	}
+	link, err := hostnet.EnsureMacvlanBridge(cfg.Bridge, cfg.Master, cfg.MTU)
+	if err != nil {
+		return linkError(cfg, err)
+	}
+	for _, a := range cfg.HostAddresses {
+		if err := hostnet.EnsureAddress(link, a); err != nil {
+			return cnierr.Internal("hostAddresses", err)
+		}
+	}
+
+	store := attachstate.Store{Dir: cfg.StateDir}
+	rec := owner{Key: keyOf(cfg, args), Bridge: cfg.Bridge}
+	var done []netip.Addr
+	defer func() {
+		if err != nil {
+			for _, ip := range done {
+				_ = hostnet.DelHostRoute(link.Attrs().Index, ip)
+				_ = store.Delete(recordName(ip))
+			}
+		}
+	}()
+	for _, ip := range targets {
+		if err := store.Save(recordName(ip), rec); err != nil {
+			return cnierr.Internal("state "+cfg.StateDir, err)
+		}
+		done = append(done, ip)
+		if err := hostnet.AddHostRoute(link, ip); err != nil {
+			return cnierr.Internal(fmt.Sprintf("host route to %s via %s", ip, cfg.Bridge), err)
+		}
+	}
+	return chain.Print(prev, cfg.CNIVersion)
+}
+
+// Del removes this attachment's host routes and their records. It succeeds
+// when they, prevResult, the netns or the sub-device are gone already, and
+// leaves alone a route another attachment owns now (its address reused).
+// The sub-device stays: a concurrent ADD may be about to route through it.
+func Del(args *skel.CmdArgs) error {
+	cfg, err := Parse(args.StdinData)
+	if err != nil {
+		return err
+	}
+	key := keyOf(cfg, args)
+	store := attachstate.Store{Dir: cfg.StateDir}
+	var targets []netip.Addr
+	if prev, err := chain.PrevResult(&cfg.PluginConf); err == nil && prev != nil {
+		targets = RouteTargets(chain.ContainerIPs(prev))
+	} else if targets, err = ownedBy(store, key); err != nil {
+		return cnierr.Internal("state "+cfg.StateDir, err)
+	}
+	linkIndex := 0
+	if link, err := hostnet.MacvlanBridge(cfg.Bridge, cfg.Master); err == nil {
+		linkIndex = link.Attrs().Index
+	}
+	for _, ip := range targets {
+		var rec owner
+		found, err := store.Load(recordName(ip), &rec)
+		if err != nil {
+			return cnierr.Internal("state "+cfg.StateDir, err)
+		}
+		if found && rec.Key != key {
+			continue
+		}
+		if linkIndex != 0 {
+			if err := hostnet.DelHostRoute(linkIndex, ip); err != nil {
+				return cnierr.Internal("host route", err)
+			}
+		}
+		if err := store.Delete(recordName(ip)); err != nil {
+			return cnierr.Internal("state "+cfg.StateDir, err)
+		}
+	}
+	return nil
+}
+
+// Check fails when the sub-device is missing or wrong, or a pod address of
+// prevResult has no host route through it.
+func Check(args *skel.CmdArgs) error {
+	cfg, err := Parse(args.StdinData)
+	if err != nil {
+		return err
+	}
+	prev, err := requirePrevResult(cfg)
+	if err != nil {
+		return err
+	}
+	link, err := hostnet.MacvlanBridge(cfg.Bridge, cfg.Master)
+	if err != nil {
+		return cnierr.CheckFailed("bridge %q: %v", cfg.Bridge, err)
+	}
+	for _, ip := range RouteTargets(chain.ContainerIPs(prev)) {
+		ok, err := hostnet.HasHostRoute(link.Attrs().Index, ip)
+		if err != nil {
+			return cnierr.Internal("list routes", err)
+		}
+		if !ok {
+			return cnierr.CheckFailed("host route to %s via %q is missing", ip, cfg.Bridge)
+		}
+	}
+	return nil
+}
+
+// GC removes the routes of this network's attachments that are not in
+// cni.dev/valid-attachments, and any route of ours on the sub-device that
+// no record claims. It goes on past errors and reports them all.
+func GC(args *skel.CmdArgs) error {
+	cfg, err := Parse(args.StdinData)
+	if err != nil {
+		return err
+	}
+	link, err := hostnet.MacvlanBridge(cfg.Bridge, cfg.Master)
+	if err != nil {
+		link = nil // nothing routes through a missing sub-device; still drop stale records
+	}
+	// Routes first, records second: an ADD writes its record before its
+	// route, so every route listed here has its record by the time we read.
+	var routed []netip.Addr
+	if link != nil {
+		if routed, err = hostnet.HostRoutes(link); err != nil {
+			return cnierr.Internal("list routes", err)
+		}
+	}
+	store := attachstate.Store{Dir: cfg.StateDir}
+	names, err := store.Names()
+	if err != nil {
+		return cnierr.Internal("state "+cfg.StateDir, err)
+	}
+	var errs []error
+	claimed := map[string]bool{}
+	for _, name := range names {
+		var rec owner
+		if _, err := store.Load(name, &rec); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if rec.Network != cfg.Name || rec.Bridge != cfg.Bridge || rec.Key.In(cfg.ValidAttachments) {
+			claimed[name] = true
+			continue
+		}
+		ip, ok := recordAddr(name)
+		if !ok {
+			continue
+		}
+		if link != nil {
+			if err := hostnet.DelHostRoute(link.Attrs().Index, ip); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+		}
+		errs = append(errs, store.Delete(name))
+	}
+	for _, ip := range routed {
+		if !claimed[recordName(ip)] {
+			errs = append(errs, hostnet.DelHostRoute(link.Attrs().Index, ip))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return cnierr.Internal("gc", err)
+	}
+	return nil
+}
+
+// Status fails while the master is missing: ADD could not work.
+func Status(args *skel.CmdArgs) error {
+	cfg, err := Parse(args.StdinData)
+	if err != nil {
+		return err
+	}
+	if _, err := hostnet.Master(cfg.Master); err != nil {
+		return cnierr.Unavailable("master %q: %v", cfg.Master, err)
+	}
+	return nil
+}
+
+func requirePrevResult(cfg *Config) (*current.Result, error) {
+	prev, err := chain.PrevResult(&cfg.PluginConf)
+	if err != nil {
+		return nil, err
+	}
+	if prev == nil {
+		return nil, cnierr.MissingConfig("prevResult", "chain macvlan-host-route after macvlan, which yields the pod's addresses")
+	}
+	return prev, nil
+}
+
+// ownedBy lists the addresses whose records name key: how DEL finds its
+// routes when the runtime has lost prevResult.
+func ownedBy(store attachstate.Store, key attachstate.Key) ([]netip.Addr, error) {
+	names, err := store.Names()
+	if err != nil {
+		return nil, err
+	}
+	var out []netip.Addr
+	for _, name := range names {
+		var rec owner
+		if found, err := store.Load(name, &rec); err != nil || !found || rec.Key != key {
+			continue
+		}
+		if ip, ok := recordAddr(name); ok {
+			out = append(out, ip)
+		}
+	}
+	return out, nil
+}
+
+func linkError(cfg *Config, err error) error {
+	var conflict *hostnet.ConflictError
+	switch {
+	case errors.Is(err, hostnet.ErrNoMaster):
+		return cnierr.InvalidConfig("master", cfg.Master, "no such link in the node's network namespace")
+	case errors.As(err, &conflict):
+		return cnierr.InvalidConfig("bridge", cfg.Bridge, conflict.Reason+"; refusing to take it over")
+	}
+	return cnierr.Internal("bridge "+cfg.Bridge, err)
+}

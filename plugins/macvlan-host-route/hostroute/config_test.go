@@ -1,0 +1,122 @@
+package hostroute
+
+import (
+	"errors"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/containernetworking/cni/pkg/types"
+)
+
+func TestParse(t *testing.T) {
+	tests := []struct {
+		name     string
+		conf     string
+		want     func(*Config) string // "" when right
+		wantCode uint
+		wantMsg  string
+	}{
+		{
+			name: "the source document's config",
+			conf: `{"cniVersion":"0.4.0","name":"default","type":"macvlan-host-route","master":"eno1","bridge":"eno1.host"}`,
+			want: func(c *Config) string {
+				if c.Master != "eno1" || c.Bridge != "eno1.host" || c.StateDir != DefaultStateDir || c.MTU != 0 {
+					return "want master eno1, bridge eno1.host, default stateDir, no MTU"
+				}
+				return ""
+			},
+		},
+		{
+			name: "bridge defaults to <master>.host",
+			conf: `{"name":"n","master":"ens1f0"}`,
+			want: func(c *Config) string {
+				if c.Bridge != "ens1f0.host" {
+					return "want ens1f0.host"
+				}
+				return ""
+			},
+		},
+		{
+			name: "host addresses, mtu and stateDir",
+			conf: `{"name":"n","master":"eno1","mtu":9000,"hostAddresses":["192.168.0.5","fd00:c0a8::5"],"stateDir":"/tmp/x"}`,
+			want: func(c *Config) string {
+				if c.MTU != 9000 || c.StateDir != "/tmp/x" || len(c.HostAddresses) != 2 || c.HostAddresses[1] != netip.MustParseAddr("fd00:c0a8::5") {
+					return "want mtu 9000, two host addresses, stateDir /tmp/x"
+				}
+				return ""
+			},
+		},
+		{name: "not JSON", conf: `{`, wantCode: types.ErrDecodingFailure, wantMsg: "network configuration: cannot decode"},
+		{name: "master missing", conf: `{"name":"n"}`, wantCode: types.ErrInvalidNetworkConfig, wantMsg: "master: missing"},
+		{name: "master with a slash", conf: `{"name":"n","master":"a/b"}`, wantCode: types.ErrInvalidNetworkConfig, wantMsg: `master "a/b"`},
+		{name: "bridge too long", conf: `{"name":"n","master":"eno1","bridge":"a-very-long-name-0"}`, wantCode: types.ErrInvalidNetworkConfig, wantMsg: `bridge "a-very-long-name-0"`},
+		{name: "bridge is the master", conf: `{"name":"n","master":"eno1","bridge":"eno1"}`, wantCode: types.ErrInvalidNetworkConfig, wantMsg: `bridge "eno1": must differ from master`},
+		{name: "mtu too small", conf: `{"name":"n","master":"eno1","mtu":10}`, wantCode: types.ErrInvalidNetworkConfig, wantMsg: `mtu "10": outside 68-65535`},
+		{name: "host address not an IP", conf: `{"name":"n","master":"eno1","hostAddresses":["host"]}`, wantCode: types.ErrInvalidNetworkConfig, wantMsg: `hostAddresses[0] "host"`},
+		{name: "host address unspecified", conf: `{"name":"n","master":"eno1","hostAddresses":["0.0.0.0"]}`, wantCode: types.ErrInvalidNetworkConfig, wantMsg: `hostAddresses[0] "0.0.0.0"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := Parse([]byte(tt.conf))
+			if tt.wantMsg != "" {
+				var cniErr *types.Error
+				if !errors.As(err, &cniErr) || cniErr.Code != tt.wantCode || !strings.Contains(cniErr.Msg, tt.wantMsg) {
+					t.Fatalf("Parse error = %v, want code %d containing %q", err, tt.wantCode, tt.wantMsg)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if msg := tt.want(cfg); msg != "" {
+				t.Fatalf("%+v: %s", cfg, msg)
+			}
+		})
+	}
+}
+
+func TestDefaultBridge(t *testing.T) {
+	for master, want := range map[string]string{
+		"eno1":            "eno1.host",
+		"enp0s31f6":       "enp0s31f6.host",
+		"enp129s0f0np0":   "enp129s0f0.host",
+		"abcdefghijklmno": "abcdefghij.host",
+	} {
+		if got := DefaultBridge(master); got != want || len(got) > 15 {
+			t.Errorf("DefaultBridge(%q) = %q, want %q", master, got, want)
+		}
+	}
+}
+
+func TestRouteTargets(t *testing.T) {
+	in := []netip.Prefix{netip.MustParsePrefix("192.168.1.2/16"), netip.MustParsePrefix("fd00::2/64"), netip.MustParsePrefix("192.168.1.2/24")}
+	got := RouteTargets(in)
+	if len(got) != 2 || got[0].String() != "192.168.1.2" || got[1].String() != "fd00::2" {
+		t.Fatalf("RouteTargets = %v", got)
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add([]byte(`{"cniVersion":"0.4.0","name":"default","master":"eno1","bridge":"eno1.host"}`))
+	f.Add([]byte(`{"name":"n","master":"eno1","mtu":9000,"hostAddresses":["192.168.0.5","fd00::5"]}`))
+	f.Add([]byte(`{"name":"n","master":"eno1","prevResult":{"cniVersion":"1.0.0","ips":[{"address":"10.0.0.2/24"}]}}`))
+	f.Fuzz(func(t *testing.T, conf []byte) {
+		cfg, err := Parse(conf)
+		if err != nil {
+			var cniErr *types.Error
+			if !errors.As(err, &cniErr) || cniErr.Msg == "" {
+				t.Fatalf("Parse returned %v, not a CNI error with a message", err)
+			}
+			return
+		}
+		if cfg.Bridge == "" || len(cfg.Bridge) > 15 || cfg.Bridge == cfg.Master || cfg.StateDir == "" {
+			t.Fatalf("accepted config with bridge %q master %q stateDir %q", cfg.Bridge, cfg.Master, cfg.StateDir)
+		}
+		for _, a := range cfg.HostAddresses {
+			if !a.IsValid() || a.IsUnspecified() {
+				t.Fatalf("accepted host address %v", a)
+			}
+		}
+	})
+}
