@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 )
@@ -47,6 +48,19 @@ func MustRunHere(t testing.TB, name string, args ...string) string {
 		t.Fatalf("%s %s: %v: %s", name, strings.Join(args, " "), err, out)
 	}
 	return string(out)
+}
+
+// WaitDAD waits (up to 10s) until no IPv6 address in netns is still
+// tentative: a plugin returns before duplicate address detection ends, and
+// until then the address neither sends nor answers.
+func WaitDAD(t testing.TB, netns ns.NetNS) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if out := MustRun(t, netns, "ip", "-6", "addr", "show", "tentative"); strings.TrimSpace(out) == "" {
+			return
+		}
+	}
+	t.Fatalf("IPv6 addresses still tentative after 10s:\n%s", MustRun(t, netns, "ip", "-6", "addr"))
 }
 
 // Ping sends a few echo requests from netns to dst and reports whether any

@@ -1,0 +1,294 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/cnichain/plugins/pkg/sandbox"
+)
+
+func TestMain(m *testing.M) { sandbox.Main(m) }
+
+// macvlanOnly is the source document's chain without our plugin.
+const macvlanOnly = `{"cniVersion":"0.4.0","name":"plain","plugins":[{"type":"macvlan","master":"eno1",
+	"ipam":{"type":"static-ipam","addresses":[{"address":"192.168.1.50/16","gateway":"192.168.0.1"}]}}]}`
+
+// dualStack routes an IPv4 and an IPv6 pod address, and gives the node's
+// IPv6 address to the sub-device: NDP answers only for addresses of the
+// interface a solicitation arrives on.
+const dualStack = `{"cniVersion":"1.1.0","name":"dual","plugins":[
+	{"type":"macvlan","master":"eno1","ipam":{"type":"static-ipam","addresses":[
+		{"address":"192.168.1.60/16","gateway":"192.168.0.1"},{"address":"fd00:c0a8::60/64"}]}},
+	{"type":"macvlan-host-route","master":"eno1","hostAddresses":["fd00:c0a8::5"]}]}`
+
+func podIP(t *testing.T, res types.Result) netip.Addr {
+	t.Helper()
+	r, err := current.NewResultFromResult(res)
+	if err != nil || len(r.IPs) == 0 {
+		t.Fatalf("result %v: %v", res, err)
+	}
+	a, _ := netip.AddrFromSlice(r.IPs[0].Address.IP)
+	return a.Unmap()
+}
+
+func nodeRoutes(t *testing.T, sb *sandbox.Sandbox) string {
+	t.Helper()
+	return sandbox.MustRun(t, sb.Node, "ip", "route", "show", "table", "all") + sandbox.MustRun(t, sb.Node, "ip", "-6", "route", "show", "table", "all")
+}
+
+// TestWithoutThePluginTheNodeCannotReachThePod proves what the plugin is
+// for: with macvlan alone the node and its pod cannot talk.
+func TestWithoutThePluginTheNodeCannotReachThePod(t *testing.T) {
+	sb := sandbox.New(t)
+	rtm := sb.Runtime(t)
+	list := sandbox.ListFromJSON(t, macvlanOnly)
+	pod := sb.NewPod(t)
+	att := sandbox.Attachment(pod, "plain-1", "eth0")
+	if _, err := rtm.Add(list, att); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = rtm.Del(list, att) })
+	if err := sandbox.Ping(sb.LAN, netip.MustParseAddr("192.168.1.50")); err != nil {
+		t.Fatalf("the lan host cannot reach the pod either, so the test proves nothing: %v", err)
+	}
+	if err := sandbox.Ping(sb.Node, netip.MustParseAddr("192.168.1.50")); err == nil {
+		t.Fatal("the node reached a macvlan pod without macvlan-host-route")
+	}
+}
+
+func TestSourceDocumentChain(t *testing.T) {
+	sb := sandbox.New(t)
+	rtm := sb.Runtime(t)
+	list := sb.Localize(t, sandbox.LoadList(t, "00-default.conflist"))
+	pod := sb.NewPod(t)
+	att := sandbox.Attachment(pod, "default-1", "eth0")
+	res, err := rtm.Add(list, att)
+	if err != nil {
+		t.Fatalf("ADD: %v", err)
+	}
+	t.Cleanup(func() { _ = rtm.Del(list, att) })
+	ip := podIP(t, res)
+
+	t.Run("the result of macvlan passes through", func(t *testing.T) {
+		r, _ := current.NewResultFromResult(res)
+		if len(r.Interfaces) != 1 || r.Interfaces[0].Name != "eth0" || r.IPs[0].Address.String() != ip.String()+"/16" {
+			t.Fatalf("result = %+v", r)
+		}
+	})
+	t.Run("the node has the bridge-mode sub-device, up", func(t *testing.T) {
+		out := sandbox.MustRun(t, sb.Node, "ip", "-d", "link", "show", "eno1.host")
+		for _, want := range []string{"eno1.host@eno1", "macvlan mode bridge", "UP"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("ip link lacks %q:\n%s", want, out)
+			}
+		}
+	})
+	t.Run("the node has a scope-link host route to the pod through it", func(t *testing.T) {
+		if out := nodeRoutes(t, sb); !strings.Contains(out, ip.String()+" dev eno1.host proto 197 scope link") {
+			t.Fatalf("node routes lack %s dev eno1.host:\n%s", ip, out)
+		}
+	})
+	t.Run("node pings pod and pod pings node", func(t *testing.T) {
+		if err := sandbox.Ping(sb.Node, ip); err != nil {
+			t.Fatal(err)
+		}
+		if err := sandbox.Ping(pod, sandbox.NodeIPv4.Addr()); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("CHECK passes, and fails once the route is gone", func(t *testing.T) {
+		if err := rtm.Check(list, att); err != nil {
+			t.Fatal(err)
+		}
+		sandbox.MustRun(t, sb.Node, "ip", "route", "del", ip.String(), "dev", "eno1.host")
+		err := rtm.Check(list, att)
+		if err == nil || !strings.Contains(err.Error(), "host route to "+ip.String()+` via "eno1.host" is missing`) {
+			t.Fatalf("CHECK = %v, want it to name the missing route", err)
+		}
+		sandbox.MustRun(t, sb.Node, "ip", "route", "add", ip.String(), "dev", "eno1.host", "proto", "197", "scope", "link")
+	})
+	t.Run("DEL removes the route, keeps the sub-device, and succeeds twice", func(t *testing.T) {
+		if err := rtm.Del(list, att); err != nil {
+			t.Fatal(err)
+		}
+		if out := nodeRoutes(t, sb); strings.Contains(out, "proto 197") {
+			t.Fatalf("routes of ours remain:\n%s", out)
+		}
+		sandbox.MustRun(t, sb.Node, "ip", "link", "show", "eno1.host")
+		if err := rtm.Del(list, att); err != nil {
+			t.Fatalf("second DEL: %v", err)
+		}
+	})
+}
+
+func TestDualStack(t *testing.T) {
+	sb := sandbox.New(t)
+	rtm := sb.Runtime(t)
+	list := sb.Localize(t, sandbox.ListFromJSON(t, dualStack))
+	pod := sb.NewPod(t)
+	att := sandbox.Attachment(pod, "dual-1", "eth0")
+	if _, err := rtm.Add(list, att); err != nil {
+		t.Fatalf("ADD: %v", err)
+	}
+	t.Cleanup(func() { _ = rtm.Del(list, att) })
+	out := nodeRoutes(t, sb)
+	for _, want := range []string{"192.168.1.60 dev eno1.host", "fd00:c0a8::60 dev eno1.host"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("node routes lack %q:\n%s", want, out)
+		}
+	}
+	sandbox.WaitDAD(t, pod)
+	for _, ip := range []string{"192.168.1.60", "fd00:c0a8::60"} {
+		if err := sandbox.Ping(sb.Node, netip.MustParseAddr(ip)); err != nil {
+			t.Errorf("node -> pod %s: %v", ip, err)
+		}
+	}
+	if err := sandbox.Ping(pod, sandbox.NodeIPv6.Addr()); err != nil {
+		t.Errorf("pod -> node over IPv6: %v", err)
+	}
+	if err := rtm.Del(list, att); err != nil {
+		t.Fatal(err)
+	}
+	if out := nodeRoutes(t, sb); strings.Contains(out, "proto 197") {
+		t.Fatalf("routes of ours remain:\n%s", out)
+	}
+}
+
+func TestCnitool(t *testing.T) {
+	sb := sandbox.New(t)
+	pod := sb.NewPod(t)
+	out, err := sb.Cnitool(t, sandbox.NetD(), "add", "default", pod)
+	if err != nil {
+		t.Fatalf("cnitool add: %v", err)
+	}
+	t.Cleanup(func() { _, _ = sb.Cnitool(t, sandbox.NetD(), "del", "default", pod) })
+	if !strings.Contains(out, `"address": "192.168.1.2/16"`) {
+		t.Fatalf("cnitool add printed %s", out)
+	}
+	if routes := nodeRoutes(t, sb); !strings.Contains(routes, "192.168.1.2 dev eno1.host") {
+		t.Fatalf("node routes:\n%s", routes)
+	}
+	if err := sandbox.Ping(sb.Node, netip.MustParseAddr("192.168.1.2")); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 2; i++ {
+		if _, err := sb.Cnitool(t, sandbox.NetD(), "del", "default", pod); err != nil {
+			t.Fatalf("cnitool del #%d: %v", i+1, err)
+		}
+	}
+	if routes := nodeRoutes(t, sb); strings.Contains(routes, "proto 197") {
+		t.Fatalf("routes of ours remain:\n%s", routes)
+	}
+}
+
+// conf is our plugin's configuration, with a prevResult when ips are given.
+func conf(sb *sandbox.Sandbox, master, extra string, ips ...string) []byte {
+	prev := ""
+	if len(ips) > 0 {
+		var list []string
+		for _, ip := range ips {
+			list = append(list, fmt.Sprintf(`{"address":%q}`, ip))
+		}
+		prev = fmt.Sprintf(`,"prevResult":{"cniVersion":"1.0.0","ips":[%s]}`, strings.Join(list, ","))
+	}
+	return []byte(fmt.Sprintf(`{"cniVersion":"1.1.0","name":"direct","type":"macvlan-host-route","master":%q,"stateDir":%q%s%s}`,
+		master, sb.Dir+"/state", extra, prev))
+}
+
+func TestDelWithoutPrevResultAndGC(t *testing.T) {
+	sb := sandbox.New(t)
+	pod := sb.NewPod(t)
+	add := func(id, ip string) {
+		t.Helper()
+		if _, err := sb.Invoke(t, "macvlan-host-route", conf(sb, "eno1", "", ip+"/16"),
+			sandbox.Invocation{Command: "ADD", ContainerID: id, NetNS: pod.Path(), IfName: "eth0"}); err != nil {
+			t.Fatalf("ADD %s: %v", id, err)
+		}
+	}
+	add("a", "192.168.1.71")
+	add("b", "192.168.1.72")
+	add("c", "192.168.1.73")
+
+	t.Run("DEL without prevResult finds its route by its record", func(t *testing.T) {
+		if _, err := sb.Invoke(t, "macvlan-host-route", conf(sb, "eno1", ""),
+			sandbox.Invocation{Command: "DEL", ContainerID: "a", IfName: "eth0"}); err != nil {
+			t.Fatal(err)
+		}
+		out := nodeRoutes(t, sb)
+		if strings.Contains(out, "192.168.1.71 ") || !strings.Contains(out, "192.168.1.72 ") {
+			t.Fatalf("want only a's route gone:\n%s", out)
+		}
+	})
+	t.Run("GC removes the routes of attachments no longer valid, and leaked ones", func(t *testing.T) {
+		// A route of ours that no record claims, as a crashed plugin version might leave.
+		sandbox.MustRun(t, sb.Node, "ip", "route", "add", "192.168.1.99", "dev", "eno1.host", "proto", "197", "scope", "link")
+		gc := conf(sb, "eno1", `,"cni.dev/valid-attachments":[{"containerID":"b","ifname":"eth0"}]`)
+		if _, err := sb.Invoke(t, "macvlan-host-route", gc, sandbox.Invocation{Command: "GC"}); err != nil {
+			t.Fatal(err)
+		}
+		out := nodeRoutes(t, sb)
+		if !strings.Contains(out, "192.168.1.72 ") || strings.Contains(out, "192.168.1.73 ") || strings.Contains(out, "192.168.1.99 ") {
+			t.Fatalf("want only b's route left:\n%s", out)
+		}
+	})
+}
+
+func TestErrors(t *testing.T) {
+	sb := sandbox.New(t)
+	pod := sb.NewPod(t)
+	linksBefore := sandbox.MustRun(t, sb.Node, "ip", "-o", "link")
+	tests := []struct {
+		name     string
+		conf     []byte
+		setup    func(t *testing.T)
+		wantCode uint
+		wantMsg  string
+	}{
+		{name: "no prevResult", conf: conf(sb, "eno1", ""), wantCode: types.ErrInvalidNetworkConfig, wantMsg: "prevResult: missing"},
+		{name: "prevResult without IPs", conf: []byte(`{"cniVersion":"1.0.0","name":"n","master":"eno1","prevResult":{"cniVersion":"1.0.0"}}`),
+			wantCode: types.ErrInvalidNetworkConfig, wantMsg: "prevResult.ips"},
+		{name: "master absent", conf: conf(sb, "eno9", "", "192.168.1.80/16"), wantCode: types.ErrInvalidNetworkConfig,
+			wantMsg: `master "eno9": no such link`},
+		{name: "a foreign link holds the bridge name", conf: conf(sb, "eno1", `,"bridge":"taken0"`, "192.168.1.80/16"),
+			setup: func(t *testing.T) {
+				sandbox.MustRun(t, sb.Node, "ip", "link", "add", "taken0", "type", "veth", "peer", "name", "taken1")
+				linksBefore = sandbox.MustRun(t, sb.Node, "ip", "-o", "link")
+			},
+			wantCode: types.ErrInvalidNetworkConfig, wantMsg: `bridge "taken0": is a veth, not a macvlan; refusing to take it over`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if tt.setup != nil {
+				tt.setup(t)
+			}
+			routesBefore := nodeRoutes(t, sb)
+			_, err := sb.Invoke(t, "macvlan-host-route", tt.conf, sandbox.Invocation{Command: "ADD", ContainerID: "x", NetNS: pod.Path(), IfName: "eth0"})
+			var cniErr *types.Error
+			if !errors.As(err, &cniErr) || cniErr.Code != tt.wantCode || !strings.Contains(cniErr.Msg, tt.wantMsg) {
+				t.Fatalf("ADD error = %v, want code %d containing %q", err, tt.wantCode, tt.wantMsg)
+			}
+			if after := nodeRoutes(t, sb); after != routesBefore {
+				t.Errorf("routes changed by a failed ADD:\n%s", after)
+			}
+			if after := sandbox.MustRun(t, sb.Node, "ip", "-o", "link"); after != linksBefore {
+				t.Errorf("links changed by a failed ADD:\n%s", after)
+			}
+		})
+	}
+	t.Run("STATUS fails with code 50 while the master is missing", func(t *testing.T) {
+		_, err := sb.Invoke(t, "macvlan-host-route", conf(sb, "eno9", ""), sandbox.Invocation{Command: "STATUS"})
+		var cniErr *types.Error
+		if !errors.As(err, &cniErr) || cniErr.Code != 50 || !strings.Contains(cniErr.Msg, `master "eno9"`) {
+			t.Fatalf("STATUS = %v", err)
+		}
+		if _, err := sb.Invoke(t, "macvlan-host-route", conf(sb, "eno1", ""), sandbox.Invocation{Command: "STATUS"}); err != nil {
+			t.Fatalf("STATUS with the master present: %v", err)
+		}
+	})
+}
