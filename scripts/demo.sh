@@ -41,6 +41,20 @@ step "the node pings the pod over bridge br1"
 show in_ns node ping -c 2 -i 0.2 -W 1 192.168.2.77
 sandbox_cnitool "$netd" del dockin "$pod3"
 
+# --- macvlan + macvlan-host-route (seed 002) ----------------------------------
+step "macvlan + host-local + macvlan-host-route: cnitool add default (net.d/00-default.conflist)"
+pod4=$(sandbox_pod nginx)
+sandbox_cnitool "$netd" add default "$pod4"; echo
+step "on the node: the bridge-mode macvlan sub-device and the host route to the pod"
+show in_ns node ip link show eno1.host
+show in_ns node ip route
+step "the node pings the pod, the pod pings the node (plain macvlan cannot)"
+show in_ns node ping -c 2 -i 0.2 -W 1 192.168.1.2
+show in_ns nginx ping -c 2 -i 0.2 -W 1 192.168.0.5
+sandbox_cnitool "$netd" del default "$pod4"
+step "after cnitool del: the route is gone (the sub-device stays for the next pod)"
+show in_ns node ip route
+
 step "cleaning up the sandbox"
 sandbox_down
 left=$(ip netns list | grep -c "^$SB_ID-" || true)
