@@ -1,0 +1,142 @@
+// Package iptbatch writes iptables rules in batches: a whole attachment's
+// rules go in with one `iptables-restore --noflush --wait` per address
+// family, atomically, instead of one iptables process per rule.
+//
+// Arguments are quoted for iptables-restore's tokenizer, and characters that
+// end a line are never written, so a value (a container ID in a comment, a
+// user's condition) can never start a rule of its own.
+package iptbatch
+
+import (
+	"bytes"
+	"fmt"
+	"os/exec"
+	"strings"
+)
+
+// Family is an address family, with its own iptables binaries.
+type Family int
+
+const (
+	IPv4 Family = 4
+	IPv6 Family = 6
+)
+
+func (f Family) String() string {
+	if f == IPv6 {
+		return "IPv6"
+	}
+	return "IPv4"
+}
+
+// Runner runs the iptables binaries of one flavour: "" for the system's
+// default (iptables-restore), or "legacy" / "nft" for iptables-legacy-restore
+// and iptables-nft-restore.
+type Runner struct {
+	Flavour string
+}
+
+func (r Runner) binary(f Family, verb string) string {
+	name := "iptables"
+	if f == IPv6 {
+		name = "ip6tables"
+	}
+	if r.Flavour != "" {
+		name += "-" + r.Flavour
+	}
+	return name + "-" + verb
+}
+
+// Binaries lists the commands r needs for f, for a STATUS check.
+func (r Runner) Binaries(f Family) []string {
+	return []string{r.binary(f, "restore"), r.binary(f, "save")}
+}
+
+// Restore applies text with --noflush (leave other rules alone) and --wait
+// (queue behind other writers rather than fail). iptables-restore commits
+// each table atomically: on error nothing of text is applied.
+func (r Runner) Restore(f Family, text string) error {
+	cmd := exec.Command(r.binary(f, "restore"), "--noflush", "--wait")
+	cmd.Stdin = strings.NewReader(text)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("%s: %w: %s", r.binary(f, "restore"), err, strings.TrimSpace(stderr.String()))
+	}
+	return nil
+}
+
+// Save returns the rules of table as iptables-save prints them.
+func (r Runner) Save(f Family, table string) (string, error) {
+	cmd := exec.Command(r.binary(f, "save"), "-t", table)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return "", fmt.Errorf("%s: %w: %s", r.binary(f, "save"), err, strings.TrimSpace(stderr.String()))
+	}
+	return stdout.String(), nil
+}
+
+// Quote renders one argument for iptables-restore: bare when it is a plain
+// word, else in double quotes with " and \ escaped. Line breaks and NULs,
+// which would end the rule, become spaces.
+func Quote(arg string) string {
+	arg = strings.Map(func(r rune) rune {
+		if r == '\n' || r == '\r' || r == 0 {
+			return ' '
+		}
+		return r
+	}, arg)
+	if arg != "" && !strings.ContainsAny(arg, " \t\"'\\#") {
+		return arg
+	}
+	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(arg) + `"`
+}
+
+// Rule is one rule's arguments, as given to iptables after the chain.
+type Rule []string
+
+// String renders the rule's arguments, quoted.
+func (r Rule) String() string {
+	q := make([]string, len(r))
+	for i, a := range r {
+		q[i] = Quote(a)
+	}
+	return strings.Join(q, " ")
+}
+
+// Batch is the text of one iptables-restore run for one table.
+type Batch struct {
+	table string
+	lines []string
+}
+
+// NewBatch starts a batch for table (e.g. "nat").
+func NewBatch(table string) *Batch { return &Batch{table: table} }
+
+// DeclareChain creates chain, or flushes it if it exists.
+func (b *Batch) DeclareChain(chain string) { b.lines = append(b.lines, ":"+chain+" - [0:0]") }
+
+// Append adds rule at the end of chain.
+func (b *Batch) Append(chain string, rule Rule) {
+	b.lines = append(b.lines, "-A "+chain+" "+rule.String())
+}
+
+// Delete removes the first rule of chain matching rule.
+func (b *Batch) Delete(chain string, rule Rule) {
+	b.lines = append(b.lines, "-D "+chain+" "+rule.String())
+}
+
+// Raw adds a line as iptables-save printed it (for deletions found by Save).
+func (b *Batch) Raw(line string) { b.lines = append(b.lines, line) }
+
+// RemoveChain flushes and deletes chain; its jumps must be gone first.
+func (b *Batch) RemoveChain(chain string) { b.lines = append(b.lines, "-F "+chain, "-X "+chain) }
+
+// Empty reports whether the batch would change nothing.
+func (b *Batch) Empty() bool { return len(b.lines) == 0 }
+
+// Text is the batch as iptables-restore reads it.
+func (b *Batch) Text() string {
+	return "*" + b.table + "\n" + strings.Join(b.lines, "\n") + "\nCOMMIT\n"
+}

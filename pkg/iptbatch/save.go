@@ -1,0 +1,65 @@
+package iptbatch
+
+import (
+	"slices"
+	"strings"
+)
+
+// Saved is a table as iptables-save printed it.
+type Saved struct {
+	Chains []string // declared chains, in order
+	Rules  []string // "-A CHAIN ..." lines, verbatim
+}
+
+// ParseSave reads the output of `iptables-save -t TABLE`.
+func ParseSave(text string) Saved {
+	var s Saved
+	for _, line := range strings.Split(text, "\n") {
+		switch {
+		case strings.HasPrefix(line, ":"):
+			name, _, _ := strings.Cut(line[1:], " ")
+			s.Chains = append(s.Chains, name)
+		case strings.HasPrefix(line, "-A "):
+			s.Rules = append(s.Rules, line)
+		}
+	}
+	return s
+}
+
+// HasChain reports whether chain is declared.
+func (s Saved) HasChain(chain string) bool { return slices.Contains(s.Chains, chain) }
+
+// HasRule reports whether "-A chain rule" is among the rules, as printed.
+func (s Saved) HasRule(chain string, rule Rule) bool {
+	return slices.Contains(s.Rules, "-A "+chain+" "+rule.String())
+}
+
+// target returns the chain or target a saved rule jumps to.
+func target(line string) string {
+	fields := strings.Fields(line)
+	for i := len(fields) - 2; i >= 0; i-- {
+		if fields[i] == "-j" || fields[i] == "-g" {
+			return fields[i+1]
+		}
+	}
+	return ""
+}
+
+// Removal is the batch that removes chains from the saved table: every
+// rule that jumps to one of them (as printed, so it matches exactly), then
+// the chains themselves. Chains that are not there are skipped, so the
+// batch applies whatever part of them a crash or a reboot left.
+func (s Saved) Removal(table string, chains []string) *Batch {
+	b := NewBatch(table)
+	for _, line := range s.Rules {
+		if slices.Contains(chains, target(line)) {
+			b.Raw("-D" + strings.TrimPrefix(line, "-A"))
+		}
+	}
+	for _, c := range chains {
+		if s.HasChain(c) {
+			b.RemoveChain(c)
+		}
+	}
+	return b
+}
