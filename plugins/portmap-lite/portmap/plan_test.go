@@ -1,0 +1,295 @@
+package portmap
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/cnichain/plugins/pkg/attachstate"
+	"github.com/cnichain/plugins/pkg/iptbatch"
+)
+
+var key = attachstate.Key{Network: "mynet", ContainerID: "cnitool-77383ca0a0715733ca6f", IfName: "eth0"}
+
+func mustParse(t *testing.T, extra, mappings string) *Config {
+	t.Helper()
+	cfg, err := Parse([]byte(fmt.Sprintf(`{"cniVersion":"0.3.0","name":"mynet","type":"portmap-lite"%s,"runtimeConfig":{"portMappings":%s}}`, extra, mappings)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+func addrs(s ...string) []netip.Addr {
+	var out []netip.Addr
+	for _, a := range s {
+		out = append(out, netip.MustParseAddr(a))
+	}
+	return out
+}
+
+func TestChainNames(t *testing.T) {
+	dn, sn := DNATChainName(key), SNATChainName(key)
+	if len(dn) != 28 || len(sn) != 28 || !strings.HasPrefix(dn, "CNI-LITE-DN-") || !strings.HasPrefix(sn, "CNI-LITE-SN-") {
+		t.Fatalf("chain names %q %q: want CNI-LITE-DN-/SN- and 28 characters", dn, sn)
+	}
+	other := key
+	other.IfName = "net1"
+	if DNATChainName(other) == dn {
+		t.Fatal("two interfaces of one container share a chain")
+	}
+	renamed := key
+	renamed.Network = "mynet2"
+	if DNATChainName(renamed) == dn {
+		t.Fatal("a renamed network reuses the chain (plugins#752)")
+	}
+	if id, ok := IsAttachmentChain(dn); !ok || !strings.HasPrefix(key.ID(), id) {
+		t.Fatalf("IsAttachmentChain(%q) = %q, %v", dn, id, ok)
+	}
+	for _, c := range []string{"CNI-HOSTPORT-DNAT", "CNI-DN-be1eedf7a76853f303ebd", HostPortsChain, SNATChain} {
+		if _, ok := IsAttachmentChain(c); ok {
+			t.Errorf("IsAttachmentChain(%q) claims a chain that is not an attachment's", c)
+		}
+	}
+}
+
+// TestSourceDocumentRules is the seed's scenario: hostPort 9090 on
+// 127.0.0.1 to containerPort 80 of 10.244.10.7; the rules must read as the
+// document's iptables-save lines (ours carry a comment).
+func TestSourceDocumentRules(t *testing.T) {
+	cfg := mustParse(t, "", `[{"hostPort":9090,"containerPort":80,"protocol":"tcp","hostIP":"127.0.0.1"}]`)
+	plan, err := Build(cfg, key, addrs("10.244.10.7"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dn, sn := DNATChainName(key), SNATChainName(key)
+	c := `"name: \"mynet\" id: \"cnitool-77383ca0a0715733ca6f\""`
+	want := strings.Join([]string{
+		"*nat",
+		":" + dn + " - [0:0]",
+		":" + sn + " - [0:0]",
+		"-A " + dn + " -d 127.0.0.1/32 -p tcp -m tcp --dport 9090 -m comment --comment " + c + " -j DNAT --to-destination 10.244.10.7:80",
+		"-A " + sn + " -s 127.0.0.1/32 -d 10.244.10.7/32 -p tcp -m tcp --dport 80 -m comment --comment " + c + " -j MASQUERADE",
+		"-A " + sn + " -s 10.244.10.7/32 -d 10.244.10.7/32 -p tcp -m tcp --dport 80 -m comment --comment " + c + " -j MASQUERADE",
+		"-A CNI-LITE-HOSTPORTS -p tcp -m multiport --dports 9090 -m comment --comment " + c + " -j " + dn,
+		"-A CNI-LITE-SNAT -d 10.244.10.7/32 -m comment --comment " + c + " -j " + sn,
+		"COMMIT", ""}, "\n")
+	if len(plan.Families) != 1 {
+		t.Fatalf("families = %d, want IPv4 only", len(plan.Families))
+	}
+	fp := plan.Families[0]
+	if got := fp.AddBatch().Text(); got != want {
+		t.Fatalf("AddBatch =\n%s\nwant\n%s", got, want)
+	}
+	if !fp.Localnet {
+		t.Error("a 127.0.0.1 mapping needs route_localnet")
+	}
+	wantDel := strings.Join([]string{
+		"*nat",
+		"-D CNI-LITE-HOSTPORTS -p tcp -m multiport --dports 9090 -m comment --comment " + c + " -j " + dn,
+		"-D CNI-LITE-SNAT -d 10.244.10.7/32 -m comment --comment " + c + " -j " + sn,
+		"-F " + dn, "-X " + dn, "-F " + sn, "-X " + sn,
+		"COMMIT", ""}, "\n")
+	if got := fp.DelBatch().Text(); got != wantDel {
+		t.Fatalf("DelBatch =\n%s\nwant\n%s", got, wantDel)
+	}
+}
+
+func TestBuildFamiliesAndOptions(t *testing.T) {
+	tests := []struct {
+		name     string
+		extra    string
+		mappings string
+		pod      []netip.Addr
+		check    func(t *testing.T, p *Plan)
+		wantErr  string
+	}{
+		{
+			name: "no hostIP maps both families", mappings: `[{"hostPort":8080,"containerPort":80,"protocol":"tcp"}]`,
+			pod: addrs("10.0.0.7", "fd00::7"),
+			check: func(t *testing.T, p *Plan) {
+				if len(p.Families) != 2 || p.Families[1].Family != iptbatch.IPv6 {
+					t.Fatalf("families = %+v", p.Families)
+				}
+				v6 := p.Families[1].AddBatch().Text()
+				if !strings.Contains(v6, "--to-destination [fd00::7]:80") || strings.Contains(v6, "127.0.0.1") || p.Families[1].Localnet {
+					t.Fatalf("IPv6 batch:\n%s", v6)
+				}
+			},
+		},
+		{
+			name: "an IPv6 hostIP maps only the IPv6 address", mappings: `[{"hostPort":8080,"containerPort":80,"protocol":"tcp","hostIP":"fd00::1"}]`,
+			pod: addrs("10.0.0.7", "fd00::7"),
+			check: func(t *testing.T, p *Plan) {
+				if len(p.Families) != 1 || p.Families[0].Family != iptbatch.IPv6 || p.Families[0].DNAT[0][1] != "fd00::1/128" {
+					t.Fatalf("families = %+v", p.Families)
+				}
+			},
+		},
+		{
+			name: "0.0.0.0 is any IPv4 address and needs localnet", mappings: `[{"hostPort":8080,"containerPort":80,"protocol":"tcp","hostIP":"0.0.0.0"}]`,
+			pod: addrs("10.0.0.7", "fd00::7"),
+			check: func(t *testing.T, p *Plan) {
+				if len(p.Families) != 1 || p.Families[0].DNAT[0][0] != "-p" || !p.Families[0].Localnet {
+					t.Fatalf("families = %+v", p.Families)
+				}
+			},
+		},
+		{
+			name: "a node address does not need localnet", mappings: `[{"hostPort":8080,"containerPort":80,"hostIP":"192.168.0.5"}]`,
+			pod: addrs("10.0.0.7"),
+			check: func(t *testing.T, p *Plan) {
+				if p.Families[0].Localnet || len(p.Families[0].SNAT) != 1 {
+					t.Fatalf("plan = %+v, want the hairpin rule only", p.Families[0])
+				}
+			},
+		},
+		{
+			name: "snat false installs DNAT only", extra: `,"snat":false`, mappings: `[{"hostPort":8080,"containerPort":80}]`,
+			pod: addrs("10.0.0.7"),
+			check: func(t *testing.T, p *Plan) {
+				fp := p.Families[0]
+				if fp.SNATChain != "" || len(fp.SNAT) != 0 || len(fp.Jumps) != 1 || strings.Contains(fp.AddBatch().Text(), "MASQUERADE") {
+					t.Fatalf("plan = %+v", fp)
+				}
+			},
+		},
+		{
+			name: "masqAll masquerades every connection", extra: `,"masqAll":true`, mappings: `[{"hostPort":8080,"containerPort":80}]`,
+			pod: addrs("10.0.0.7"),
+			check: func(t *testing.T, p *Plan) {
+				if snat := p.Families[0].SNAT; len(snat) != 1 || snat[0][0] != "-d" {
+					t.Fatalf("SNAT = %v", snat)
+				}
+			},
+		},
+		{
+			name: "conditions go on the jump", extra: `,"conditionsV4":["-s","192.168.0.0/16"]`, mappings: `[{"hostPort":8080,"containerPort":80}]`,
+			pod: addrs("10.0.0.7"),
+			check: func(t *testing.T, p *Plan) {
+				if j := p.Families[0].Jumps[0].Rule.String(); !strings.Contains(j, "--dports 8080 -s 192.168.0.0/16 -m comment") {
+					t.Fatalf("jump = %s", j)
+				}
+			},
+		},
+		{
+			name: "50 mappings: one multiport jump per 15 ports and protocol, one DNAT rule each",
+			mappings: func() string {
+				var m []string
+				for i := 0; i < 50; i++ {
+					proto := "tcp"
+					if i%5 == 0 {
+						proto = "udp"
+					}
+					m = append(m, fmt.Sprintf(`{"hostPort":%d,"containerPort":%d,"protocol":%q}`, 10000+i, 80+i, proto))
+				}
+				return "[" + strings.Join(m, ",") + "]"
+			}(),
+			pod: addrs("10.0.0.7"),
+			check: func(t *testing.T, p *Plan) {
+				fp := p.Families[0]
+				// 40 tcp ports in 3 jumps, 10 udp ports in 1, and the SNAT jump.
+				if len(fp.DNAT) != 50 || len(fp.Jumps) != 5 || len(p.UDPPorts) != 10 {
+					t.Fatalf("DNAT %d, jumps %d, udp ports %d", len(fp.DNAT), len(fp.Jumps), len(p.UDPPorts))
+				}
+			},
+		},
+		{
+			name: "an IPv6 hostIP for an IPv4-only pod", mappings: `[{"hostPort":8080,"containerPort":80,"hostIP":"fd00::1"}]`,
+			pod: addrs("10.0.0.7"), wantErr: "hostIP fd00::1 is IPv6 but the container has no IPv6 address",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			plan, err := Build(mustParse(t, tt.extra, tt.mappings), key, tt.pod)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("Build error = %v, want %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			tt.check(t, plan)
+		})
+	}
+}
+
+func TestSharedBatch(t *testing.T) {
+	empty := iptbatch.ParseSave("*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n")
+	text := SharedBatch(empty).Text()
+	for _, want := range []string{":CNI-LITE-HOSTPORTS - [0:0]", ":CNI-LITE-SNAT - [0:0]",
+		"-A PREROUTING -m addrtype --dst-type LOCAL -j CNI-LITE-HOSTPORTS",
+		"-A OUTPUT -m addrtype --dst-type LOCAL -j CNI-LITE-HOSTPORTS", "-A POSTROUTING -j CNI-LITE-SNAT"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("SharedBatch lacks %q:\n%s", want, text)
+		}
+	}
+	done := iptbatch.ParseSave(strings.Replace(text, "*nat\n", "*nat\n:PREROUTING ACCEPT [0:0]\n", 1))
+	if b := SharedBatch(done); !b.Empty() {
+		t.Fatalf("SharedBatch on a set-up node = %q, want nothing", b.Text())
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	tests := []struct {
+		name, conf, wantMsg string
+		wantCode            uint
+	}{
+		{"not JSON", `{`, "network configuration: cannot decode", types.ErrDecodingFailure},
+		{"hostPort 0", `{"runtimeConfig":{"portMappings":[{"hostPort":0,"containerPort":80}]}}`, `runtimeConfig.portMappings[0].hostPort "0": outside 1-65535`, types.ErrInvalidNetworkConfig},
+		{"containerPort too big", `{"runtimeConfig":{"portMappings":[{"hostPort":80,"containerPort":65536}]}}`, `runtimeConfig.portMappings[0].containerPort "65536"`, types.ErrInvalidNetworkConfig},
+		{"unknown protocol", `{"runtimeConfig":{"portMappings":[{"hostPort":80,"containerPort":80,"protocol":"icmp"}]}}`, `protocol "icmp": must be tcp, udp or sctp`, types.ErrInvalidNetworkConfig},
+		{"hostIP not an IP", `{"runtimeConfig":{"portMappings":[{"hostPort":80,"containerPort":80,"hostIP":"localhost"}]}}`, `hostIP "localhost": not an IP address`, types.ErrInvalidNetworkConfig},
+		{"hostIP ::1", `{"runtimeConfig":{"portMappings":[{"hostPort":80,"containerPort":80,"hostIP":"::1"}]}}`, `hostIP "::1": IPv6 has no route_localnet`, types.ErrInvalidNetworkConfig},
+		{"duplicate mapping", `{"runtimeConfig":{"portMappings":[{"hostPort":80,"containerPort":80,"protocol":"TCP"},{"hostPort":80,"containerPort":81}]}}`,
+			`runtimeConfig.portMappings[1] ":80/tcp": maps the same host address, port and protocol as runtimeConfig.portMappings[0]`, types.ErrInvalidNetworkConfig},
+		{"markMasqBit", `{"markMasqBit":13}`, `markMasqBit "13": portmap-lite masquerades by exact match`, types.ErrInvalidNetworkConfig},
+		{"externalSetMarkChain", `{"externalSetMarkChain":"KUBE-MARK-MASQ"}`, `externalSetMarkChain "KUBE-MARK-MASQ"`, types.ErrInvalidNetworkConfig},
+		{"nftables backend", `{"backend":"nftables"}`, `backend "nftables": not available yet`, types.ErrInvalidNetworkConfig},
+		{"condition spanning lines", `{"conditionsV4":["-s","1.2.3.4\n-A INPUT -j ACCEPT"]}`, `conditionsV4[1]`, types.ErrInvalidNetworkConfig},
+		{"flavour", `{"iptablesFlavour":"ebtables"}`, `iptablesFlavour "ebtables"`, types.ErrInvalidNetworkConfig},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse([]byte(tt.conf))
+			var cniErr *types.Error
+			if !errors.As(err, &cniErr) || cniErr.Code != tt.wantCode || !strings.Contains(cniErr.Msg, tt.wantMsg) {
+				t.Fatalf("Parse error = %v, want code %d containing %q", err, tt.wantCode, tt.wantMsg)
+			}
+		})
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add([]byte(`{"cniVersion":"0.3.0","name":"mynet","runtimeConfig":{"portMappings":[{"hostPort":9090,"containerPort":80,"protocol":"tcp","hostIP":"127.0.0.1"}]}}`))
+	f.Add([]byte(`{"name":"n","snat":false,"conditionsV6":["-m","set"],"runtimeConfig":{"portMappings":[{"hostPort":53,"containerPort":53,"protocol":"udp","hostIP":"::"}]}}`))
+	f.Fuzz(func(t *testing.T, conf []byte) {
+		cfg, err := Parse(conf)
+		if err != nil {
+			var cniErr *types.Error
+			if !errors.As(err, &cniErr) || cniErr.Msg == "" {
+				t.Fatalf("Parse returned %v, not a CNI error with a message", err)
+			}
+			return
+		}
+		plan, err := Build(cfg, key, addrs("10.0.0.7", "fd00::7"))
+		if err != nil {
+			return
+		}
+		for _, fp := range plan.Families {
+			// Whatever the input, a batch is rules of our chains only, one per line.
+			for _, line := range strings.Split(strings.TrimSpace(fp.AddBatch().Text()), "\n") {
+				ok := line == "*nat" || line == "COMMIT" || strings.HasPrefix(line, ":CNI-LITE-") || strings.HasPrefix(line, "-A CNI-LITE-")
+				if !ok {
+					t.Fatalf("batch line %q", line)
+				}
+			}
+		}
+	})
+}
