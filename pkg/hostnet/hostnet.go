@@ -11,6 +11,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"strings"
 	"syscall"
 
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
@@ -202,4 +204,49 @@ func routesTo(ip netip.Addr) ([]netlink.Route, error) {
 
 func hostNet(ip netip.Addr) *net.IPNet {
 	return &net.IPNet{IP: ip.AsSlice(), Mask: net.CIDRMask(ip.BitLen(), ip.BitLen())}
+}
+
+// EnableRouteLocalnet lets the interface that leads to ip route packets
+// with a 127.0.0.0/8 source or destination, which forwarding a connection
+// to 127.0.0.1:hostPort on to a pod needs. It changes only that interface.
+func EnableRouteLocalnet(ip netip.Addr) error {
+	routes, err := netlink.RouteGet(ip.AsSlice())
+	if err != nil || len(routes) == 0 {
+		return fmt.Errorf("no route to %s: %v", ip, err)
+	}
+	link, err := netlink.LinkByIndex(routes[0].LinkIndex)
+	if err != nil {
+		return err
+	}
+	path := "/proc/sys/net/ipv4/conf/" + link.Attrs().Name + "/route_localnet"
+	if cur, err := os.ReadFile(path); err == nil && strings.TrimSpace(string(cur)) == "1" {
+		return nil
+	}
+	return os.WriteFile(path, []byte("1"), 0o644)
+}
+
+// FlushUDPConntrack forgets the UDP flows to the given host ports in the
+// family of ipv6, so that a new pod mapped to a reused port gets the traffic
+// instead of a dead pod's stale flow (containernetworking/plugins#123).
+func FlushUDPConntrack(ports []uint16, ipv6 bool) error {
+	if len(ports) == 0 {
+		return nil
+	}
+	family := netlink.InetFamily(unix.AF_INET)
+	if ipv6 {
+		family = unix.AF_INET6
+	}
+	var filters []netlink.CustomConntrackFilter
+	for _, p := range ports {
+		f := &netlink.ConntrackFilter{}
+		if err := f.AddProtocol(unix.IPPROTO_UDP); err != nil {
+			return err
+		}
+		if err := f.AddPort(netlink.ConntrackOrigDstPort, p); err != nil {
+			return err
+		}
+		filters = append(filters, f)
+	}
+	_, err := netlinksafe.ConntrackDeleteFilters(netlink.ConntrackTable, family, filters...)
+	return err
 }

@@ -1,0 +1,23 @@
+// Command portmap-lite, chained after a plugin that yields a container IP
+// (bridge, ptp, macvlan), turns the runtime's portMappings into iptables
+// DNAT and MASQUERADE rules: one iptables-restore per address family,
+// recorded so that DEL and GC remove exactly what ADD installed.
+package main
+
+import (
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/version"
+
+	"github.com/cnichain/plugins/pkg/buildinfo"
+	"github.com/cnichain/plugins/plugins/portmap-lite/portmap"
+)
+
+func main() {
+	skel.PluginMainFuncs(skel.CNIFuncs{
+		Add:    portmap.Add,
+		Del:    portmap.Del,
+		Check:  portmap.Check,
+		GC:     portmap.GC,
+		Status: portmap.Status,
+	}, version.All, buildinfo.About("portmap-lite"))
+}

@@ -1,0 +1,81 @@
+package portmap
+
+import (
+	"os"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cnichain/plugins/pkg/iptbatch"
+)
+
+// install applies fp in one iptables-restore. On a node where the shared
+// chains are missing (the first pod, or after a firewall reload) that
+// batch fails atomically; then the shared chains are set up and it is
+// tried once more.
+func install(r iptbatch.Runner, stateDir string, fp *FamilyPlan) error {
+	if err := r.Restore(fp.Family, fp.AddBatch().Text()); err == nil {
+		return nil
+	}
+	if err := ensureShared(r, stateDir, fp.Family); err != nil {
+		return err
+	}
+	return r.Restore(fp.Family, fp.AddBatch().Text())
+}
+
+// ensureShared creates what is missing of the shared chains and their entry
+// jumps, under a lock so that concurrent first ADDs never duplicate a jump.
+func ensureShared(r iptbatch.Runner, stateDir string, fam iptbatch.Family) error {
+	unlock, err := lock(filepath.Join(stateDir, ".shared-"+fam.String()+".lock"))
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	text, err := r.Save(fam, "nat")
+	if err != nil {
+		return err
+	}
+	b := SharedBatch(iptbatch.ParseSave(text))
+	if b.Empty() {
+		return nil
+	}
+	return r.Restore(fam, b.Text())
+}
+
+// uninstall removes fp in one iptables-restore. When part of it is gone
+// already (a second DEL, a crash, a reboot) that batch fails atomically;
+// then what is left is found with iptables-save and removed.
+func uninstall(r iptbatch.Runner, fp *FamilyPlan) error {
+	if err := r.Restore(fp.Family, fp.DelBatch().Text()); err == nil {
+		return nil
+	}
+	return removeChains(r, fp.Family, fp.Chains())
+}
+
+// removeChains removes chains and every rule jumping to them, as found.
+func removeChains(r iptbatch.Runner, fam iptbatch.Family, chains []string) error {
+	text, err := r.Save(fam, "nat")
+	if err != nil {
+		return err
+	}
+	b := iptbatch.ParseSave(text).Removal("nat", chains)
+	if b.Empty() {
+		return nil
+	}
+	return r.Restore(fam, b.Text())
+}
+
+func lock(path string) (unlock func(), err error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { f.Close() }, nil
+}

@@ -1,0 +1,254 @@
+package portmap
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	current "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/cnichain/plugins/pkg/attachstate"
+	"github.com/cnichain/plugins/pkg/chain"
+	"github.com/cnichain/plugins/pkg/cnierr"
+	"github.com/cnichain/plugins/pkg/hostnet"
+	"github.com/cnichain/plugins/pkg/iptbatch"
+)
+
+// record is what an attachment's ADD installed, saved before it installs
+// anything so that DEL and GC can always find and remove it.
+type record struct {
+	attachstate.Key
+	Plan
+}
+
+func setup(args *skel.CmdArgs) (*Config, attachstate.Key, attachstate.Store, iptbatch.Runner, error) {
+	cfg, err := Parse(args.StdinData)
+	if err != nil {
+		return nil, attachstate.Key{}, attachstate.Store{}, iptbatch.Runner{}, err
+	}
+	key := attachstate.Key{Network: cfg.Name, ContainerID: args.ContainerID, IfName: args.IfName}
+	return cfg, key, attachstate.Store{Dir: cfg.StateDir}, iptbatch.Runner{Flavour: cfg.IptablesFlavour}, nil
+}
+
+// Add installs the attachment's port mappings and passes prevResult on. A
+// request without portMappings installs nothing and runs no process.
+func Add(args *skel.CmdArgs) (err error) {
+	cfg, key, store, ipt, err := setup(args)
+	if err != nil {
+		return err
+	}
+	prev, err := requirePrevResult(cfg)
+	if err != nil {
+		return err
+	}
+	// A repeated ADD replaces what the earlier one installed.
+	if err := removeRecorded(ipt, store, key); err != nil {
+		return cnierr.Internal("remove the earlier ADD's rules", err)
+	}
+	if len(cfg.Mappings) == 0 {
+		return chain.Print(prev, cfg.CNIVersion)
+	}
+	var ips []netip.Addr
+	for _, p := range chain.ContainerIPs(prev) {
+		ips = append(ips, p.Addr())
+	}
+	if len(ips) == 0 {
+		return cnierr.InvalidConfig("prevResult.ips", "[]", "no container address to forward to")
+	}
+	plan, err := Build(cfg, key, ips)
+	if err != nil {
+		return cnierr.InvalidConfig("runtimeConfig.portMappings", "hostIP", err.Error())
+	}
+	if err := store.Save(key.ID(), record{key, *plan}); err != nil {
+		return cnierr.Internal("state "+cfg.StateDir, err)
+	}
+	defer func() {
+		if err != nil {
+			_ = removeRecorded(ipt, store, key)
+		}
+	}()
+	for i := range plan.Families {
+		fp := &plan.Families[i]
+		if err := install(ipt, cfg.StateDir, fp); err != nil {
+			return cnierr.Internal(fmt.Sprintf("install %s port mappings", fp.Family), err)
+		}
+		if fp.Localnet {
+			if err := hostnet.EnableRouteLocalnet(fp.PodIP); err != nil {
+				return cnierr.Internal("route_localnet towards "+fp.PodIP.String(), err)
+			}
+		}
+		flushUDP(plan.UDPPorts, fp.Family)
+	}
+	return chain.Print(prev, cfg.CNIVersion)
+}
+
+// Del removes exactly what the attachment's ADD installed, found by its
+// record, whether or not the request carries portMappings or a prevResult.
+// An attachment without a record has nothing installed: no process runs.
+func Del(args *skel.CmdArgs) error {
+	_, key, store, ipt, err := setup(args)
+	if err != nil {
+		return err
+	}
+	if err := removeRecorded(ipt, store, key); err != nil {
+		return cnierr.Internal("remove port mappings", err)
+	}
+	return nil
+}
+
+func removeRecorded(ipt iptbatch.Runner, store attachstate.Store, key attachstate.Key) error {
+	var rec record
+	found, err := store.Load(key.ID(), &rec)
+	if err != nil || !found {
+		return err
+	}
+	for i := range rec.Families {
+		fp := &rec.Families[i]
+		if err := uninstall(ipt, fp); err != nil {
+			return err
+		}
+		flushUDP(rec.UDPPorts, fp.Family)
+	}
+	return store.Delete(key.ID())
+}
+
+// Check fails when a rule of the attachment is missing: those the request's
+// portMappings call for, or, without any, those its ADD recorded.
+func Check(args *skel.CmdArgs) error {
+	cfg, key, store, ipt, err := setup(args)
+	if err != nil {
+		return err
+	}
+	prev, err := requirePrevResult(cfg)
+	if err != nil {
+		return err
+	}
+	var plan *Plan
+	if len(cfg.Mappings) > 0 {
+		var ips []netip.Addr
+		for _, p := range chain.ContainerIPs(prev) {
+			ips = append(ips, p.Addr())
+		}
+		if plan, err = Build(cfg, key, ips); err != nil {
+			return cnierr.InvalidConfig("runtimeConfig.portMappings", "hostIP", err.Error())
+		}
+	} else {
+		var rec record
+		found, err := store.Load(key.ID(), &rec)
+		if err != nil {
+			return cnierr.Internal("state "+cfg.StateDir, err)
+		}
+		if !found {
+			return nil
+		}
+		plan = &rec.Plan
+	}
+	for i := range plan.Families {
+		fp := &plan.Families[i]
+		text, err := ipt.Save(fp.Family, "nat")
+		if err != nil {
+			return cnierr.Internal("iptables-save", err)
+		}
+		if line, missing := fp.Missing(iptbatch.ParseSave(text)); missing {
+			return cnierr.CheckFailed("%s rule missing: %s", fp.Family, line)
+		}
+	}
+	return nil
+}
+
+// GC removes the rules of this network's attachments that are not in
+// cni.dev/valid-attachments, then any attachment chain of ours that no
+// record accounts for (a crash between two steps, a lost state directory).
+// It goes on past errors and reports them all.
+func GC(args *skel.CmdArgs) error {
+	cfg, _, store, ipt, err := setup(args)
+	if err != nil {
+		return err
+	}
+	// Chains first, records second: ADD saves its record before its rules,
+	// so every chain listed here has its record by the time we read them.
+	saved := map[iptbatch.Family]iptbatch.Saved{}
+	var errs []error
+	for _, fam := range []iptbatch.Family{iptbatch.IPv4, iptbatch.IPv6} {
+		text, err := ipt.Save(fam, "nat")
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		saved[fam] = iptbatch.ParseSave(text)
+	}
+	names, err := store.Names()
+	if err != nil {
+		return cnierr.Internal("state "+cfg.StateDir, err)
+	}
+	accounted := map[string]bool{}
+	for _, name := range names {
+		var rec record
+		if found, err := store.Load(name, &rec); err != nil || !found {
+			errs = append(errs, err)
+			continue
+		}
+		accounted[rec.ID()[:hashLen]] = true
+		if rec.Network == cfg.Name && !rec.In(cfg.ValidAttachments) {
+			errs = append(errs, removeRecorded(ipt, store, rec.Key))
+		}
+	}
+	for fam, s := range saved {
+		var orphans []string
+		for _, c := range s.Chains {
+			if id, ok := IsAttachmentChain(c); ok && !accounted[id] {
+				orphans = append(orphans, c)
+			}
+		}
+		if b := s.Removal("nat", orphans); !b.Empty() {
+			errs = append(errs, ipt.Restore(fam, b.Text()))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return cnierr.Internal("gc", err)
+	}
+	return nil
+}
+
+// Status fails while the iptables binaries are missing.
+func Status(args *skel.CmdArgs) error {
+	cfg, _, _, ipt, err := setup(args)
+	if err != nil {
+		return err
+	}
+	var missing []string
+	for _, fam := range []iptbatch.Family{iptbatch.IPv4, iptbatch.IPv6} {
+		for _, bin := range ipt.Binaries(fam) {
+			if _, err := exec.LookPath(bin); err != nil {
+				missing = append(missing, bin)
+			}
+		}
+	}
+	if len(missing) > 0 {
+		return cnierr.Unavailable("%s not found in PATH (install iptables; iptablesFlavour %q)", strings.Join(missing, ", "), cfg.IptablesFlavour)
+	}
+	return nil
+}
+
+func requirePrevResult(cfg *Config) (*current.Result, error) {
+	prev, err := chain.PrevResult(&cfg.PluginConf)
+	if err != nil {
+		return nil, err
+	}
+	if prev == nil {
+		return nil, cnierr.MissingConfig("prevResult", "chain portmap-lite after a plugin that yields the container's IP, such as bridge")
+	}
+	return prev, nil
+}
+
+// flushUDP drops stale UDP flows to the mapped host ports. Failing to is
+// not fatal (a kernel without conntrack has none), so it is only logged.
+func flushUDP(ports []uint16, fam iptbatch.Family) {
+	if err := hostnet.FlushUDPConntrack(ports, fam == iptbatch.IPv6); err != nil {
+		fmt.Fprintf(os.Stderr, "portmap-lite: flush UDP conntrack for ports %v: %v\n", ports, err)
+	}
+}
