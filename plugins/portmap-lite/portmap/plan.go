@@ -260,10 +260,16 @@ func SharedBatch(saved iptbatch.Saved) *iptbatch.Batch {
 		}
 	}
 	local := iptbatch.Rule{"-m", "addrtype", "--dst-type", "LOCAL", "-j", HostPortsChain}
-	for _, j := range []Jump{{"PREROUTING", local}, {"OUTPUT", local}, {"POSTROUTING", iptbatch.Rule{"-j", SNATChain}}} {
-		if !saved.HasRule(j.Chain, j.Rule) {
-			b.Append(j.Chain, j.Rule)
+	for _, chain := range []string{"PREROUTING", "OUTPUT"} {
+		if !saved.HasRule(chain, local) {
+			b.Append(chain, local)
 		}
+	}
+	// First in POSTROUTING: a rule before it that accepts (bridge's ipMasq
+	// accepts traffic within the pod subnet) would end the nat table's
+	// walk before a hairpin connection is masqueraded.
+	if snat := (iptbatch.Rule{"-j", SNATChain}); !saved.HasRule("POSTROUTING", snat) {
+		b.Insert("POSTROUTING", snat)
 	}
 	return b
 }

@@ -225,12 +225,12 @@ func TestSharedBatch(t *testing.T) {
 	text := SharedBatch(empty).Text()
 	for _, want := range []string{":CNI-LITE-HOSTPORTS - [0:0]", ":CNI-LITE-SNAT - [0:0]",
 		"-A PREROUTING -m addrtype --dst-type LOCAL -j CNI-LITE-HOSTPORTS",
-		"-A OUTPUT -m addrtype --dst-type LOCAL -j CNI-LITE-HOSTPORTS", "-A POSTROUTING -j CNI-LITE-SNAT"} {
+		"-A OUTPUT -m addrtype --dst-type LOCAL -j CNI-LITE-HOSTPORTS", "-I POSTROUTING -j CNI-LITE-SNAT"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("SharedBatch lacks %q:\n%s", want, text)
 		}
 	}
-	done := iptbatch.ParseSave(strings.Replace(text, "*nat\n", "*nat\n:PREROUTING ACCEPT [0:0]\n", 1))
+	done := iptbatch.ParseSave(strings.Replace(strings.Replace(text, "*nat\n", "*nat\n:PREROUTING ACCEPT [0:0]\n", 1), "-I ", "-A ", 1))
 	if b := SharedBatch(done); !b.Empty() {
 		t.Fatalf("SharedBatch on a set-up node = %q, want nothing", b.Text())
 	}

@@ -1,0 +1,183 @@
+package main
+
+import (
+	"net/netip"
+	"regexp"
+	"strings"
+	"testing"
+
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/plugins/pkg/ns"
+
+	"github.com/cnichain/plugins/pkg/sandbox"
+)
+
+func TestMain(m *testing.M) { sandbox.Main(m) }
+
+// dualNet is mynet with IPv6 too; PORTMAP is replaced by the plugin under test.
+const dualNet = `{"cniVersion":"1.0.0","name":"dualnet","plugins":[
+	{"type":"bridge","bridge":"dual0","isGateway":true,"hairpinMode":true,"ipMasq":true,
+	 "ipam":{"type":"host-local","ranges":[[{"subnet":"10.244.20.0/24"}],[{"subnet":"fd00:f4::/64"}]],
+	         "routes":[{"dst":"0.0.0.0/0"},{"dst":"::/0"}]}},
+	{"type":"PORTMAP","capabilities":{"portMappings":true}}]}`
+
+var mappings = map[string]any{"portMappings": []map[string]any{
+	{"hostPort": 9090, "containerPort": 80, "protocol": "tcp"},
+	{"hostPort": 9091, "containerPort": 80, "protocol": "tcp", "hostIP": "127.0.0.1"},
+	{"hostPort": 5353, "containerPort": 53, "protocol": "udp"},
+}}
+
+// natState is the nat tables of the node in both families, without what
+// is meant to outlive pods: the shared chains and their entry jumps, ours
+// and the reference's, and iptables-save's timestamps.
+func natState(t *testing.T, sb *sandbox.Sandbox) string {
+	t.Helper()
+	shared := regexp.MustCompile(`CNI-LITE-HOSTPORTS|CNI-LITE-SNAT|CNI-HOSTPORT-`)
+	var keep []string
+	for _, cmd := range []string{"iptables-save", "ip6tables-save"} {
+		for _, line := range strings.Split(sandbox.MustRun(t, sb.Node, cmd, "-t", "nat"), "\n") {
+			if !strings.HasPrefix(line, "#") && !shared.MatchString(line) {
+				keep = append(keep, line)
+			}
+		}
+	}
+	return strings.Join(keep, "\n")
+}
+
+func podAddrs(t *testing.T, r *current.Result) (v4, v6 netip.Addr) {
+	t.Helper()
+	for _, ipc := range r.IPs {
+		a, _ := netip.AddrFromSlice(ipc.Address.IP)
+		if a = a.Unmap(); a.Is4() {
+			v4 = a
+		} else {
+			v6 = a
+		}
+	}
+	if !v4.IsValid() || !v6.IsValid() {
+		t.Fatalf("result lacks an IPv4 or IPv6 address: %v", r)
+	}
+	return v4, v6
+}
+
+// TestTraffic runs the same traffic through portmap-lite and through the
+// reference portmap in the same chain: the two are interchangeable.
+func TestTraffic(t *testing.T) {
+	for _, plugin := range []string{"portmap-lite", "portmap"} {
+		t.Run(plugin, func(t *testing.T) {
+			sb := sandbox.New(t)
+			rtm := sb.Runtime(t)
+			list := sb.Localize(t, sandbox.ListFromJSON(t, strings.Replace(dualNet, "PORTMAP", plugin, 1)))
+			before := natState(t, sb)
+			pod := sb.NewPod(t)
+			att := sandbox.Attachment(pod, "web-"+plugin, "eth0")
+			att.CapabilityArgs = mappings
+			res, err := rtm.Add(list, att)
+			if err != nil {
+				t.Fatalf("ADD: %v", err)
+			}
+			t.Cleanup(func() { _ = rtm.Del(list, att) })
+			r, _ := current.NewResultFromResult(res)
+			_, v6 := podAddrs(t, r)
+			sandbox.WaitDAD(t, pod)
+			sandbox.WaitDAD(t, sb.Node)
+			sandbox.ServeTCP(t, pod, 80, "hello from the pod")
+			sandbox.ServeUDP(t, pod, 53, "udp from the pod")
+
+			tcp := []struct {
+				name string
+				from ns.NetNS
+				to   netip.AddrPort
+			}{
+				{"a lan client on the node's address", sb.LAN, netip.AddrPortFrom(sandbox.NodeIPv4.Addr(), 9090)},
+				{"the node on 127.0.0.1 (hostIP 127.0.0.1)", sb.Node, netip.MustParseAddrPort("127.0.0.1:9091")},
+				{"the node on 127.0.0.1 (no hostIP)", sb.Node, netip.MustParseAddrPort("127.0.0.1:9090")},
+				{"the pod itself on the node's address (hairpin)", pod, netip.AddrPortFrom(sandbox.NodeIPv4.Addr(), 9090)},
+				{"a lan client over IPv6", sb.LAN, netip.AddrPortFrom(sandbox.NodeIPv6.Addr(), 9090)},
+				{"the pod itself over IPv6 (hairpin)", pod, netip.AddrPortFrom(sandbox.NodeIPv6.Addr(), 9090)},
+			}
+			for _, tt := range tcp {
+				t.Run("tcp from "+tt.name, func(t *testing.T) {
+					got, err := sandbox.DialTCP(tt.from, tt.to)
+					if err != nil || got != "hello from the pod" {
+						t.Fatalf("%s -> %s: %q, %v", tt.name, tt.to, got, err)
+					}
+				})
+			}
+			t.Run("udp from a lan client", func(t *testing.T) {
+				got, err := sandbox.DialUDP(sb.LAN, netip.AddrPortFrom(sandbox.NodeIPv4.Addr(), 5353))
+				if err != nil || got != "udp from the pod" {
+					t.Fatalf("udp: %q, %v", got, err)
+				}
+			})
+			t.Run("CHECK passes", func(t *testing.T) {
+				if err := rtm.Check(list, att); err != nil {
+					t.Fatal(err)
+				}
+			})
+			t.Run("DEL leaves the nat tables as they were, and succeeds twice", func(t *testing.T) {
+				if err := rtm.Del(list, att); err != nil {
+					t.Fatal(err)
+				}
+				if after := natState(t, sb); after != before {
+					t.Fatalf("nat tables after DEL:\n%s\nbefore ADD:\n%s", after, before)
+				}
+				if strings.Contains(natState(t, sb), v6.String()) {
+					t.Fatal("a rule for the pod's IPv6 address remains")
+				}
+				if err := rtm.Del(list, att); err != nil {
+					t.Fatalf("second DEL: %v", err)
+				}
+			})
+		})
+	}
+}
+
+// TestSourceDocument is the seed's session: cnitool add with CAP_ARGS,
+// iptables-save | grep <pod IP>, a connection to 127.0.0.1:9090, then
+// cnitool del, here without CAP_ARGS, which must still clean up.
+func TestSourceDocument(t *testing.T) {
+	sb := sandbox.New(t)
+	pod := sb.NewPod(t)
+	before := natState(t, sb)
+	capArgs := `CAP_ARGS={"portMappings":[{"hostPort":9090,"containerPort":80,"protocol":"tcp","hostIP":"127.0.0.1"}]}`
+	out, err := sb.Cnitool(t, sandbox.NetD(), "add", "mynet", pod, capArgs)
+	if err != nil {
+		t.Fatalf("cnitool add: %v", err)
+	}
+	t.Cleanup(func() { _, _ = sb.Cnitool(t, sandbox.NetD(), "del", "mynet", pod) })
+	ip := regexp.MustCompile(`"address": "(10\.244\.10\.\d+)/24"`).FindStringSubmatch(out)
+	if ip == nil {
+		t.Fatalf("cnitool add printed %s", out)
+	}
+	var lines []string
+	for _, l := range strings.Split(sandbox.MustRun(t, sb.Node, "iptables-save"), "\n") {
+		if strings.Contains(l, ip[1]) {
+			lines = append(lines, l)
+		}
+	}
+	grep := strings.Join(lines, "\n")
+	for _, want := range []string{
+		"-d 127.0.0.1/32 -p tcp -m tcp --dport 9090 -m comment --comment \"name: \\\"mynet\\\" id: \\\"cnitool-",
+		"-j DNAT --to-destination " + ip[1] + ":80",
+		"-s 127.0.0.1/32 -d " + ip[1] + "/32 -p tcp -m tcp --dport 80 -m comment",
+		"-j MASQUERADE",
+	} {
+		if !strings.Contains(grep, want) {
+			t.Errorf("iptables-save | grep %s lacks %q:\n%s", ip[1], want, grep)
+		}
+	}
+	sandbox.ServeTCP(t, pod, 80, "nginx")
+	if got, err := sandbox.DialTCP(sb.Node, netip.MustParseAddrPort("127.0.0.1:9090")); err != nil || got != "nginx" {
+		t.Fatalf("curl 127.0.0.1:9090: %q, %v", got, err)
+	}
+	for i := 1; i <= 2; i++ {
+		if _, err := sb.Cnitool(t, sandbox.NetD(), "del", "mynet", pod); err != nil {
+			t.Fatalf("cnitool del #%d (no CAP_ARGS): %v", i, err)
+		}
+	}
+	if after := natState(t, sb); after != before {
+		t.Fatalf("nat tables after cnitool del without CAP_ARGS:\n%s\nbefore:\n%s", after, before)
+	}
+}
+
