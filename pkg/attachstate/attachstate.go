@@ -97,7 +97,8 @@ func (s Store) Delete(name string) error {
 	return err
 }
 
-// Names lists the records, skipping half-written temporaries. A missing
+// Names lists the records. Dot files are not records: half-written
+// temporaries, and locks a plugin keeps beside its records. A missing
 // directory holds no records.
 func (s Store) Names() ([]string, error) {
 	entries, err := os.ReadDir(s.Dir)
@@ -109,7 +110,7 @@ func (s Store) Names() ([]string, error) {
 	}
 	var names []string
 	for _, e := range entries {
-		if !e.IsDir() && !strings.HasPrefix(e.Name(), ".tmp-") {
+		if !e.IsDir() && !strings.HasPrefix(e.Name(), ".") {
 			names = append(names, e.Name())
 		}
 	}

@@ -123,7 +123,9 @@ func (b *Batch) Append(chain string, rule Rule) {
 }
 
 // Insert adds rule at the head of chain.
-func (b *Batch) Insert(chain string, rule Rule) { b.lines = append(b.lines, "-I "+chain+" "+rule.String()) }
+func (b *Batch) Insert(chain string, rule Rule) {
+	b.lines = append(b.lines, "-I "+chain+" "+rule.String())
+}
 
 // Delete removes the first rule of chain matching rule.
 func (b *Batch) Delete(chain string, rule Rule) {

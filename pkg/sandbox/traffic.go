@@ -111,4 +111,3 @@ func DialUDP(netns ns.NetNS, addr netip.AddrPort) (string, error) {
 	}
 	return "", errors.New("no UDP answer from " + addr.String())
 }
-

@@ -1,11 +1,16 @@
 package main
 
 import (
+	"fmt"
 	"net/netip"
+	"os"
+	"os/exec"
 	"regexp"
 	"strings"
 	"testing"
 
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/plugins/pkg/ns"
 
@@ -181,3 +186,156 @@ func TestSourceDocument(t *testing.T) {
 	}
 }
 
+// execShim puts wrappers for the iptables binaries first in PATH that log
+// each run to a file, and returns a function counting the runs so far.
+func execShim(t *testing.T) func() map[string]int {
+	t.Helper()
+	dir := t.TempDir()
+	logFile := dir + "/execs.log"
+	// Only the batch binaries: the bridge plugin in the chain runs iptables itself.
+	for _, bin := range []string{"iptables-restore", "ip6tables-restore", "iptables-save", "ip6tables-save"} {
+		real, err := exec.LookPath(bin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		script := fmt.Sprintf("#!/bin/sh\necho %s >> %s\nexec %s \"$@\"\n", bin, logFile, real)
+		if err := os.WriteFile(dir+"/"+bin, []byte(script), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Setenv("PATH", dir+":"+os.Getenv("PATH"))
+	return func() map[string]int {
+		counts := map[string]int{}
+		data, _ := os.ReadFile(logFile)
+		for _, l := range strings.Fields(string(data)) {
+			counts[l]++
+		}
+		_ = os.Remove(logFile)
+		return counts
+	}
+}
+
+// TestProcessesPerPod: on a node already set up, ADD runs one
+// iptables-restore per family, DEL one per family, and a pod without port
+// mappings costs no process at all (the reference takes the lock on every
+// DEL: plugins#510).
+func TestProcessesPerPod(t *testing.T) {
+	sb := sandbox.New(t)
+	rtm := sb.Runtime(t)
+	list := sb.Localize(t, sandbox.ListFromJSON(t, strings.Replace(dualNet, "PORTMAP", "portmap-lite", 1)))
+	count := execShim(t)
+	add := func(id string, caps map[string]any) *libcni.RuntimeConf {
+		att := sandbox.Attachment(sb.NewPod(t), id, "eth0")
+		att.CapabilityArgs = caps
+		if _, err := rtm.Add(list, att); err != nil {
+			t.Fatalf("ADD %s: %v", id, err)
+		}
+		t.Cleanup(func() { _ = rtm.Del(list, att) })
+		return att
+	}
+	add("first", mappings) // sets up the shared chains
+	count()
+	many := map[string]any{"portMappings": func() []map[string]any {
+		var m []map[string]any
+		for i := 0; i < 50; i++ {
+			m = append(m, map[string]any{"hostPort": 20000 + i, "containerPort": 80, "protocol": "tcp"})
+		}
+		return m
+	}()}
+	att := add("second", many)
+	if got := count(); got["iptables-restore"] != 1 || got["ip6tables-restore"] != 1 || len(got) != 2 {
+		t.Errorf("ADD with 50 mappings ran %v, want one iptables-restore and one ip6tables-restore", got)
+	}
+	if err := rtm.Del(list, att); err != nil {
+		t.Fatal(err)
+	}
+	if got := count(); got["iptables-restore"] != 1 || got["ip6tables-restore"] != 1 || len(got) != 2 {
+		t.Errorf("DEL ran %v, want one iptables-restore and one ip6tables-restore", got)
+	}
+	plain := add("no-mappings", nil)
+	if err := rtm.Del(list, plain); err != nil {
+		t.Fatal(err)
+	}
+	if got := count(); len(got) != 0 {
+		t.Errorf("ADD and DEL of a pod without mappings ran %v, want nothing", got)
+	}
+}
+
+// TestConcurrentFirstADDs: pods added at once on a fresh node race to set
+// up the shared chains; each entry jump must exist exactly once.
+func TestConcurrentFirstADDs(t *testing.T) {
+	sb := sandbox.New(t)
+	rtm := sb.Runtime(t)
+	list := sb.Localize(t, sandbox.ListFromJSON(t, strings.Replace(dualNet, "PORTMAP", "portmap-lite", 1)))
+	before := natState(t, sb)
+	const n = 8
+	atts := make([]*libcni.RuntimeConf, n)
+	errs := make(chan error, n)
+	for i := range atts {
+		atts[i] = sandbox.Attachment(sb.NewPod(t), fmt.Sprintf("race-%d", i), "eth0")
+		atts[i].CapabilityArgs = map[string]any{"portMappings": []map[string]any{{"hostPort": 30000 + i, "containerPort": 80, "protocol": "tcp"}}}
+		go func(att *libcni.RuntimeConf) { _, err := rtm.Add(list, att); errs <- err }(atts[i])
+	}
+	for range atts {
+		if err := <-errs; err != nil {
+			t.Errorf("concurrent ADD: %v", err)
+		}
+	}
+	for _, cmd := range []string{"iptables-save", "ip6tables-save"} {
+		save := sandbox.MustRun(t, sb.Node, cmd, "-t", "nat")
+		for _, jump := range []string{"-A PREROUTING -m addrtype --dst-type LOCAL -j CNI-LITE-HOSTPORTS", "-A OUTPUT -m addrtype --dst-type LOCAL -j CNI-LITE-HOSTPORTS", "-A POSTROUTING -j CNI-LITE-SNAT"} {
+			if c := strings.Count(save, jump+"\n"); c != 1 {
+				t.Errorf("%s: %q appears %d times, want once", cmd, jump, c)
+			}
+		}
+		if c := strings.Count(save, ":CNI-LITE-DN-"); c != n {
+			t.Errorf("%s: %d DNAT chains, want %d", cmd, c, n)
+		}
+	}
+	for _, att := range atts {
+		go func(att *libcni.RuntimeConf) { errs <- rtm.Del(list, att) }(att)
+	}
+	for range atts {
+		if err := <-errs; err != nil {
+			t.Errorf("concurrent DEL: %v", err)
+		}
+	}
+	if after := natState(t, sb); after != before {
+		t.Fatalf("nat tables after concurrent DELs:\n%s\nbefore:\n%s", after, before)
+	}
+}
+
+// TestGC: GC keeps the valid attachments' rules and removes the others',
+// including chains of ours that no record accounts for.
+func TestGC(t *testing.T) {
+	sb := sandbox.New(t)
+	rtm := sb.Runtime(t)
+	text := strings.Replace(strings.Replace(dualNet, "PORTMAP", "portmap-lite", 1), `"1.0.0"`, `"1.1.0"`, 1)
+	list := sb.Localize(t, sandbox.ListFromJSON(t, text))
+	var atts []*libcni.RuntimeConf
+	for i := 0; i < 3; i++ {
+		att := sandbox.Attachment(sb.NewPod(t), fmt.Sprintf("gc-%d", i), "eth0")
+		att.CapabilityArgs = map[string]any{"portMappings": []map[string]any{{"hostPort": 31000 + i, "containerPort": 80, "protocol": "tcp"}}}
+		if _, err := rtm.Add(list, att); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = rtm.Del(list, att) })
+		atts = append(atts, att)
+	}
+	// A chain a crashed plugin left behind, with no record.
+	orphan := "CNI-LITE-DN-0123456789abcdef"
+	sandbox.MustRun(t, sb.Node, "iptables", "-t", "nat", "-N", orphan)
+	sandbox.MustRun(t, sb.Node, "iptables", "-t", "nat", "-A", "CNI-LITE-HOSTPORTS", "-j", orphan)
+	if err := rtm.GC(list, []types.GCAttachment{{ContainerID: "gc-1", IfName: "eth0"}}); err != nil {
+		t.Fatalf("GC: %v", err)
+	}
+	save := sandbox.MustRun(t, sb.Node, "iptables-save", "-t", "nat")
+	for port, want := range map[string]bool{"31000": false, "31001": true, "31002": false} {
+		if got := strings.Contains(save, "--dport "+port); got != want {
+			t.Errorf("rules for hostPort %s present = %v, want %v", port, got, want)
+		}
+	}
+	if strings.Contains(save, orphan) {
+		t.Errorf("the orphan chain survived GC:\n%s", save)
+	}
+}
