@@ -206,13 +206,16 @@ func hostNet(ip netip.Addr) *net.IPNet {
 	return &net.IPNet{IP: ip.AsSlice(), Mask: net.CIDRMask(ip.BitLen(), ip.BitLen())}
 }
 
+// ErrNoRoute means the node has no route to an address.
+var ErrNoRoute = errors.New("no route")
+
 // EnableRouteLocalnet lets the interface that leads to ip route packets
 // with a 127.0.0.0/8 source or destination, which forwarding a connection
 // to 127.0.0.1:hostPort on to a pod needs. It changes only that interface.
 func EnableRouteLocalnet(ip netip.Addr) error {
 	routes, err := netlink.RouteGet(ip.AsSlice())
 	if err != nil || len(routes) == 0 {
-		return fmt.Errorf("no route to %s: %v", ip, err)
+		return fmt.Errorf("%w to %s: %v", ErrNoRoute, ip, err)
 	}
 	link, err := netlink.LinkByIndex(routes[0].LinkIndex)
 	if err != nil {

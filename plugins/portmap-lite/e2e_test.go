@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -338,4 +339,77 @@ func TestGC(t *testing.T) {
 	if strings.Contains(save, orphan) {
 		t.Errorf("the orphan chain survived GC:\n%s", save)
 	}
+}
+
+// TestFailures: bad input and a failing ip6tables-restore end with a CNI
+// error naming the cause, and the node's nat tables as they were.
+func TestFailures(t *testing.T) {
+	sb := sandbox.New(t)
+	pod := sb.NewPod(t)
+	prev := `"prevResult":{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"/x"}],
+		"ips":[{"address":"10.244.30.2/24","interface":0},{"address":"fd00:30::2/64","interface":0}]}`
+	conf := func(body string) []byte {
+		return []byte(fmt.Sprintf(`{"cniVersion":"1.0.0","name":"failnet","type":"portmap-lite","stateDir":%q,%s}`, sb.Dir+"/state", body))
+	}
+	sandbox.MustRun(t, sb.Node, "ip", "route", "add", "10.244.30.0/24", "dev", "eno1")
+	// Shared chains first, so that a failure cannot hide behind the bootstrap.
+	if _, err := sb.Invoke(t, "portmap-lite", conf(prev+`,"runtimeConfig":{"portMappings":[{"hostPort":1,"containerPort":1}]}`),
+		sandbox.Invocation{Command: "ADD", ContainerID: "setup", NetNS: pod.Path(), IfName: "eth0"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sb.Invoke(t, "portmap-lite", conf(`"x":0`), sandbox.Invocation{Command: "DEL", ContainerID: "setup", IfName: "eth0"}); err != nil {
+		t.Fatal(err)
+	}
+	before := natState(t, sb)
+	tests := []struct {
+		name     string
+		body     string
+		shim     bool
+		wantCode uint
+		wantMsg  string
+	}{
+		{name: "no prevResult", body: `"runtimeConfig":{"portMappings":[{"hostPort":80,"containerPort":80}]}`,
+			wantCode: types.ErrInvalidNetworkConfig, wantMsg: "prevResult: missing"},
+		{name: "prevResult without container IPs", body: `"prevResult":{"cniVersion":"1.0.0"},"runtimeConfig":{"portMappings":[{"hostPort":80,"containerPort":80}]}`,
+			wantCode: types.ErrInvalidNetworkConfig, wantMsg: "prevResult.ips"},
+		{name: "hostPort out of range", body: prev + `,"runtimeConfig":{"portMappings":[{"hostPort":70000,"containerPort":80}]}`,
+			wantCode: types.ErrInvalidNetworkConfig, wantMsg: `hostPort "70000"`},
+		{name: "unknown protocol", body: prev + `,"runtimeConfig":{"portMappings":[{"hostPort":80,"containerPort":80,"protocol":"gre"}]}`,
+			wantCode: types.ErrInvalidNetworkConfig, wantMsg: `protocol "gre"`},
+		{name: "duplicate mapping", body: prev + `,"runtimeConfig":{"portMappings":[{"hostPort":80,"containerPort":80},{"hostPort":80,"containerPort":8080}]}`,
+			wantCode: types.ErrInvalidNetworkConfig, wantMsg: "maps the same host address"},
+		{name: "ip6tables-restore fails after IPv4 went in", shim: true,
+			body:     prev + `,"runtimeConfig":{"portMappings":[{"hostPort":80,"containerPort":80}]}`,
+			wantCode: types.ErrInternal, wantMsg: "install IPv6 port mappings"},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if tt.shim {
+				dir := t.TempDir()
+				if err := os.WriteFile(dir+"/ip6tables-restore", []byte("#!/bin/sh\necho injected failure >&2\nexit 1\n"), 0o755); err != nil {
+					t.Fatal(err)
+				}
+				t.Setenv("PATH", dir+":"+os.Getenv("PATH"))
+			}
+			_, err := sb.Invoke(t, "portmap-lite", conf(tt.body), sandbox.Invocation{Command: "ADD", ContainerID: fmt.Sprintf("f%d", i), NetNS: pod.Path(), IfName: "eth0"})
+			var cniErr *types.Error
+			if !errors.As(err, &cniErr) || cniErr.Code != tt.wantCode || !strings.Contains(cniErr.Msg, tt.wantMsg) {
+				t.Fatalf("ADD error = %v, want code %d containing %q", err, tt.wantCode, tt.wantMsg)
+			}
+			if after := natState(t, sb); after != before {
+				t.Fatalf("a failed ADD changed the nat tables:\n%s\nbefore:\n%s", after, before)
+			}
+			if entries, _ := os.ReadDir(sb.Dir + "/state"); len(entries) > 2 { // the two lock files
+				t.Fatalf("a failed ADD left state: %v", entries)
+			}
+		})
+	}
+	t.Run("STATUS fails with code 50 without the iptables binaries", func(t *testing.T) {
+		t.Setenv("PATH", t.TempDir())
+		_, err := sb.Invoke(t, "portmap-lite", []byte(`{"cniVersion":"1.1.0","name":"failnet","type":"portmap-lite"}`), sandbox.Invocation{Command: "STATUS"})
+		var cniErr *types.Error
+		if !errors.As(err, &cniErr) || cniErr.Code != 50 || !strings.Contains(cniErr.Msg, "iptables-restore") {
+			t.Fatalf("STATUS = %v", err)
+		}
+	})
 }

@@ -77,7 +77,13 @@ func Add(args *skel.CmdArgs) (err error) {
 			return cnierr.Internal(fmt.Sprintf("install %s port mappings", fp.Family), err)
 		}
 		if fp.Localnet {
-			if err := hostnet.EnableRouteLocalnet(fp.PodIP); err != nil {
+			err := hostnet.EnableRouteLocalnet(fp.PodIP)
+			switch {
+			case errors.Is(err, hostnet.ErrNoRoute):
+				// Nothing on the node reaches the pod (macvlan without
+				// macvlan-host-route): 127.0.0.1 cannot be forwarded either.
+				fmt.Fprintf(os.Stderr, "portmap-lite: %v: 127.0.0.1:hostPort will not reach the pod\n", err)
+			case err != nil:
 				return cnierr.Internal("route_localnet towards "+fp.PodIP.String(), err)
 			}
 		}
