@@ -55,6 +55,29 @@ sandbox_cnitool "$netd" del default "$pod4"
 step "after cnitool del: the route is gone (the sub-device stays for the next pod)"
 show in_ns node ip route
 
+# --- bridge + host-local + portmap-lite (seed 000) -----------------------------
+step "bridge + host-local + portmap-lite: CAP_ARGS=<hostPort 9090 -> 80, hostIP 127.0.0.1> cnitool add mynet (net.d/mynet.conflist)"
+pod5=$(sandbox_pod test)
+export CAP_ARGS='{"portMappings":[{"hostPort":9090,"containerPort":80,"protocol":"tcp","hostIP":"127.0.0.1"}]}'
+out=$(sandbox_cnitool "$netd" add mynet "$pod5")
+unset CAP_ARGS
+echo "$out"
+podip=$(echo "$out" | sed -n 's/.*"address": "\([0-9.]*\)\/24".*/\1/p' | head -1)
+step "iptables-save | grep $podip (in the node namespace)"
+in_ns node iptables-save | grep -F "$podip" | sed 's/^/  /'
+step "a server in the pod on port 80; from the node: curl 127.0.0.1:9090"
+www="$SB_DIR/www"
+mkdir -p "$www" && echo "hello from the pod" > "$www/index.html"
+ip netns exec "$SB_ID-test" busybox httpd -f -p 80 -h "$www" </dev/null >/dev/null 2>&1 &
+server=$!
+sleep 0.3
+show in_ns node curl -s --max-time 3 http://127.0.0.1:9090/
+kill "$server" 2>/dev/null || true
+step "cnitool del mynet, without CAP_ARGS: our rules go all the same"
+sandbox_cnitool "$netd" del mynet "$pod5"
+left=$(in_ns node iptables-save | grep -cF "$podip" || true)
+echo "iptables rules mentioning $podip after del: $left"
+
 step "cleaning up the sandbox"
 sandbox_down
 left=$(ip netns list | grep -c "^$SB_ID-" || true)

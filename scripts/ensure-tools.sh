@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system tools the demo and the tests drive (ip, iptables, ping,
-# nsenter/unshare) on Debian or Ubuntu when they are missing; does nothing
-# when they are all present.
+# nsenter/unshare, and curl and busybox's httpd for the demo's web server) on
+# Debian or Ubuntu when they are missing; does nothing when they are all
+# present.
 set -euo pipefail
 
 declare -A pkg_for=(
@@ -12,6 +13,8 @@ declare -A pkg_for=(
   [ping]=iputils-ping
   [nsenter]=util-linux
   [unshare]=util-linux
+  [curl]=curl
+  [busybox]=busybox
 )
 
 missing=()

@@ -19,8 +19,10 @@ SB_DIR=""
 SB_BIN="${SB_BIN:-$(pwd)/bin}"
 
 sandbox_down() {
-  local ns
+  local ns pid
   for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^$SB_ID-" || true); do
+    # Processes the demo left in its own namespaces (a server in a pod).
+    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill "$pid" 2>/dev/null || true; done
     ip netns delete "$ns" 2>/dev/null || true
   done
   [ -n "$SB_DIR" ] && rm -rf "$SB_DIR"
