@@ -32,6 +32,20 @@ func PrevResult(conf *types.PluginConf) (*current.Result, error) {
 	return res, nil
 }
 
+// RequirePrevResult is PrevResult for the verbs that cannot do without one
+// (ADD and CHECK of a chained plugin): its absence is a configuration error
+// whose message says where the plugin belongs in a chain (hint).
+func RequirePrevResult(conf *types.PluginConf, hint string) (*current.Result, error) {
+	prev, err := PrevResult(conf)
+	if err != nil {
+		return nil, err
+	}
+	if prev == nil {
+		return nil, cnierr.MissingConfig("prevResult", hint)
+	}
+	return prev, nil
+}
+
 // ContainerIPs returns the addresses of prevResult that belong to an
 // interface inside the container's netns (the one with a "sandbox"), or, when
 // the previous plugin did not say which interface an address is on, all of
@@ -51,6 +65,15 @@ func ContainerIPs(res *current.Result) []netip.Prefix {
 			continue
 		}
 		out = append(out, p)
+	}
+	return out
+}
+
+// ContainerAddrs is ContainerIPs without the prefix lengths.
+func ContainerAddrs(res *current.Result) []netip.Addr {
+	var out []netip.Addr
+	for _, p := range ContainerIPs(res) {
+		out = append(out, p.Addr())
 	}
 	return out
 }

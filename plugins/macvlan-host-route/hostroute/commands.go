@@ -7,7 +7,6 @@ import (
 	"strings"
 
 	"github.com/containernetworking/cni/pkg/skel"
-	current "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/cnichain/plugins/pkg/attachstate"
 	"github.com/cnichain/plugins/pkg/chain"
@@ -24,6 +23,8 @@ type owner struct {
 }
 
 const recordPrefix = "route-"
+
+const prevHint = "chain macvlan-host-route after macvlan, which yields the pod's addresses"
 
 func recordName(ip netip.Addr) string { return recordPrefix + ip.String() }
 
@@ -47,7 +48,7 @@ func Add(args *skel.CmdArgs) (err error) {
 	if err != nil {
 		return err
 	}
-	prev, err := requirePrevResult(cfg)
+	prev, err := chain.RequirePrevResult(&cfg.PluginConf, prevHint)
 	if err != nil {
 		return err
 	}
@@ -137,7 +138,7 @@ func Check(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	prev, err := requirePrevResult(cfg)
+	prev, err := chain.RequirePrevResult(&cfg.PluginConf, prevHint)
 	if err != nil {
 		return err
 	}
@@ -227,17 +228,6 @@ func Status(args *skel.CmdArgs) error {
 		return cnierr.Unavailable("master %q: %v", cfg.Master, err)
 	}
 	return nil
-}
-
-func requirePrevResult(cfg *Config) (*current.Result, error) {
-	prev, err := chain.PrevResult(&cfg.PluginConf)
-	if err != nil {
-		return nil, err
-	}
-	if prev == nil {
-		return nil, cnierr.MissingConfig("prevResult", "chain macvlan-host-route after macvlan, which yields the pod's addresses")
-	}
-	return prev, nil
 }
 
 // ownedBy lists the addresses whose records name key: how DEL finds its

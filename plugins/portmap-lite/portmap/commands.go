@@ -3,13 +3,11 @@ package portmap
 import (
 	"errors"
 	"fmt"
-	"net/netip"
 	"os"
 	"os/exec"
 	"strings"
 
 	"github.com/containernetworking/cni/pkg/skel"
-	current "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/cnichain/plugins/pkg/attachstate"
 	"github.com/cnichain/plugins/pkg/chain"
@@ -17,6 +15,8 @@ import (
 	"github.com/cnichain/plugins/pkg/hostnet"
 	"github.com/cnichain/plugins/pkg/iptbatch"
 )
+
+const prevHint = "chain portmap-lite after a plugin that yields the container's IP, such as bridge"
 
 // record is what an attachment's ADD installed, saved before it installs
 // anything so that DEL and GC can always find and remove it.
@@ -41,7 +41,7 @@ func Add(args *skel.CmdArgs) (err error) {
 	if err != nil {
 		return err
 	}
-	prev, err := requirePrevResult(cfg)
+	prev, err := chain.RequirePrevResult(&cfg.PluginConf, prevHint)
 	if err != nil {
 		return err
 	}
@@ -52,10 +52,7 @@ func Add(args *skel.CmdArgs) (err error) {
 	if len(cfg.Mappings) == 0 {
 		return chain.Print(prev, cfg.CNIVersion)
 	}
-	var ips []netip.Addr
-	for _, p := range chain.ContainerIPs(prev) {
-		ips = append(ips, p.Addr())
-	}
+	ips := chain.ContainerAddrs(prev)
 	if len(ips) == 0 {
 		return cnierr.InvalidConfig("prevResult.ips", "[]", "no container address to forward to")
 	}
@@ -129,17 +126,13 @@ func Check(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	prev, err := requirePrevResult(cfg)
+	prev, err := chain.RequirePrevResult(&cfg.PluginConf, prevHint)
 	if err != nil {
 		return err
 	}
 	var plan *Plan
 	if len(cfg.Mappings) > 0 {
-		var ips []netip.Addr
-		for _, p := range chain.ContainerIPs(prev) {
-			ips = append(ips, p.Addr())
-		}
-		if plan, err = Build(cfg, key, ips); err != nil {
+		if plan, err = Build(cfg, key, chain.ContainerAddrs(prev)); err != nil {
 			return cnierr.InvalidConfig("runtimeConfig.portMappings", "hostIP", err.Error())
 		}
 	} else {
@@ -238,17 +231,6 @@ func Status(args *skel.CmdArgs) error {
 		return cnierr.Unavailable("%s not found in PATH (install iptables; iptablesFlavour %q)", strings.Join(missing, ", "), cfg.IptablesFlavour)
 	}
 	return nil
-}
-
-func requirePrevResult(cfg *Config) (*current.Result, error) {
-	prev, err := chain.PrevResult(&cfg.PluginConf)
-	if err != nil {
-		return nil, err
-	}
-	if prev == nil {
-		return nil, cnierr.MissingConfig("prevResult", "chain portmap-lite after a plugin that yields the container's IP, such as bridge")
-	}
-	return prev, nil
 }
 
 // flushUDP drops stale UDP flows to the mapped host ports. Failing to is

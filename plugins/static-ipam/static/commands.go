@@ -39,12 +39,9 @@ func Check(args *skel.CmdArgs) error {
 	if err := json.Unmarshal(args.StdinData, &conf); err != nil {
 		return cnierr.Decode("network configuration", err)
 	}
-	prev, err := chain.PrevResult(&conf)
+	prev, err := chain.RequirePrevResult(&conf, "CHECK compares against the result of ADD")
 	if err != nil {
 		return err
-	}
-	if prev == nil {
-		return cnierr.MissingConfig("prevResult", "CHECK compares against the result of ADD")
 	}
 	return Verify(cfg, prev)
 }
