@@ -14,6 +14,8 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/cnichain/plugins/pkg/sandbox"
 )
@@ -64,6 +66,30 @@ func podAddrs(t *testing.T, r *current.Result) (v4, v6 netip.Addr) {
 		t.Fatalf("result lacks an IPv4 or IPv6 address: %v", r)
 	}
 	return v4, v6
+}
+
+// udpFlows counts the node's conntrack entries for UDP to port.
+func udpFlows(t *testing.T, sb *sandbox.Sandbox, port uint16) int {
+	t.Helper()
+	n := 0
+	err := sb.Node.Do(func(ns.NetNS) error {
+		for _, fam := range []netlink.InetFamily{unix.AF_INET, unix.AF_INET6} {
+			flows, err := netlink.ConntrackTableList(netlink.ConntrackTable, fam)
+			if err != nil {
+				return err
+			}
+			for _, f := range flows {
+				if f.Forward.Protocol == unix.IPPROTO_UDP && f.Forward.DstPort == port {
+					n++
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("conntrack: %v", err)
+	}
+	return n
 }
 
 // TestTraffic runs the same traffic through portmap-lite and through the
@@ -122,8 +148,15 @@ func TestTraffic(t *testing.T) {
 				}
 			})
 			t.Run("DEL leaves the nat tables as they were, and succeeds twice", func(t *testing.T) {
+				if n := udpFlows(t, sb, 5353); n == 0 {
+					t.Fatal("no conntrack entry for the UDP mapping: the flush below would prove nothing")
+				}
 				if err := rtm.Del(list, att); err != nil {
 					t.Fatal(err)
+				}
+				// The reference flushes on ADD only (plugins#123): a new pod on the port would get a dead flow.
+				if n := udpFlows(t, sb, 5353); plugin == "portmap-lite" && n != 0 {
+					t.Errorf("%d UDP conntrack entries to hostPort 5353 survive DEL", n)
 				}
 				if after := natState(t, sb); after != before {
 					t.Fatalf("nat tables after DEL:\n%s\nbefore ADD:\n%s", after, before)
