@@ -81,17 +81,15 @@ func (r Runner) Save(f Family, table string) (string, error) {
 // word, else in double quotes with " and \ escaped. Line breaks and NULs,
 // which would end the rule, become spaces.
 func Quote(arg string) string {
-	arg = strings.Map(func(r rune) rune {
-		if r == '\n' || r == '\r' || r == 0 {
-			return ' '
-		}
-		return r
-	}, arg)
-	if arg != "" && !strings.ContainsAny(arg, " \t\"'\\#") {
+	if arg != "" && !strings.ContainsAny(arg, " \t\"'\\#\n\r\x00") {
 		return arg
 	}
-	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(arg) + `"`
+	return `"` + quoteEscaper.Replace(arg) + `"`
 }
+
+// quoteEscaper escapes for a double-quoted argument and blanks what would
+// end the line.
+var quoteEscaper = strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", " ", "\r", " ", "\x00", " ")
 
 // Rule is one rule's arguments, as given to iptables after the chain.
 type Rule []string

@@ -120,3 +120,13 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func BenchmarkParse(b *testing.B) {
+	conf := []byte(`{"cniVersion":"1.0.0","name":"default","master":"eno1","bridge":"eno1.host","hostAddresses":["fd00::5"],
+		"prevResult":{"cniVersion":"1.0.0","ips":[{"address":"192.168.1.2/16"},{"address":"fd00::2/64"}]}}`)
+	for b.Loop() {
+		if _, err := Parse(conf); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

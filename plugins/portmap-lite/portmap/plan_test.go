@@ -293,3 +293,46 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func benchConfig(b *testing.B, n int) []byte {
+	b.Helper()
+	var m []string
+	for i := 0; i < n; i++ {
+		m = append(m, fmt.Sprintf(`{"hostPort":%d,"containerPort":%d,"protocol":"tcp"}`, 10000+i, 80+i))
+	}
+	return []byte(`{"cniVersion":"1.0.0","name":"mynet","type":"portmap-lite","runtimeConfig":{"portMappings":[` + strings.Join(m, ",") + `]},
+		"prevResult":{"cniVersion":"1.0.0","ips":[{"address":"10.244.10.7/24"},{"address":"fd00::7/64"}]}}`)
+}
+
+func BenchmarkParse(b *testing.B) {
+	for _, n := range []int{1, 10, 50} {
+		conf := benchConfig(b, n)
+		b.Run(fmt.Sprintf("%d mappings", n), func(b *testing.B) {
+			for b.Loop() {
+				if _, err := Parse(conf); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+func BenchmarkBuildAndRender(b *testing.B) {
+	for _, n := range []int{1, 10, 50} {
+		cfg, err := Parse(benchConfig(b, n))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Run(fmt.Sprintf("%d mappings", n), func(b *testing.B) {
+			for b.Loop() {
+				plan, err := Build(cfg, key, addrs("10.244.10.7", "fd00::7"))
+				if err != nil {
+					b.Fatal(err)
+				}
+				for i := range plan.Families {
+					_ = plan.Families[i].AddBatch().Text()
+				}
+			}
+		})
+	}
+}

@@ -215,3 +215,12 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func BenchmarkParse(b *testing.B) {
+	stdin := conf("1.0.0", dockinIPAM, `"runtimeConfig":{"ips":["192.168.0.77/24"]}`)
+	for b.Loop() {
+		if _, err := Parse(stdin, "IgnoreUnknown=1;K8S_POD_NAME=web;GATEWAY=192.168.0.1"); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
