@@ -10,7 +10,7 @@ LDFLAGS  := -s -w -X github.com/cnichain/plugins/pkg/buildinfo.Version=$(VERSION
 PLUGINS  := $(notdir $(wildcard plugins/*))
 FUZZTIME ?= 10s
 
-.PHONY: all build tools test lint fuzz demo install clean
+.PHONY: all build tools test lint fuzz demo bench install clean
 
 all: build
 
@@ -42,6 +42,15 @@ fuzz:
 
 demo: tools build
 	SB_BIN=$(BIN) scripts/demo.sh
+
+# Our plugins against the reference ones, interleaved, in the sandbox; writes
+# bench/RESULTS.md and bench/latency.png. BENCH_ROUNDS, BENCH_PODS tune it.
+BENCH_ROUNDS ?= 15
+BENCH_PODS   ?= 500
+bench: tools build
+	$(GO) test -run '^$$' -bench . -benchtime 2000x ./plugins/... | grep -E '^(Benchmark|ok|FAIL)'
+	CNICHAIN_BIN=$(BIN) CNICHAIN_BENCH=1 CNICHAIN_BENCH_ROUNDS=$(BENCH_ROUNDS) CNICHAIN_BENCH_PODS=$(BENCH_PODS) \
+	  $(GO) test -count=1 -run '^TestBench$$' -timeout 60m ./bench/
 
 install: build
 	install -d $(DESTDIR)/opt/cni/bin

@@ -1,0 +1,356 @@
+package bench
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/plugins/pkg/ns"
+
+	"github.com/cnichain/plugins/pkg/sandbox"
+)
+
+func TestMain(m *testing.M) { sandbox.Main(m) }
+
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+// TestBench is `make bench`. It is skipped in `make test`: it takes minutes.
+func TestBench(t *testing.T) {
+	if os.Getenv("CNICHAIN_BENCH") == "" {
+		t.Skip("make bench runs this (CNICHAIN_BENCH=1)")
+	}
+	rounds := envInt("CNICHAIN_BENCH_ROUNDS", 15)
+	most := envInt("CNICHAIN_BENCH_PODS", 500)
+	levels := []int{0, min(100, most), most}
+	levels = slices.Compact(levels)
+	r := &report{}
+
+	benchIPAM(t, r, rounds)
+	benchHostRoute(t, r, rounds)
+	benchPortmap(t, r, rounds, levels)
+	benchThroughput(t, r, envInt("CNICHAIN_BENCH_THROUGHPUT_PODS", 200), 16)
+
+	out := os.Getenv("CNICHAIN_BENCH_OUT")
+	if out == "" {
+		out = "."
+	}
+	if err := writeFile(out+"/RESULTS.md", r.markdown(rounds), os.Stdout); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// chainCase is one conflist whose ADD and DEL are timed through libcni.
+type chainCase struct {
+	label string
+	rtm   *sandbox.Runtime
+	list  *libcni.NetworkConfigList
+	pod   ns.NetNS
+	add   series
+	del   series
+}
+
+func (c *chainCase) round(t *testing.T, i int) {
+	att := sandbox.Attachment(c.pod, fmt.Sprintf("%s-%d", c.label, i), "eth0")
+	d, err := timed(func() error { _, err := c.rtm.Add(c.list, att); return err })
+	if err != nil {
+		t.Fatalf("%s ADD: %v", c.label, err)
+	}
+	c.add.d = append(c.add.d, d)
+	d, err = timed(func() error { return c.rtm.Del(c.list, att) })
+	if err != nil {
+		t.Fatalf("%s DEL: %v", c.label, err)
+	}
+	c.del.d = append(c.del.d, d)
+}
+
+func newChainCase(t *testing.T, sb *sandbox.Sandbox, label, text string) *chainCase {
+	return &chainCase{label: label, rtm: sb.Runtime(t), list: sb.Localize(t, sandbox.ListFromJSON(t, text)), pod: sb.NewPod(t)}
+}
+
+// benchIPAM: static-ipam against the reference static, both under macvlan.
+func benchIPAM(t *testing.T, r *report, rounds int) {
+	sb := sandbox.New(t)
+	list := `{"cniVersion":"1.0.0","name":"ipam-%s","plugins":[{"type":"macvlan","master":"eno1",
+		"ipam":{"type":%q,"addresses":[{"address":"192.168.5.10/16","gateway":"192.168.0.1"}],"routes":[{"dst":"0.0.0.0/0"}]}}]}`
+	ours := newChainCase(t, sb, "static-ipam", fmt.Sprintf(list, "ours", "static-ipam"))
+	ref := newChainCase(t, sb, "static", fmt.Sprintf(list, "ref", "static"))
+	for i := 0; i < rounds; i++ {
+		ours.round(t, i)
+		ref.round(t, i)
+	}
+	const s = "1. static-ipam vs reference static, under macvlan (chain via libcni)"
+	r.rows = append(r.rows, row{section: s, name: "ADD", ours: &ours.add, ref: &ref.add}, row{section: s, name: "DEL", ours: &ours.del, ref: &ref.del})
+}
+
+// benchHostRoute: what macvlan-host-route adds to a macvlan chain, and its
+// own ADD against loopback's, the floor of any exec'd plugin.
+func benchHostRoute(t *testing.T, r *report, rounds int) {
+	sb := sandbox.New(t)
+	chain := `{"cniVersion":"1.0.0","name":"hr-%s","plugins":[{"type":"macvlan","master":"eno1",
+		"ipam":{"type":"static-ipam","addresses":[{"address":"192.168.6.10/16"}]}}%s]}`
+	with := newChainCase(t, sb, "with", fmt.Sprintf(chain, "with", `,{"type":"macvlan-host-route","master":"eno1"}`))
+	without := newChainCase(t, sb, "without", fmt.Sprintf(chain, "without", ""))
+	pod := sb.NewPod(t)
+	conf := []byte(fmt.Sprintf(`{"cniVersion":"1.0.0","name":"direct","type":"macvlan-host-route","master":"eno1","stateDir":%q,
+		"prevResult":{"cniVersion":"1.0.0","ips":[{"address":"192.168.6.20/16"}]}}`, sb.Dir+"/hr-state"))
+	loConf := []byte(`{"cniVersion":"1.0.0","name":"lo","type":"loopback"}`)
+	var hrAdd, hrDel, loAdd series
+	for i := 0; i < rounds; i++ {
+		with.round(t, i)
+		without.round(t, i)
+		inv := sandbox.Invocation{Command: "ADD", ContainerID: fmt.Sprintf("hr-%d", i), NetNS: pod.Path(), IfName: "eth0"}
+		hrAdd.d = append(hrAdd.d, mustTime(t, func() error { _, err := sb.Invoke(t, "macvlan-host-route", conf, inv); return err }))
+		inv.Command = "DEL"
+		hrDel.d = append(hrDel.d, mustTime(t, func() error { _, err := sb.Invoke(t, "macvlan-host-route", conf, inv); return err }))
+		inv.Command = "ADD"
+		loAdd.d = append(loAdd.d, mustTime(t, func() error { _, err := sb.Invoke(t, "loopback", loConf, inv); return err }))
+	}
+	const s = "2. macvlan + macvlan-host-route vs macvlan alone"
+	r.rows = append(r.rows,
+		row{section: s, name: "chain ADD (with / without our plugin)", ours: &with.add, ref: &without.add},
+		row{section: s, name: "chain DEL (with / without our plugin)", ours: &with.del, ref: &without.del},
+		row{section: s, name: "macvlan-host-route ADD alone / loopback ADD", ours: &hrAdd, ref: &loAdd},
+		row{section: s, name: "macvlan-host-route DEL alone / loopback ADD", ours: &hrDel, ref: &loAdd},
+	)
+	ratio := float64(hrAdd.median()) / float64(loAdd.median())
+	r.check("macvlan-host-route ADD within 1.5x of loopback's ADD", ratio <= 1.5, fmt.Sprintf("%.2fx", ratio))
+}
+
+func mustTime(t *testing.T, fn func() error) time.Duration {
+	t.Helper()
+	d, err := timed(fn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// portmapNode is a node namespace where one portmap plugin serves pods:
+// ours and the reference each get their own, so that each sees only its
+// own rules, however many pods are already on it.
+type portmapNode struct {
+	plugin string
+	sb     *sandbox.Sandbox
+	pod    ns.NetNS // CNI_NETNS of every call; portmap never enters it
+	pods   int
+}
+
+func mappingsJSON(n, base int) string {
+	var m []string
+	for i := 0; i < n; i++ {
+		m = append(m, fmt.Sprintf(`{"hostPort":%d,"containerPort":%d,"protocol":"tcp"}`, base+i, 8000+i))
+	}
+	return "[" + strings.Join(m, ",") + "]"
+}
+
+// conf is the plugin's stdin, as a runtime sends it after bridge: the
+// mappings in runtimeConfig and the pod's address in prevResult.
+func (n *portmapNode) conf(podIP string, mappings string) []byte {
+	return []byte(fmt.Sprintf(`{"cniVersion":"1.0.0","name":"benchnet","type":%q,"stateDir":%q,
+		"runtimeConfig":{"portMappings":%s},
+		"prevResult":{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"/x"}],"ips":[{"address":%q,"interface":0}]}}`,
+		n.plugin, n.sb.Dir+"/state", mappings, podIP+"/16"))
+}
+
+func (n *portmapNode) invoke(t *testing.T, cmd, id string, conf []byte) time.Duration {
+	t.Helper()
+	inv := sandbox.Invocation{Command: cmd, ContainerID: id, NetNS: n.pod.Path(), IfName: "eth0"}
+	return mustTime(t, func() error { _, err := n.sb.Invoke(t, n.plugin, conf, inv); return err })
+}
+
+// fill adds background pods, one mapping each, until the node has want.
+func (n *portmapNode) fill(t *testing.T, want int) {
+	for ; n.pods < want; n.pods++ {
+		ip := fmt.Sprintf("10.244.%d.%d", 1+n.pods/250, 2+n.pods%250)
+		n.invoke(t, "ADD", fmt.Sprintf("bg-%d", n.pods), n.conf(ip, mappingsJSON(1, 40000+n.pods)))
+	}
+}
+
+func newPortmapNode(t *testing.T, plugin string) *portmapNode {
+	sb := sandbox.New(t)
+	// A route to the pod subnet, as a bridge would have: route_localnet goes on its interface.
+	sandbox.MustRun(t, sb.Node, "ip", "route", "add", "10.244.0.0/16", "dev", "eno1")
+	return &portmapNode{plugin: plugin, sb: sb, pod: sb.NewPod(t)}
+}
+
+// benchPortmap: portmap-lite against the reference portmap, ADD and DEL at
+// 1, 10 and 50 mappings, with 0, 100 and 500 other pods on the node; and
+// the processes each spawns.
+func benchPortmap(t *testing.T, r *report, rounds int, levels []int) {
+	ours, ref := newPortmapNode(t, "portmap-lite"), newPortmapNode(t, "portmap")
+	execCounts(t, r, ours, ref)
+	sizes := []int{1, 10, 50}
+	lines := map[string][]float64{}
+	var order []string
+	medians := map[string]time.Duration{}
+	for _, level := range levels {
+		ours.fill(t, level)
+		ref.fill(t, level)
+		for _, size := range sizes {
+			var oa, od, ra, rd series
+			mappings := mappingsJSON(size, 20000)
+			for i := 0; i < rounds; i++ {
+				for _, c := range []struct {
+					node     *portmapNode
+					add, del *series
+				}{{ours, &oa, &od}, {ref, &ra, &rd}} {
+					id := fmt.Sprintf("m-%d-%d-%d", level, size, i)
+					conf := c.node.conf("10.244.0.2", mappings)
+					c.add.d = append(c.add.d, c.node.invoke(t, "ADD", id, conf))
+					c.del.d = append(c.del.d, c.node.invoke(t, "DEL", id, conf))
+				}
+			}
+			s := fmt.Sprintf("3-4. portmap-lite vs reference portmap, %d other pods on the node", level)
+			r.rows = append(r.rows,
+				row{section: s, name: fmt.Sprintf("ADD, %d mappings", size), ours: &oa, ref: &ra},
+				row{section: s, name: fmt.Sprintf("DEL, %d mappings", size), ours: &od, ref: &rd})
+			for _, l := range []struct {
+				name string
+				s    *series
+			}{{fmt.Sprintf("portmap-lite, %d mappings", size), &oa}, {fmt.Sprintf("portmap, %d mappings", size), &ra}} {
+				if _, ok := lines[l.name]; !ok {
+					order = append(order, l.name)
+				}
+				lines[l.name] = append(lines[l.name], float64(l.s.median().Microseconds())/1000)
+			}
+			medians[fmt.Sprintf("ours-%d-%d", level, size)] = oa.median()
+			medians[fmt.Sprintf("ref-%d-%d", level, size)] = ra.median()
+		}
+	}
+	for _, size := range []int{10, 50} {
+		want := map[int]float64{10: 0.2, 50: 0.05}[size]
+		got := float64(medians[fmt.Sprintf("ours-0-%d", size)]) / float64(medians[fmt.Sprintf("ref-0-%d", size)])
+		r.check(fmt.Sprintf("portmap-lite ADD at %d mappings at most %.2f of the reference's", size, want), got <= want, fmt.Sprintf("%.3f", got))
+	}
+	top := levels[len(levels)-1]
+	for _, size := range sizes {
+		got := float64(medians[fmt.Sprintf("ours-%d-%d", top, size)]) / float64(medians[fmt.Sprintf("ours-0-%d", size)])
+		r.check(fmt.Sprintf("portmap-lite ADD (%d mappings) with %d pods on the node at most 1.5x its time on an empty node", size, top), got <= 1.5, fmt.Sprintf("%.2fx", got))
+	}
+	out := os.Getenv("CNICHAIN_BENCH_OUT")
+	if out == "" {
+		out = "."
+	}
+	if err := latencyPlot(out+"/latency.png", levels, lines, order); err != nil {
+		t.Errorf("plot: %v", err)
+	}
+}
+
+// execCounts counts the iptables processes of one ADD and one DEL at 10
+// mappings, through wrappers first in PATH.
+func execCounts(t *testing.T, r *report, nodes ...*portmapNode) {
+	dir := t.TempDir()
+	logFile := dir + "/execs.log"
+	names := []string{"iptables", "ip6tables", "iptables-restore", "ip6tables-restore", "iptables-save", "ip6tables-save"}
+	for _, bin := range names {
+		real, err := exec.LookPath(bin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		script := fmt.Sprintf("#!/bin/sh\necho %s >> %s\nexec %s \"$@\"\n", bin, logFile, real)
+		if err := os.WriteFile(dir+"/"+bin, []byte(script), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	path := os.Getenv("PATH")
+	t.Setenv("PATH", dir+":"+path)
+	defer os.Setenv("PATH", path)
+	count := func() string {
+		data, _ := os.ReadFile(logFile)
+		_ = os.Remove(logFile)
+		return fmt.Sprintf("%d (%s)", len(strings.Fields(string(data))), summarize(strings.Fields(string(data))))
+	}
+	r.notes = append(r.notes, "| plugin | iptables processes per ADD, 10 mappings | per DEL |", "|---|---|---|")
+	for _, n := range nodes {
+		// The first ADD on a node also sets up its shared chains: count a second one.
+		conf := n.conf("10.244.0.3", mappingsJSON(10, 30000))
+		n.invoke(t, "ADD", "warm", conf)
+		n.invoke(t, "DEL", "warm", conf)
+		count()
+		n.invoke(t, "ADD", "count", conf)
+		add := count()
+		n.invoke(t, "DEL", "count", conf)
+		del := count()
+		r.notes = append(r.notes, fmt.Sprintf("| %s | %s | %s |", n.plugin, add, del))
+	}
+	r.notes = append(r.notes, "")
+}
+
+func summarize(names []string) string {
+	counts := map[string]int{}
+	var order []string
+	for _, n := range names {
+		if counts[n] == 0 {
+			order = append(order, n)
+		}
+		counts[n]++
+	}
+	var parts []string
+	for _, n := range order {
+		parts = append(parts, fmt.Sprintf("%d %s", counts[n], n))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// benchThroughput adds then deletes pods pods through the whole chain
+// (bridge, host-local, portmap), parallel at a time, for each plugin.
+func benchThroughput(t *testing.T, r *report, pods, parallel int) {
+	r.notes = append(r.notes, fmt.Sprintf("Throughput, bridge + host-local + the plugin, %d pods with one mapping each, %d at a time:", pods, parallel), "",
+		"| plugin | ADD pods/s | DEL pods/s | failures |", "|---|---:|---:|---:|")
+	for _, plugin := range []string{"portmap-lite", "portmap"} {
+		sb := sandbox.New(t)
+		rtm := sb.Runtime(t)
+		list := sb.Localize(t, sandbox.ListFromJSON(t, fmt.Sprintf(`{"cniVersion":"1.0.0","name":"tp","plugins":[
+			{"type":"bridge","bridge":"tp0","isGateway":true,"ipMasq":true,"hairpinMode":true,
+			 "ipam":{"type":"host-local","subnet":"10.250.0.0/16"}},
+			{"type":%q,"capabilities":{"portMappings":true}}]}`, plugin)))
+		atts := make([]*libcni.RuntimeConf, pods)
+		for i := range atts {
+			atts[i] = sandbox.Attachment(sb.NewPod(t), fmt.Sprintf("tp-%d", i), "eth0")
+			atts[i].CapabilityArgs = map[string]any{"portMappings": []map[string]any{{"hostPort": 50000 + i, "containerPort": 80, "protocol": "tcp"}}}
+		}
+		run := func(fn func(*libcni.RuntimeConf) error) (float64, int) {
+			var failures int
+			var mu sync.Mutex
+			sem := make(chan struct{}, parallel)
+			var wg sync.WaitGroup
+			start := time.Now()
+			for _, att := range atts {
+				wg.Add(1)
+				sem <- struct{}{}
+				go func() {
+					defer func() { <-sem; wg.Done() }()
+					if err := fn(att); err != nil {
+						mu.Lock()
+						failures++
+						if failures == 1 {
+							t.Logf("%s: first failure: %v", plugin, err)
+						}
+						mu.Unlock()
+					}
+				}()
+			}
+			wg.Wait()
+			return float64(pods) / time.Since(start).Seconds(), failures
+		}
+		addRate, addFail := run(func(a *libcni.RuntimeConf) error { _, err := rtm.Add(list, a); return err })
+		delRate, delFail := run(func(a *libcni.RuntimeConf) error { return rtm.Del(list, a) })
+		r.notes = append(r.notes, fmt.Sprintf("| %s | %.1f | %.1f | %d |", plugin, addRate, delRate, addFail+delFail))
+		if plugin == "portmap-lite" {
+			r.check("no failures in the throughput run", addFail+delFail == 0, fmt.Sprintf("%d", addFail+delFail))
+		}
+	}
+}
+
