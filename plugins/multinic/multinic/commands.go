@@ -1,0 +1,262 @@
+package multinic
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"strings"
+
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/skel"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
+
+	"github.com/cnichain/plugins/pkg/attachstate"
+	"github.com/cnichain/plugins/pkg/chain"
+	"github.com/cnichain/plugins/pkg/cniargs"
+	"github.com/cnichain/plugins/pkg/cnierr"
+)
+
+// record is the plan of an attachment's ADD: each network and the exact
+// delegate list it was added with, so DEL never needs the RM again.
+type record struct {
+	attachstate.Key
+	Networks []delegated `json:"networks"`
+}
+
+type delegated struct {
+	Network
+	List string `json:"list"`
+}
+
+// podArgs are the CNI_ARGS keys runtimes send that we read.
+var podArgs = []string{"K8S_POD_NAME", "K8S_POD_NAMESPACE", "K8S_POD_INFRA_CONTAINER_ID", "K8S_POD_UID"}
+
+type attachment struct {
+	cfg   *Config
+	key   attachstate.Key
+	store attachstate.Store
+	cni   *libcni.CNIConfig
+	args  *skel.CmdArgs
+}
+
+func setup(args *skel.CmdArgs) (*attachment, error) {
+	cfg, err := Parse(args.StdinData)
+	if err != nil {
+		return nil, err
+	}
+	bin := filepath.SplitList(args.Path)
+	if cfg.BinDir != "" {
+		bin = []string{cfg.BinDir}
+	}
+	return &attachment{
+		cfg:   cfg,
+		key:   attachstate.Key{Network: cfg.Name, ContainerID: args.ContainerID, IfName: args.IfName},
+		store: attachstate.Store{Dir: cfg.StateDir},
+		cni:   libcni.NewCNIConfigWithCacheDir(bin, filepath.Join(cfg.StateDir, "cache"), nil),
+		args:  args,
+	}, nil
+}
+
+// runtimeConf is the delegate call for network n: its ifName, and the
+// runtime's CNI_ARGS without the address keys, which would override the
+// address we give static-ipam.
+func (a *attachment) runtimeConf(n Network) *libcni.RuntimeConf {
+	rt := &libcni.RuntimeConf{ContainerID: a.args.ContainerID, NetNS: a.args.Netns, IfName: n.IfName,
+		Args: [][2]string{{"IgnoreUnknown", "1"}}}
+	for _, pair := range strings.Split(a.args.Args, ";") {
+		k, v, ok := strings.Cut(pair, "=")
+		if !ok || k == "IP" || k == "GATEWAY" || strings.EqualFold(k, "IgnoreUnknown") {
+			continue
+		}
+		rt.Args = append(rt.Args, [2]string{k, v})
+	}
+	return rt
+}
+
+// Add asks the RM for the pod's networks and delegates each; a failure
+// part-way removes the networks already added.
+func Add(args *skel.CmdArgs) (err error) {
+	a, err := setup(args)
+	if err != nil {
+		return err
+	}
+	log, closeLog := a.cfg.Logger()
+	defer closeLog()
+	log = log.With("containerID", args.ContainerID, "verb", "ADD")
+	env, err := cniargs.Parse(args.Args, podArgs...)
+	if err != nil {
+		return err
+	}
+	if env["K8S_POD_NAME"] == "" {
+		return cnierr.InvalidEnv("CNI_ARGS K8S_POD_NAME", "", "multinic asks the resource manager by pod name")
+	}
+	client, err := NewClient(a.cfg)
+	if err != nil {
+		return err
+	}
+	ctx := context.Background()
+	nets, err := client.Networks(ctx, env["K8S_POD_NAME"], env["K8S_POD_NAMESPACE"])
+	if err != nil {
+		log.Error("resource manager", "pod", env["K8S_POD_NAME"], "error", err)
+		return err
+	}
+	rec := record{Key: a.key}
+	for _, n := range nets {
+		base, err := LoadDelegate(a.cfg.ConfDir, n.Type)
+		if err != nil {
+			return err
+		}
+		list, err := WithIPAM(base, a.cfg.IPAMType, n)
+		if err != nil {
+			return cnierr.InvalidConfig("confDir "+n.Type, a.cfg.ConfDir, err.Error())
+		}
+		rec.Networks = append(rec.Networks, delegated{Network: n, List: string(list)})
+	}
+	if err := a.store.Save(a.key.ID(), rec); err != nil {
+		return cnierr.Internal("state "+a.cfg.StateDir, err)
+	}
+	var results []*current.Result
+	for i, d := range rec.Networks {
+		res, err := a.addOne(ctx, d)
+		if err != nil {
+			log.Error("delegate", "type", d.Type, "ifName", d.IfName, "error", err)
+			_ = a.delete(ctx, rec.Networks[:i+1])
+			return delegateError("ADD", d.Network, err)
+		}
+		log.Info("delegated", "type", d.Type, "ifName", d.IfName, "address", d.Address)
+		results = append(results, res)
+	}
+	// Results before 0.3.0 hold one IPv4 address: they carry the master's alone.
+	if ok, _ := version.GreaterThanOrEqualTo(a.cfg.CNIVersion, "0.3.0"); !ok {
+		return chain.Print(results[0], a.cfg.CNIVersion)
+	}
+	return chain.Print(Merge(results[0], results[1:]), a.cfg.CNIVersion)
+}
+
+func (a *attachment) addOne(ctx context.Context, d delegated) (*current.Result, error) {
+	list, err := libcni.ConfListFromBytes([]byte(d.List))
+	if err != nil {
+		return nil, err
+	}
+	res, err := a.cni.AddNetworkList(ctx, list, a.runtimeConf(d.Network))
+	if err != nil {
+		return nil, err
+	}
+	return current.NewResultFromResult(res)
+}
+
+// delete runs DEL of each network, last first, going on past failures; the
+// record goes only when all succeeded, so a retried DEL finishes the job.
+func (a *attachment) delete(ctx context.Context, nets []delegated) error {
+	var errs []error
+	for i := len(nets) - 1; i >= 0; i-- {
+		d := nets[i]
+		list, err := libcni.ConfListFromBytes([]byte(d.List))
+		if err == nil {
+			err = a.cni.DelNetworkList(ctx, list, a.runtimeConf(d.Network))
+		}
+		if err != nil {
+			errs = append(errs, delegateError("DEL", d.Network, err))
+		}
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	return a.store.Delete(a.key.ID())
+}
+
+// Del removes every network the ADD set up, from its record: the RM is not
+// asked, so DEL works when it is down or has forgotten the pod.
+func Del(args *skel.CmdArgs) error {
+	a, err := setup(args)
+	if err != nil {
+		return err
+	}
+	var rec record
+	found, err := a.store.Load(a.key.ID(), &rec)
+	if err != nil {
+		return cnierr.Internal("state "+a.cfg.StateDir, err)
+	}
+	if !found {
+		return nil
+	}
+	if err := a.delete(context.Background(), rec.Networks); err != nil {
+		return cnierr.Internal("DEL", err)
+	}
+	return nil
+}
+
+// Check delegates CHECK to every network of the record.
+func Check(args *skel.CmdArgs) error {
+	a, err := setup(args)
+	if err != nil {
+		return err
+	}
+	var rec record
+	found, err := a.store.Load(a.key.ID(), &rec)
+	if err != nil {
+		return cnierr.Internal("state "+a.cfg.StateDir, err)
+	}
+	if !found {
+		return cnierr.CheckFailed("no record of an ADD for container %q ifname %q", args.ContainerID, args.IfName)
+	}
+	for _, d := range rec.Networks {
+		list, err := libcni.ConfListFromBytes([]byte(d.List))
+		if err == nil {
+			err = a.cni.CheckNetworkList(context.Background(), list, a.runtimeConf(d.Network))
+		}
+		if err != nil {
+			return delegateError("CHECK", d.Network, err)
+		}
+	}
+	return nil
+}
+
+// GC removes the networks of this network's attachments that are not in
+// cni.dev/valid-attachments, going on past errors.
+func GC(args *skel.CmdArgs) error {
+	a, err := setup(args)
+	if err != nil {
+		return err
+	}
+	names, err := a.store.Names()
+	if err != nil {
+		return cnierr.Internal("state "+a.cfg.StateDir, err)
+	}
+	var errs []error
+	for _, name := range names {
+		var rec record
+		if found, err := a.store.Load(name, &rec); err != nil || !found {
+			errs = append(errs, err)
+			continue
+		}
+		if rec.Network != a.cfg.Name || rec.In(a.cfg.ValidAttachments) {
+			continue
+		}
+		stale := *a
+		stale.key = rec.Key
+		stale.args = &skel.CmdArgs{ContainerID: rec.ContainerID, IfName: rec.IfName, Args: args.Args}
+		errs = append(errs, stale.delete(context.Background(), rec.Networks))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return cnierr.Internal("gc", err)
+	}
+	return nil
+}
+
+// Status fails while the RM cannot be reached.
+func Status(args *skel.CmdArgs) error {
+	cfg, err := Parse(args.StdinData)
+	if err != nil {
+		return err
+	}
+	client, err := NewClient(cfg)
+	if err != nil {
+		return err
+	}
+	if err := client.Reachable(context.Background()); err != nil {
+		return cnierr.Unavailable("resource manager %s: %v", cfg.Backend, err)
+	}
+	return nil
+}
