@@ -78,6 +78,29 @@ sandbox_cnitool "$netd" del mynet "$pod5"
 left=$(in_ns node iptables-save | grep -cF "$podip" || true)
 echo "iptables rules mentioning $podip after del: $left"
 
+# --- multinic: two NICs from a resource manager (seed 003, Dockin) --------------
+step "multinic: a resource-manager stand-in (busybox httpd on 127.0.0.1:10002 in the node) serves net.d/dockin.d/rm-answer.json"
+rmdir="$SB_DIR/rm/rmController"
+mkdir -p "$rmdir" && cp net.d/dockin.d/rm-answer.json "$rmdir/getPodMultiNetwork"
+ip netns exec "$SB_NODE" busybox httpd -f -p 127.0.0.1:10002 -h "$SB_DIR/rm" </dev/null >/dev/null 2>&1 &
+sleep 0.3
+mkdir -p "$SB_DIR/net.d"
+sed -e "s|/etc/cni/dockin/net.d|$(pwd)/net.d/dockin.d|" -e "s|/opt/cni/bin|$SB_BIN|" -e "s|/data/kubernetes|$SB_DIR|" \
+  -e "s|localhost:10002|127.0.0.1:10002|" net.d/40-dockin-cni.conf > "$SB_DIR/net.d/40-dockin-cni.conf"
+step "CNI_ARGS='IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0' cnitool add dockin-cni (cniVersion 0.2.0: the result shows the master NIC)"
+pod6=$(sandbox_pod dockin-web)
+CNI_ARGS='IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0' sandbox_cnitool "$SB_DIR/net.d" add dockin-cni "$pod6"; echo
+step "the pod has eth0 on br0 and net0 on br1, with the RM's addresses"
+show in_ns dockin-web ip -br addr
+show in_ns dockin-web ip route
+show in_ns node ping -c 1 -W 1 192.168.1.2
+show in_ns node ping -c 1 -W 1 192.168.2.2
+step "multinic's log (logFile only; stdout carries the result)"
+sed 's/^/  /' "$SB_DIR/dockin-cni.log"
+step "cnitool del dockin-cni: from the record, without asking the RM"
+sandbox_cnitool "$SB_DIR/net.d" del dockin-cni "$pod6"
+show in_ns dockin-web ip -br link
+
 step "cleaning up the sandbox"
 sandbox_down
 left=$(ip netns list | grep -c "^$SB_ID-" || true)

@@ -121,7 +121,12 @@ func Add(args *skel.CmdArgs) (err error) {
 		res, err := a.addOne(ctx, d)
 		if err != nil {
 			log.Error("delegate", "type", d.Type, "ifName", d.IfName, "error", err)
-			_ = a.delete(ctx, rec.Networks[:i+1])
+			// The failed delegate may have done part of its work: its DEL is
+			// best effort (its config may be what failed); the others' must work.
+			_ = a.delOne(ctx, d)
+			if derr := a.delete(ctx, rec.Networks[:i]); derr != nil {
+				log.Error("rollback", "error", derr)
+			}
 			return delegateError("ADD", d.Network, err)
 		}
 		log.Info("delegated", "type", d.Type, "ifName", d.IfName, "address", d.Address)
@@ -151,19 +156,22 @@ func (a *attachment) addOne(ctx context.Context, d delegated) (*current.Result, 
 func (a *attachment) delete(ctx context.Context, nets []delegated) error {
 	var errs []error
 	for i := len(nets) - 1; i >= 0; i-- {
-		d := nets[i]
-		list, err := libcni.ConfListFromBytes([]byte(d.List))
-		if err == nil {
-			err = a.cni.DelNetworkList(ctx, list, a.runtimeConf(d.Network))
-		}
-		if err != nil {
-			errs = append(errs, delegateError("DEL", d.Network, err))
+		if err := a.delOne(ctx, nets[i]); err != nil {
+			errs = append(errs, delegateError("DEL", nets[i].Network, err))
 		}
 	}
 	if len(errs) > 0 {
 		return errors.Join(errs...)
 	}
 	return a.store.Delete(a.key.ID())
+}
+
+func (a *attachment) delOne(ctx context.Context, d delegated) error {
+	list, err := libcni.ConfListFromBytes([]byte(d.List))
+	if err != nil {
+		return err
+	}
+	return a.cni.DelNetworkList(ctx, list, a.runtimeConf(d.Network))
 }
 
 // Del removes every network the ADD set up, from its record: the RM is not
@@ -187,7 +195,8 @@ func Del(args *skel.CmdArgs) error {
 	return nil
 }
 
-// Check delegates CHECK to every network of the record.
+// Check delegates CHECK to every network of the record whose configuration
+// version knows CHECK (0.4.0 on); older delegates have nothing to check.
 func Check(args *skel.CmdArgs) error {
 	a, err := setup(args)
 	if err != nil {
@@ -204,6 +213,9 @@ func Check(args *skel.CmdArgs) error {
 	for _, d := range rec.Networks {
 		list, err := libcni.ConfListFromBytes([]byte(d.List))
 		if err == nil {
+			if ok, _ := version.GreaterThanOrEqualTo(list.CNIVersion, "0.4.0"); !ok {
+				continue
+			}
 			err = a.cni.CheckNetworkList(context.Background(), list, a.runtimeConf(d.Network))
 		}
 		if err != nil {
