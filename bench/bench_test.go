@@ -353,4 +353,3 @@ func benchThroughput(t *testing.T, r *report, pods, parallel int) {
 		}
 	}
 }
-
