@@ -3,7 +3,6 @@ package bench
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
@@ -251,26 +250,12 @@ func benchPortmap(t *testing.T, r *report, rounds int, levels []int) {
 // execCounts counts the iptables processes of one ADD and one DEL at 10
 // mappings, through wrappers first in PATH.
 func execCounts(t *testing.T, r *report, nodes ...*portmapNode) {
-	dir := t.TempDir()
-	logFile := dir + "/execs.log"
-	names := []string{"iptables", "ip6tables", "iptables-restore", "ip6tables-restore", "iptables-save", "ip6tables-save"}
-	for _, bin := range names {
-		real, err := exec.LookPath(bin)
-		if err != nil {
-			t.Fatal(err)
-		}
-		script := fmt.Sprintf("#!/bin/sh\necho %s >> %s\nexec %s \"$@\"\n", bin, logFile, real)
-		if err := os.WriteFile(dir+"/"+bin, []byte(script), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
 	path := os.Getenv("PATH")
-	t.Setenv("PATH", dir+":"+path)
-	defer os.Setenv("PATH", path)
+	runs := sandbox.ExecShim(t, "iptables", "ip6tables", "iptables-restore", "ip6tables-restore", "iptables-save", "ip6tables-save")
+	defer os.Setenv("PATH", path) // the rest of the bench runs unwrapped
 	count := func() string {
-		data, _ := os.ReadFile(logFile)
-		_ = os.Remove(logFile)
-		return fmt.Sprintf("%d (%s)", len(strings.Fields(string(data))), summarize(strings.Fields(string(data))))
+		names := runs()
+		return fmt.Sprintf("%d (%s)", len(names), summarize(names))
 	}
 	r.notes = append(r.notes, "| plugin | iptables processes per ADD, 10 mappings | per DEL |", "|---|---|---|")
 	for _, n := range nodes {

@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -72,4 +74,30 @@ func Ping(netns ns.NetNS, dst netip.Addr) error {
 
 func ipNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+// ExecShim puts wrappers for the named binaries first in PATH (for the rest
+// of the test) that log each run, and returns a function that lists the
+// runs since its last call: how tests and benchmarks count the processes a
+// plugin spawns.
+func ExecShim(t testing.TB, names ...string) func() []string {
+	t.Helper()
+	dir := t.TempDir()
+	logFile := filepath.Join(dir, "execs.log")
+	for _, bin := range names {
+		real, err := exec.LookPath(bin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		script := fmt.Sprintf("#!/bin/sh\necho %s >> %s\nexec %s \"$@\"\n", bin, logFile, real)
+		if err := os.WriteFile(filepath.Join(dir, bin), []byte(script), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Setenv("PATH", dir+":"+os.Getenv("PATH"))
+	return func() []string {
+		data, _ := os.ReadFile(logFile)
+		_ = os.Remove(logFile)
+		return strings.Fields(string(data))
+	}
 }

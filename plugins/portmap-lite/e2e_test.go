@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"os/exec"
 	"regexp"
 	"strings"
 	"testing"
@@ -220,31 +219,15 @@ func TestSourceDocument(t *testing.T) {
 	}
 }
 
-// execShim puts wrappers for the iptables binaries first in PATH that log
-// each run to a file, and returns a function counting the runs so far.
+// execShim counts the runs of the batch binaries per name (the bridge
+// plugin in the chain runs iptables itself, which is not ours to count).
 func execShim(t *testing.T) func() map[string]int {
-	t.Helper()
-	dir := t.TempDir()
-	logFile := dir + "/execs.log"
-	// Only the batch binaries: the bridge plugin in the chain runs iptables itself.
-	for _, bin := range []string{"iptables-restore", "ip6tables-restore", "iptables-save", "ip6tables-save"} {
-		real, err := exec.LookPath(bin)
-		if err != nil {
-			t.Fatal(err)
-		}
-		script := fmt.Sprintf("#!/bin/sh\necho %s >> %s\nexec %s \"$@\"\n", bin, logFile, real)
-		if err := os.WriteFile(dir+"/"+bin, []byte(script), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	t.Setenv("PATH", dir+":"+os.Getenv("PATH"))
+	runs := sandbox.ExecShim(t, "iptables-restore", "ip6tables-restore", "iptables-save", "ip6tables-save")
 	return func() map[string]int {
 		counts := map[string]int{}
-		data, _ := os.ReadFile(logFile)
-		for _, l := range strings.Fields(string(data)) {
-			counts[l]++
+		for _, name := range runs() {
+			counts[name]++
 		}
-		_ = os.Remove(logFile)
 		return counts
 	}
 }

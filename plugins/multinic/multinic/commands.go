@@ -58,6 +58,23 @@ func setup(args *skel.CmdArgs) (*attachment, error) {
 	}, nil
 }
 
+// setupWithRecord is setup and the attachment's record, nil when it has none.
+func setupWithRecord(args *skel.CmdArgs) (*attachment, *record, error) {
+	a, err := setup(args)
+	if err != nil {
+		return nil, nil, err
+	}
+	var rec record
+	found, err := a.store.Load(a.key.ID(), &rec)
+	if err != nil {
+		return nil, nil, cnierr.Internal("state "+a.cfg.StateDir, err)
+	}
+	if !found {
+		return a, nil, nil
+	}
+	return a, &rec, nil
+}
+
 // runtimeConf is the delegate call for network n: its ifName, and the
 // runtime's CNI_ARGS without the address keys, which would override the
 // address we give static-ipam.
@@ -177,17 +194,9 @@ func (a *attachment) delOne(ctx context.Context, d delegated) error {
 // Del removes every network the ADD set up, from its record: the RM is not
 // asked, so DEL works when it is down or has forgotten the pod.
 func Del(args *skel.CmdArgs) error {
-	a, err := setup(args)
-	if err != nil {
+	a, rec, err := setupWithRecord(args)
+	if err != nil || rec == nil {
 		return err
-	}
-	var rec record
-	found, err := a.store.Load(a.key.ID(), &rec)
-	if err != nil {
-		return cnierr.Internal("state "+a.cfg.StateDir, err)
-	}
-	if !found {
-		return nil
 	}
 	if err := a.delete(context.Background(), rec.Networks); err != nil {
 		return cnierr.Internal("DEL", err)
@@ -198,16 +207,11 @@ func Del(args *skel.CmdArgs) error {
 // Check delegates CHECK to every network of the record whose configuration
 // version knows CHECK (0.4.0 on); older delegates have nothing to check.
 func Check(args *skel.CmdArgs) error {
-	a, err := setup(args)
+	a, rec, err := setupWithRecord(args)
 	if err != nil {
 		return err
 	}
-	var rec record
-	found, err := a.store.Load(a.key.ID(), &rec)
-	if err != nil {
-		return cnierr.Internal("state "+a.cfg.StateDir, err)
-	}
-	if !found {
+	if rec == nil {
 		return cnierr.CheckFailed("no record of an ADD for container %q ifname %q", args.ContainerID, args.IfName)
 	}
 	for _, d := range rec.Networks {
