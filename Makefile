@@ -50,7 +50,7 @@ BENCH_PODS   ?= 500
 bench: tools build
 	$(GO) test -run '^$$' -bench . -benchtime 2000x ./plugins/... | grep -E '^(Benchmark|ok|FAIL)'
 	CNICHAIN_BIN=$(BIN) CNICHAIN_BENCH=1 CNICHAIN_BENCH_ROUNDS=$(BENCH_ROUNDS) CNICHAIN_BENCH_PODS=$(BENCH_PODS) \
-	  $(GO) test -count=1 -run '^TestBench$$' -timeout 60m ./bench/
+	  $(GO) test -count=1 -v -run '^TestBench$$' -timeout 60m ./bench/
 
 install: build
 	install -d $(DESTDIR)/opt/cni/bin
