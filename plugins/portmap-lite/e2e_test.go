@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"maps"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -13,6 +15,8 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -26,7 +30,17 @@ const dualNet = `{"cniVersion":"1.0.0","name":"dualnet","plugins":[
 	{"type":"bridge","bridge":"dual0","isGateway":true,"hairpinMode":true,"ipMasq":true,
 	 "ipam":{"type":"host-local","ranges":[[{"subnet":"10.244.20.0/24"}],[{"subnet":"fd00:f4::/64"}]],
 	         "routes":[{"dst":"0.0.0.0/0"},{"dst":"::/0"}]}},
-	{"type":"PORTMAP","capabilities":{"portMappings":true}}]}`
+	{PORTMAP,"capabilities":{"portMappings":true}}]}`
+
+// The plugins under test, as their entry in a list: both backends of ours,
+// and the reference portmap.
+var variants = []struct{ name, entry string }{
+	{"portmap-lite", `"type":"portmap-lite"`},
+	{"portmap-lite nftables", `"type":"portmap-lite","backend":"nftables"`},
+	{"portmap", `"type":"portmap"`},
+}
+
+func dualNetWith(entry string) string { return strings.Replace(dualNet, "PORTMAP", entry, 1) }
 
 var mappings = map[string]any{"portMappings": []map[string]any{
 	{"hostPort": 9090, "containerPort": 80, "protocol": "tcp"},
@@ -38,6 +52,78 @@ var mappings = map[string]any{"portMappings": []map[string]any{
 // is meant to outlive pods: the shared chains and their entry jumps, ours
 // and the reference's, and iptables-save's timestamps.
 func natState(t *testing.T, sb *sandbox.Sandbox) string {
+	t.Helper()
+	return iptablesState(t, sb) + "\n" + nftState(t, sb)
+}
+
+// nftState lists the chains of our nftables tables other than the shared
+// ones, with their rule counts.
+func nftState(t *testing.T, sb *sandbox.Sandbox) string {
+	t.Helper()
+	var out []string
+	err := sb.Node.Do(func(ns.NetNS) error {
+		c, err := nftables.New()
+		if err != nil {
+			return err
+		}
+		chains, err := c.ListChains()
+		if err != nil {
+			return err
+		}
+		for _, ch := range chains {
+			if ch.Table.Name != "cnichain-portmap" {
+				continue
+			}
+			rules, err := c.GetRules(ch.Table, ch)
+			if err != nil {
+				return err
+			}
+			// The shared chains stay; what hangs off them must go.
+			shared := map[string]bool{"prerouting": true, "output": true, "postrouting": true, "hostports": true, "masq": true}
+			if !shared[ch.Name] || (len(rules) > 0 && (ch.Name == "hostports" || ch.Name == "masq")) {
+				out = append(out, fmt.Sprintf("nft %d %s: %d rules", ch.Table.Family, ch.Name, len(rules)))
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("nftables: %v", err)
+	}
+	slices.Sort(out)
+	return strings.Join(out, "\n")
+}
+
+// nftBaseRules counts the rules of our tables' base chains.
+func nftBaseRules(t *testing.T, sb *sandbox.Sandbox) map[string]int {
+	t.Helper()
+	out := map[string]int{}
+	err := sb.Node.Do(func(ns.NetNS) error {
+		c, err := nftables.New()
+		if err != nil {
+			return err
+		}
+		chains, err := c.ListChains()
+		if err != nil {
+			return err
+		}
+		for _, ch := range chains {
+			if ch.Table.Name == "cnichain-portmap" && ch.Hooknum != nil {
+				rules, err := c.GetRules(ch.Table, ch)
+				if err != nil {
+					return err
+				}
+				out[fmt.Sprintf("%d/%s", ch.Table.Family, ch.Name)] = len(rules)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func iptablesState(t *testing.T, sb *sandbox.Sandbox) string {
 	t.Helper()
 	shared := regexp.MustCompile(`CNI-LITE-HOSTPORTS|CNI-LITE-SNAT|CNI-HOSTPORT-`)
 	var keep []string
@@ -94,14 +180,15 @@ func udpFlows(t *testing.T, sb *sandbox.Sandbox, port uint16) int {
 // TestTraffic runs the same traffic through portmap-lite and through the
 // reference portmap in the same chain: the two are interchangeable.
 func TestTraffic(t *testing.T) {
-	for _, plugin := range []string{"portmap-lite", "portmap"} {
+	for _, v := range variants {
+		plugin := v.name
 		t.Run(plugin, func(t *testing.T) {
 			sb := sandbox.New(t)
 			rtm := sb.Runtime(t)
-			list := sb.Localize(t, sandbox.ListFromJSON(t, strings.Replace(dualNet, "PORTMAP", plugin, 1)))
+			list := sb.Localize(t, sandbox.ListFromJSON(t, dualNetWith(v.entry)))
 			before := natState(t, sb)
 			pod := sb.NewPod(t)
-			att := sandbox.Attachment(pod, "web-"+plugin, "eth0")
+			att := sandbox.Attachment(pod, "web-"+strings.ReplaceAll(plugin, " ", "-"), "eth0")
 			att.CapabilityArgs = mappings
 			res, err := rtm.Add(list, att)
 			if err != nil {
@@ -135,6 +222,13 @@ func TestTraffic(t *testing.T) {
 					}
 				})
 			}
+			t.Run("the rules are where the backend puts them", func(t *testing.T) {
+				inNFT := strings.Contains(nftState(t, sb), "CNI-LITE-DN-")
+				inIPT := strings.Contains(iptablesState(t, sb), "CNI-LITE-DN-")
+				if want := strings.HasSuffix(plugin, "nftables"); inNFT != want || (plugin == "portmap-lite" && !inIPT) || (want && inIPT) {
+					t.Fatalf("attachment chains in nftables: %v, in iptables: %v", inNFT, inIPT)
+				}
+			})
 			t.Run("udp from a lan client", func(t *testing.T) {
 				got, err := sandbox.DialUDP(sb.LAN, netip.AddrPortFrom(sandbox.NodeIPv4.Addr(), 5353))
 				if err != nil || got != "udp from the pod" {
@@ -154,7 +248,7 @@ func TestTraffic(t *testing.T) {
 					t.Fatal(err)
 				}
 				// The reference flushes on ADD only (plugins#123): a new pod on the port would get a dead flow.
-				if n := udpFlows(t, sb, 5353); plugin == "portmap-lite" && n != 0 {
+				if n := udpFlows(t, sb, 5353); plugin != "portmap" && n != 0 {
 					t.Errorf("%d UDP conntrack entries to hostPort 5353 survive DEL", n)
 				}
 				if after := natState(t, sb); after != before {
@@ -237,53 +331,69 @@ func execShim(t *testing.T) func() map[string]int {
 // mappings costs no process at all (the reference takes the lock on every
 // DEL: plugins#510).
 func TestProcessesPerPod(t *testing.T) {
-	sb := sandbox.New(t)
-	rtm := sb.Runtime(t)
-	list := sb.Localize(t, sandbox.ListFromJSON(t, strings.Replace(dualNet, "PORTMAP", "portmap-lite", 1)))
-	count := execShim(t)
-	add := func(id string, caps map[string]any) *libcni.RuntimeConf {
-		att := sandbox.Attachment(sb.NewPod(t), id, "eth0")
-		att.CapabilityArgs = caps
-		if _, err := rtm.Add(list, att); err != nil {
-			t.Fatalf("ADD %s: %v", id, err)
-		}
-		t.Cleanup(func() { _ = rtm.Del(list, att) })
-		return att
-	}
-	add("first", mappings) // sets up the shared chains
-	count()
-	many := map[string]any{"portMappings": func() []map[string]any {
-		var m []map[string]any
-		for i := 0; i < 50; i++ {
-			m = append(m, map[string]any{"hostPort": 20000 + i, "containerPort": 80, "protocol": "tcp"})
-		}
-		return m
-	}()}
-	att := add("second", many)
-	if got := count(); got["iptables-restore"] != 1 || got["ip6tables-restore"] != 1 || len(got) != 2 {
-		t.Errorf("ADD with 50 mappings ran %v, want one iptables-restore and one ip6tables-restore", got)
-	}
-	if err := rtm.Del(list, att); err != nil {
-		t.Fatal(err)
-	}
-	if got := count(); got["iptables-restore"] != 1 || got["ip6tables-restore"] != 1 || len(got) != 2 {
-		t.Errorf("DEL ran %v, want one iptables-restore and one ip6tables-restore", got)
-	}
-	plain := add("no-mappings", nil)
-	if err := rtm.Del(list, plain); err != nil {
-		t.Fatal(err)
-	}
-	if got := count(); len(got) != 0 {
-		t.Errorf("ADD and DEL of a pod without mappings ran %v, want nothing", got)
+	for _, tt := range []struct {
+		backend string
+		want    map[string]int // per ADD and per DEL
+	}{
+		{"iptables", map[string]int{"iptables-restore": 1, "ip6tables-restore": 1}},
+		{"nftables", map[string]int{}},
+	} {
+		t.Run(tt.backend, func(t *testing.T) {
+			sb := sandbox.New(t)
+			rtm := sb.Runtime(t)
+			list := sb.Localize(t, sandbox.ListFromJSON(t, dualNetWith(`"type":"portmap-lite","backend":"`+tt.backend+`"`)))
+			count := execShim(t)
+			add := func(id string, caps map[string]any) *libcni.RuntimeConf {
+				att := sandbox.Attachment(sb.NewPod(t), id, "eth0")
+				att.CapabilityArgs = caps
+				if _, err := rtm.Add(list, att); err != nil {
+					t.Fatalf("ADD %s: %v", id, err)
+				}
+				t.Cleanup(func() { _ = rtm.Del(list, att) })
+				return att
+			}
+			add("first", mappings) // sets up the shared chains
+			count()
+			many := map[string]any{"portMappings": func() []map[string]any {
+				var m []map[string]any
+				for i := 0; i < 50; i++ {
+					m = append(m, map[string]any{"hostPort": 20000 + i, "containerPort": 80, "protocol": "tcp"})
+				}
+				return m
+			}()}
+			att := add("second", many)
+			if got := count(); !maps.Equal(got, tt.want) {
+				t.Errorf("ADD with 50 mappings ran %v, want %v", got, tt.want)
+			}
+			if err := rtm.Del(list, att); err != nil {
+				t.Fatal(err)
+			}
+			if got := count(); !maps.Equal(got, tt.want) {
+				t.Errorf("DEL ran %v, want %v", got, tt.want)
+			}
+			plain := add("no-mappings", nil)
+			if err := rtm.Del(list, plain); err != nil {
+				t.Fatal(err)
+			}
+			if got := count(); len(got) != 0 {
+				t.Errorf("ADD and DEL of a pod without mappings ran %v, want nothing", got)
+			}
+		})
 	}
 }
 
 // TestConcurrentFirstADDs: pods added at once on a fresh node race to set
 // up the shared chains; each entry jump must exist exactly once.
 func TestConcurrentFirstADDs(t *testing.T) {
+	for _, backend := range []string{"iptables", "nftables"} {
+		t.Run(backend, func(t *testing.T) { concurrentFirstADDs(t, backend) })
+	}
+}
+
+func concurrentFirstADDs(t *testing.T, backend string) {
 	sb := sandbox.New(t)
 	rtm := sb.Runtime(t)
-	list := sb.Localize(t, sandbox.ListFromJSON(t, strings.Replace(dualNet, "PORTMAP", "portmap-lite", 1)))
+	list := sb.Localize(t, sandbox.ListFromJSON(t, dualNetWith(`"type":"portmap-lite","backend":"`+backend+`"`)))
 	before := natState(t, sb)
 	const n = 8
 	atts := make([]*libcni.RuntimeConf, n)
@@ -298,7 +408,27 @@ func TestConcurrentFirstADDs(t *testing.T) {
 			t.Errorf("concurrent ADD: %v", err)
 		}
 	}
+	if backend == "nftables" {
+		state := nftState(t, sb)
+		for _, fam := range []string{"2", "10"} { // NFPROTO_IPV4, NFPROTO_IPV6
+			if c := strings.Count(state, "nft "+fam+" CNI-LITE-DN-"); c != n {
+				t.Errorf("family %s: %d DNAT chains, want %d:\n%s", fam, c, n, state)
+			}
+		}
+		baseRules := nftBaseRules(t, sb)
+		for chain, count := range baseRules {
+			if count != 1 {
+				t.Errorf("%s has %d rules, want one jump", chain, count)
+			}
+		}
+		if len(baseRules) != 6 {
+			t.Errorf("base chains %v, want prerouting, output, postrouting in both families", baseRules)
+		}
+	}
 	for _, cmd := range []string{"iptables-save", "ip6tables-save"} {
+		if backend == "nftables" {
+			break
+		}
 		save := sandbox.MustRun(t, sb.Node, cmd, "-t", "nat")
 		for _, jump := range []string{"-A PREROUTING -m addrtype --dst-type LOCAL -j CNI-LITE-HOSTPORTS", "-A OUTPUT -m addrtype --dst-type LOCAL -j CNI-LITE-HOSTPORTS", "-A POSTROUTING -j CNI-LITE-SNAT"} {
 			if c := strings.Count(save, jump+"\n"); c != 1 {
@@ -325,11 +455,16 @@ func TestConcurrentFirstADDs(t *testing.T) {
 // TestGC: GC keeps the valid attachments' rules and removes the others',
 // including chains of ours that no record accounts for.
 func TestGC(t *testing.T) {
+	for _, backend := range []string{"iptables", "nftables"} {
+		t.Run(backend, func(t *testing.T) { gc(t, backend) })
+	}
+}
+
+func gc(t *testing.T, backend string) {
 	sb := sandbox.New(t)
 	rtm := sb.Runtime(t)
-	text := strings.Replace(strings.Replace(dualNet, "PORTMAP", "portmap-lite", 1), `"1.0.0"`, `"1.1.0"`, 1)
+	text := strings.Replace(dualNetWith(`"type":"portmap-lite","backend":"`+backend+`"`), `"1.0.0"`, `"1.1.0"`, 1)
 	list := sb.Localize(t, sandbox.ListFromJSON(t, text))
-	var atts []*libcni.RuntimeConf
 	for i := 0; i < 3; i++ {
 		att := sandbox.Attachment(sb.NewPod(t), fmt.Sprintf("gc-%d", i), "eth0")
 		att.CapabilityArgs = map[string]any{"portMappings": []map[string]any{{"hostPort": 31000 + i, "containerPort": 80, "protocol": "tcp"}}}
@@ -337,23 +472,43 @@ func TestGC(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { _ = rtm.Del(list, att) })
-		atts = append(atts, att)
 	}
 	// A chain a crashed plugin left behind, with no record.
 	orphan := "CNI-LITE-DN-0123456789abcdef"
-	sandbox.MustRun(t, sb.Node, "iptables", "-t", "nat", "-N", orphan)
-	sandbox.MustRun(t, sb.Node, "iptables", "-t", "nat", "-A", "CNI-LITE-HOSTPORTS", "-j", orphan)
+	if backend == "iptables" {
+		sandbox.MustRun(t, sb.Node, "iptables", "-t", "nat", "-N", orphan)
+		sandbox.MustRun(t, sb.Node, "iptables", "-t", "nat", "-A", "CNI-LITE-HOSTPORTS", "-j", orphan)
+	} else {
+		err := sb.Node.Do(func(ns.NetNS) error {
+			c, err := nftables.New()
+			if err != nil {
+				return err
+			}
+			table := &nftables.Table{Name: "cnichain-portmap", Family: nftables.TableFamilyIPv4}
+			c.AddChain(&nftables.Chain{Name: orphan, Table: table})
+			c.AddRule(&nftables.Rule{Table: table, Chain: &nftables.Chain{Name: "hostports", Table: table},
+				Exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: orphan}}})
+			return c.Flush()
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
 	if err := rtm.GC(list, []types.GCAttachment{{ContainerID: "gc-1", IfName: "eth0"}}); err != nil {
 		t.Fatalf("GC: %v", err)
 	}
-	save := sandbox.MustRun(t, sb.Node, "iptables-save", "-t", "nat")
-	for port, want := range map[string]bool{"31000": false, "31001": true, "31002": false} {
-		if got := strings.Contains(save, "--dport "+port); got != want {
-			t.Errorf("rules for hostPort %s present = %v, want %v", port, got, want)
-		}
+	state, chainMark := iptablesState(t, sb), ":CNI-LITE-DN-"
+	if backend == "nftables" {
+		state, chainMark = nftState(t, sb), " CNI-LITE-DN-"
 	}
-	if strings.Contains(save, orphan) {
-		t.Errorf("the orphan chain survived GC:\n%s", save)
+	if n := strings.Count(state, chainMark); n != 2 { // gc-1's, in both families
+		t.Errorf("%d DNAT chains after GC, want gc-1's two:\n%s", n, state)
+	}
+	if strings.Contains(state, orphan) {
+		t.Errorf("the orphan chain survived GC:\n%s", state)
+	}
+	if backend == "iptables" && !strings.Contains(state, "--dport 31001") {
+		t.Errorf("the valid attachment's rules went:\n%s", state)
 	}
 }
 

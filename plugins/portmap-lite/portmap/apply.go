@@ -9,18 +9,49 @@ import (
 	"github.com/cnichain/plugins/pkg/iptbatch"
 )
 
+// backend installs, removes and checks an attachment's rules in one family.
+type backend interface {
+	install(fp *FamilyPlan) error
+	uninstall(fp *FamilyPlan) error
+	missing(fp *FamilyPlan) (what string, missing bool, err error)
+}
+
+func backendFor(name, flavour, stateDir string) backend {
+	if name == BackendNFTables {
+		return nftBackend{stateDir: stateDir}
+	}
+	return iptablesBackend{r: iptbatch.Runner{Flavour: flavour}, stateDir: stateDir}
+}
+
+// iptablesBackend writes with one iptables-restore per family and change.
+type iptablesBackend struct {
+	r        iptbatch.Runner
+	stateDir string
+}
+
 // install applies fp in one iptables-restore. On a node where the shared
 // chains are missing (the first pod, or after a firewall reload) that
 // batch fails atomically; then the shared chains are set up and it is
 // tried once more.
-func install(r iptbatch.Runner, stateDir string, fp *FamilyPlan) error {
-	if err := r.Restore(fp.Family, fp.AddBatch().Text()); err == nil {
+func (b iptablesBackend) install(fp *FamilyPlan) error {
+	if err := b.r.Restore(fp.Family, fp.AddBatch().Text()); err == nil {
 		return nil
 	}
-	if err := ensureShared(r, stateDir, fp.Family); err != nil {
+	if err := ensureShared(b.r, b.stateDir, fp.Family); err != nil {
 		return err
 	}
-	return r.Restore(fp.Family, fp.AddBatch().Text())
+	return b.r.Restore(fp.Family, fp.AddBatch().Text())
+}
+
+func (b iptablesBackend) uninstall(fp *FamilyPlan) error { return uninstall(b.r, fp) }
+
+func (b iptablesBackend) missing(fp *FamilyPlan) (string, bool, error) {
+	text, err := b.r.Save(fp.Family, "nat")
+	if err != nil {
+		return "", false, err
+	}
+	what, missing := fp.Missing(iptbatch.ParseSave(text))
+	return what, missing, nil
 }
 
 // ensureShared creates what is missing of the shared chains and their entry

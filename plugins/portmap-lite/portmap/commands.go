@@ -23,21 +23,32 @@ const prevHint = "chain portmap-lite after a plugin that yields the container's 
 type record struct {
 	attachstate.Key
 	Plan
+	// Backend is the one that installed the rules; DEL uses it whatever
+	// the configuration says now.
+	Backend string `json:"backend"`
 }
 
-func setup(args *skel.CmdArgs) (*Config, attachstate.Key, attachstate.Store, iptbatch.Runner, error) {
+func (rec *record) backend(cfg *Config) backend {
+	name := rec.Backend
+	if name == "" {
+		name = BackendIPTables
+	}
+	return backendFor(name, cfg.IptablesFlavour, cfg.StateDir)
+}
+
+func setup(args *skel.CmdArgs) (*Config, attachstate.Key, attachstate.Store, error) {
 	cfg, err := Parse(args.StdinData)
 	if err != nil {
-		return nil, attachstate.Key{}, attachstate.Store{}, iptbatch.Runner{}, err
+		return nil, attachstate.Key{}, attachstate.Store{}, err
 	}
 	key := attachstate.Key{Network: cfg.Name, ContainerID: args.ContainerID, IfName: args.IfName}
-	return cfg, key, attachstate.Store{Dir: cfg.StateDir}, iptbatch.Runner{Flavour: cfg.IptablesFlavour}, nil
+	return cfg, key, attachstate.Store{Dir: cfg.StateDir}, nil
 }
 
 // Add installs the attachment's port mappings and passes prevResult on. A
 // request without portMappings installs nothing and runs no process.
 func Add(args *skel.CmdArgs) (err error) {
-	cfg, key, store, ipt, err := setup(args)
+	cfg, key, store, err := setup(args)
 	if err != nil {
 		return err
 	}
@@ -46,7 +57,7 @@ func Add(args *skel.CmdArgs) (err error) {
 		return err
 	}
 	// A repeated ADD replaces what the earlier one installed.
-	if err := removeRecorded(ipt, store, key); err != nil {
+	if err := removeRecorded(cfg, store, key); err != nil {
 		return cnierr.Internal("remove the earlier ADD's rules", err)
 	}
 	if len(cfg.Mappings) == 0 {
@@ -60,17 +71,19 @@ func Add(args *skel.CmdArgs) (err error) {
 	if err != nil {
 		return cnierr.InvalidConfig("runtimeConfig.portMappings", "hostIP", err.Error())
 	}
-	if err := store.Save(key.ID(), record{key, *plan}); err != nil {
+	rec := record{Key: key, Plan: *plan, Backend: cfg.Backend}
+	if err := store.Save(key.ID(), rec); err != nil {
 		return cnierr.Internal("state "+cfg.StateDir, err)
 	}
 	defer func() {
 		if err != nil {
-			_ = removeRecorded(ipt, store, key)
+			_ = removeRecorded(cfg, store, key)
 		}
 	}()
+	be := rec.backend(cfg)
 	for i := range plan.Families {
 		fp := &plan.Families[i]
-		if err := install(ipt, cfg.StateDir, fp); err != nil {
+		if err := be.install(fp); err != nil {
 			return cnierr.Internal(fmt.Sprintf("install %s port mappings", fp.Family), err)
 		}
 		if fp.Localnet {
@@ -93,25 +106,26 @@ func Add(args *skel.CmdArgs) (err error) {
 // record, whether or not the request carries portMappings or a prevResult.
 // An attachment without a record has nothing installed: no process runs.
 func Del(args *skel.CmdArgs) error {
-	_, key, store, ipt, err := setup(args)
+	cfg, key, store, err := setup(args)
 	if err != nil {
 		return err
 	}
-	if err := removeRecorded(ipt, store, key); err != nil {
+	if err := removeRecorded(cfg, store, key); err != nil {
 		return cnierr.Internal("remove port mappings", err)
 	}
 	return nil
 }
 
-func removeRecorded(ipt iptbatch.Runner, store attachstate.Store, key attachstate.Key) error {
+func removeRecorded(cfg *Config, store attachstate.Store, key attachstate.Key) error {
 	var rec record
 	found, err := store.Load(key.ID(), &rec)
 	if err != nil || !found {
 		return err
 	}
+	be := rec.backend(cfg)
 	for i := range rec.Families {
 		fp := &rec.Families[i]
-		if err := uninstall(ipt, fp); err != nil {
+		if err := be.uninstall(fp); err != nil {
 			return err
 		}
 		flushUDP(rec.UDPPorts, fp.Family)
@@ -122,7 +136,7 @@ func removeRecorded(ipt iptbatch.Runner, store attachstate.Store, key attachstat
 // Check fails when a rule of the attachment is missing: those the request's
 // portMappings call for, or, without any, those its ADD recorded.
 func Check(args *skel.CmdArgs) error {
-	cfg, key, store, ipt, err := setup(args)
+	cfg, key, store, err := setup(args)
 	if err != nil {
 		return err
 	}
@@ -130,56 +144,48 @@ func Check(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	var plan *Plan
+	var rec record
+	found, err := store.Load(key.ID(), &rec)
+	if err != nil {
+		return cnierr.Internal("state "+cfg.StateDir, err)
+	}
+	plan := &rec.Plan
 	if len(cfg.Mappings) > 0 {
 		if plan, err = Build(cfg, key, chain.ContainerAddrs(prev)); err != nil {
 			return cnierr.InvalidConfig("runtimeConfig.portMappings", "hostIP", err.Error())
 		}
-	} else {
-		var rec record
-		found, err := store.Load(key.ID(), &rec)
-		if err != nil {
-			return cnierr.Internal("state "+cfg.StateDir, err)
-		}
-		if !found {
-			return nil
-		}
-		plan = &rec.Plan
+	} else if !found {
+		return nil
 	}
+	if !found {
+		rec.Backend = cfg.Backend
+	}
+	be := rec.backend(cfg)
 	for i := range plan.Families {
 		fp := &plan.Families[i]
-		text, err := ipt.Save(fp.Family, "nat")
+		what, missing, err := be.missing(fp)
 		if err != nil {
-			return cnierr.Internal("iptables-save", err)
+			return cnierr.Internal("read "+fp.Family.String()+" rules", err)
 		}
-		if line, missing := fp.Missing(iptbatch.ParseSave(text)); missing {
-			return cnierr.CheckFailed("%s rule missing: %s", fp.Family, line)
+		if missing {
+			return cnierr.CheckFailed("%s rule missing: %s", fp.Family, what)
 		}
 	}
 	return nil
 }
 
 // GC removes the rules of this network's attachments that are not in
-// cni.dev/valid-attachments, then any attachment chain of ours that no
-// record accounts for (a crash between two steps, a lost state directory).
-// It goes on past errors and reports them all.
+// cni.dev/valid-attachments, then any attachment chain of ours (of the
+// configured backend) that no record accounts for: a crash between two
+// steps, a lost state directory. It goes on past errors and reports them all.
 func GC(args *skel.CmdArgs) error {
-	cfg, _, store, ipt, err := setup(args)
+	cfg, _, store, err := setup(args)
 	if err != nil {
 		return err
 	}
 	// Chains first, records second: ADD saves its record before its rules,
 	// so every chain listed here has its record by the time we read them.
-	saved := map[iptbatch.Family]iptbatch.Saved{}
-	var errs []error
-	for _, fam := range []iptbatch.Family{iptbatch.IPv4, iptbatch.IPv6} {
-		text, err := ipt.Save(fam, "nat")
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		saved[fam] = iptbatch.ParseSave(text)
-	}
+	chains, errs := attachmentChains(cfg)
 	names, err := store.Names()
 	if err != nil {
 		return cnierr.Internal("state "+cfg.StateDir, err)
@@ -193,19 +199,17 @@ func GC(args *skel.CmdArgs) error {
 		}
 		accounted[rec.ID()[:hashLen]] = true
 		if rec.Network == cfg.Name && !rec.In(cfg.ValidAttachments) {
-			errs = append(errs, removeRecorded(ipt, store, rec.Key))
+			errs = append(errs, removeRecorded(cfg, store, rec.Key))
 		}
 	}
-	for fam, s := range saved {
+	for fam, list := range chains {
 		var orphans []string
-		for _, c := range s.Chains {
-			if id, ok := IsAttachmentChain(c); ok && !accounted[id] {
+		for _, c := range list {
+			if id, _ := IsAttachmentChain(c); !accounted[id] {
 				orphans = append(orphans, c)
 			}
 		}
-		if b := s.Removal("nat", orphans); !b.Empty() {
-			errs = append(errs, ipt.Restore(fam, b.Text()))
-		}
+		errs = append(errs, removeOrphans(cfg, fam, orphans))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return cnierr.Internal("gc", err)
@@ -213,12 +217,55 @@ func GC(args *skel.CmdArgs) error {
 	return nil
 }
 
-// Status fails while the iptables binaries are missing.
+// attachmentChains lists the attachment chains of the configured backend, per family.
+func attachmentChains(cfg *Config) (map[iptbatch.Family][]string, []error) {
+	out := map[iptbatch.Family][]string{}
+	var errs []error
+	for _, fam := range []iptbatch.Family{iptbatch.IPv4, iptbatch.IPv6} {
+		if cfg.Backend == BackendNFTables {
+			list, err := nftAttachmentChains(fam)
+			errs = append(errs, err)
+			out[fam] = list
+			continue
+		}
+		text, err := iptbatch.Runner{Flavour: cfg.IptablesFlavour}.Save(fam, "nat")
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for _, c := range iptbatch.ParseSave(text).Chains {
+			if _, ok := IsAttachmentChain(c); ok {
+				out[fam] = append(out[fam], c)
+			}
+		}
+	}
+	return out, errs
+}
+
+func removeOrphans(cfg *Config, fam iptbatch.Family, chains []string) error {
+	if len(chains) == 0 {
+		return nil
+	}
+	if cfg.Backend == BackendNFTables {
+		return removeNFTChainsNow(fam, chains)
+	}
+	return removeChains(iptbatch.Runner{Flavour: cfg.IptablesFlavour}, fam, chains)
+}
+
+// Status fails while the configured backend cannot work: the iptables
+// binaries missing, or nftables not answering.
 func Status(args *skel.CmdArgs) error {
-	cfg, _, _, ipt, err := setup(args)
+	cfg, _, _, err := setup(args)
 	if err != nil {
 		return err
 	}
+	if cfg.Backend == BackendNFTables {
+		if _, err := nftAttachmentChains(iptbatch.IPv4); err != nil {
+			return cnierr.Unavailable("nftables: %v", err)
+		}
+		return nil
+	}
+	ipt := iptbatch.Runner{Flavour: cfg.IptablesFlavour}
 	var missing []string
 	for _, fam := range []iptbatch.Family{iptbatch.IPv4, iptbatch.IPv6} {
 		for _, bin := range ipt.Binaries(fam) {

@@ -14,6 +14,12 @@ import (
 	"github.com/cnichain/plugins/pkg/cnierr"
 )
 
+// The backends.
+const (
+	BackendIPTables = "iptables"
+	BackendNFTables = "nftables"
+)
+
 // DefaultStateDir holds one record per attachment of what its ADD installed.
 const DefaultStateDir = "/var/lib/cni/portmap-lite"
 
@@ -32,7 +38,7 @@ type Config struct {
 	// masquerading, which we do not use: set, they are an error.
 	MarkMasqBit          *int    `json:"markMasqBit"`
 	ExternalSetMarkChain *string `json:"externalSetMarkChain"`
-	// Backend is "iptables" (the default); "nftables" is not available yet.
+	// Backend is "iptables" (the default) or "nftables" (netlink, no process).
 	Backend string `json:"backend"`
 	// IptablesFlavour picks the binaries: "" (the system's), "legacy", "nft".
 	IptablesFlavour string `json:"iptablesFlavour"`
@@ -82,11 +88,15 @@ func Parse(stdin []byte) (*Config, error) {
 		return nil, cnierr.InvalidConfig("externalSetMarkChain", *cfg.ExternalSetMarkChain, "portmap-lite sets no mark; remove it")
 	}
 	switch cfg.Backend {
-	case "", "iptables":
-	case "nftables":
-		return nil, cnierr.InvalidConfig("backend", cfg.Backend, "not available yet; use \"iptables\"")
+	case "":
+		cfg.Backend = BackendIPTables
+	case BackendIPTables:
+	case BackendNFTables:
+		if cfg.ConditionsV4 != nil || cfg.ConditionsV6 != nil {
+			return nil, cnierr.InvalidConfig("backend", cfg.Backend, "conditionsV4/conditionsV6 are iptables matches; use the iptables backend with them")
+		}
 	default:
-		return nil, cnierr.InvalidConfig("backend", cfg.Backend, "must be \"iptables\"")
+		return nil, cnierr.InvalidConfig("backend", cfg.Backend, `must be "iptables" or "nftables"`)
 	}
 	switch cfg.IptablesFlavour {
 	case "", "legacy", "nft":

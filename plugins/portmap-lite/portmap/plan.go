@@ -43,6 +43,11 @@ type FamilyPlan struct {
 	// Localnet says traffic to 127.0.0.1 is forwarded to PodIP, which needs
 	// route_localnet on the interface towards the pod.
 	Localnet bool `json:"localnet,omitempty"`
+	// Maps and MasqAll are what the rules were made from, for the nftables
+	// backend, which builds its expressions from them.
+	Maps    []Mapping `json:"maps"`
+	MasqAll bool      `json:"masqAll,omitempty"`
+	Comment string    `json:"comment"`
 }
 
 // Plan is an attachment's rules in every family it has mappings in.
@@ -92,7 +97,7 @@ func Build(cfg *Config, k attachstate.Key, podIPs []netip.Addr) (*Plan, error) {
 		if len(maps) == 0 {
 			continue
 		}
-		fp := FamilyPlan{Family: fam, PodIP: pod, DNATChain: DNATChainName(k)}
+		fp := FamilyPlan{Family: fam, PodIP: pod, DNATChain: DNATChainName(k), Maps: maps, MasqAll: cfg.MasqAll, Comment: comment}
 		conditions := cfg.ConditionsV4
 		if fam == iptbatch.IPv6 {
 			conditions = cfg.ConditionsV6
@@ -169,7 +174,7 @@ func snatRules(maps []Mapping, pod netip.Addr, masqAll bool, comment string) (ru
 	var done []target
 	for _, m := range maps {
 		t := target{m.Protocol, m.ContainerPort}
-		local := pod.Is4() && (!m.HostIP.IsValid() || m.HostIP.IsUnspecified() || m.HostIP.IsLoopback())
+		local := viaLoopback(m, pod)
 		localnet = localnet || local
 		if slices.Contains(done, t) {
 			continue
@@ -187,6 +192,12 @@ func snatRules(maps []Mapping, pod netip.Addr, masqAll bool, comment string) (ru
 		rules = append(rules, append(iptbatch.Rule{"-s", hostPrefix(pod)}, match...))
 	}
 	return rules, localnet
+}
+
+// viaLoopback reports whether m can be reached at 127.0.0.1 and forwarded
+// to pod: IPv4 only, and only when it listens on any address or on 127.0.0.1.
+func viaLoopback(m Mapping, pod netip.Addr) bool {
+	return pod.Is4() && (!m.HostIP.IsValid() || m.HostIP.IsUnspecified() || m.HostIP.IsLoopback())
 }
 
 // AddBatch installs fp: the attachment's chains are declared (so a retried

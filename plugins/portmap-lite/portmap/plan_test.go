@@ -251,7 +251,8 @@ func TestParseErrors(t *testing.T) {
 			`runtimeConfig.portMappings[1] ":80/tcp": maps the same host address, port and protocol as runtimeConfig.portMappings[0]`, types.ErrInvalidNetworkConfig},
 		{"markMasqBit", `{"markMasqBit":13}`, `markMasqBit "13": portmap-lite masquerades by exact match`, types.ErrInvalidNetworkConfig},
 		{"externalSetMarkChain", `{"externalSetMarkChain":"KUBE-MARK-MASQ"}`, `externalSetMarkChain "KUBE-MARK-MASQ"`, types.ErrInvalidNetworkConfig},
-		{"nftables backend", `{"backend":"nftables"}`, `backend "nftables": not available yet`, types.ErrInvalidNetworkConfig},
+		{"nftables backend with iptables conditions", `{"backend":"nftables","conditionsV4":["-s","10.0.0.0/8"]}`, `backend "nftables": conditionsV4/conditionsV6 are iptables matches`, types.ErrInvalidNetworkConfig},
+		{"unknown backend", `{"backend":"ebpf"}`, `backend "ebpf": must be "iptables" or "nftables"`, types.ErrInvalidNetworkConfig},
 		{"condition spanning lines", `{"conditionsV4":["-s","1.2.3.4\n-A INPUT -j ACCEPT"]}`, `conditionsV4[1]`, types.ErrInvalidNetworkConfig},
 		{"flavour", `{"iptablesFlavour":"ebtables"}`, `iptablesFlavour "ebtables"`, types.ErrInvalidNetworkConfig},
 	}

@@ -1,0 +1,304 @@
+package portmap
+
+import (
+	"fmt"
+	"net/netip"
+	"path/filepath"
+	"slices"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"github.com/google/nftables/userdata"
+	"golang.org/x/sys/unix"
+
+	"github.com/cnichain/plugins/pkg/iptbatch"
+)
+
+// The nftables backend speaks netlink: an ADD or DEL is one transaction in
+// our own table per family, and no process at all. The layout mirrors the
+// iptables backend: base chains jump to "hostports" (locally-destined
+// traffic) and "masq"; these jump to each attachment's DNAT and SNAT chains.
+const (
+	nftTable     = "cnichain-portmap"
+	nftHostPorts = "hostports"
+	nftMasq      = "masq"
+)
+
+type nftBackend struct{ stateDir string }
+
+func nftFamily(f iptbatch.Family) nftables.TableFamily {
+	if f == iptbatch.IPv6 {
+		return nftables.TableFamilyIPv6
+	}
+	return nftables.TableFamilyIPv4
+}
+
+func nftTableOf(f iptbatch.Family) *nftables.Table {
+	return &nftables.Table{Name: nftTable, Family: nftFamily(f)}
+}
+
+func chainOf(t *nftables.Table, name string) *nftables.Chain {
+	return &nftables.Chain{Name: name, Table: t}
+}
+
+// ensureShared creates the table, its base chains and their jumps when the
+// table's postrouting chain is missing, under the same lock as the iptables
+// backend's bootstrap so concurrent first ADDs never duplicate a jump.
+func (b nftBackend) ensureShared(c *nftables.Conn, fam iptbatch.Family) error {
+	t := nftTableOf(fam)
+	if _, err := c.ListChain(t, "postrouting"); err == nil {
+		return nil
+	}
+	unlock, err := lock(filepath.Join(b.stateDir, ".shared-nft-"+fam.String()+".lock"))
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if _, err := c.ListChain(t, "postrouting"); err == nil {
+		return nil
+	}
+	c.AddTable(t)
+	hostports := c.AddChain(chainOf(t, nftHostPorts))
+	masq := c.AddChain(chainOf(t, nftMasq))
+	local := []expr.Any{
+		&expr.Fib{Register: 1, FlagDADDR: true, ResultADDRTYPE: true},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(unix.RTN_LOCAL)},
+	}
+	for _, base := range []struct {
+		name  string
+		hook  *nftables.ChainHook
+		prio  *nftables.ChainPriority
+		exprs []expr.Any
+	}{
+		{"prerouting", nftables.ChainHookPrerouting, nftables.ChainPriorityNATDest, append(slices.Clone(local), jump(hostports.Name))},
+		{"output", nftables.ChainHookOutput, nftables.ChainPriorityNATDest, append(slices.Clone(local), jump(hostports.Name))},
+		{"postrouting", nftables.ChainHookPostrouting, nftables.ChainPriorityNATSource, []expr.Any{jump(masq.Name)}},
+	} {
+		ch := c.AddChain(&nftables.Chain{Name: base.name, Table: t, Type: nftables.ChainTypeNAT, Hooknum: base.hook, Priority: base.prio})
+		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: base.exprs})
+	}
+	return c.Flush()
+}
+
+// install adds fp's chains, rules and jumps in one transaction.
+func (b nftBackend) install(fp *FamilyPlan) error {
+	c, err := nftables.New()
+	if err != nil {
+		return err
+	}
+	if err := b.ensureShared(c, fp.Family); err != nil {
+		return fmt.Errorf("nftables table %s: %w", nftTable, err)
+	}
+	t := nftTableOf(fp.Family)
+	comment := userdata.AppendString(nil, userdata.TypeComment, fp.Comment)
+	dn := c.AddChain(chainOf(t, fp.DNATChain))
+	for _, m := range fp.Maps {
+		var e []expr.Any
+		if m.HostIP.IsValid() && !m.HostIP.IsUnspecified() {
+			e = append(e, matchAddr(false, m.HostIP)...)
+		}
+		e = append(e, matchPort(m.Protocol, m.HostPort)...)
+		e = append(e,
+			&expr.Immediate{Register: 1, Data: fp.PodIP.AsSlice()},
+			&expr.Immediate{Register: 2, Data: binaryutil.BigEndian.PutUint16(m.ContainerPort)},
+			&expr.NAT{Type: expr.NATTypeDestNAT, Family: nfproto(fp.PodIP), RegAddrMin: 1, RegProtoMin: 2, Specified: true})
+		c.AddRule(&nftables.Rule{Table: t, Chain: dn, Exprs: e, UserData: comment})
+	}
+	c.AddRule(&nftables.Rule{Table: t, Chain: chainOf(t, nftHostPorts), Exprs: []expr.Any{jump(dn.Name)}, UserData: comment})
+	if fp.SNATChain != "" {
+		sn := c.AddChain(chainOf(t, fp.SNATChain))
+		for _, e := range snatExprs(fp) {
+			c.AddRule(&nftables.Rule{Table: t, Chain: sn, Exprs: e, UserData: comment})
+		}
+		c.AddRule(&nftables.Rule{Table: t, Chain: chainOf(t, nftMasq),
+			Exprs: append(matchAddr(false, fp.PodIP), jump(sn.Name)), UserData: comment})
+	}
+	return c.Flush()
+}
+
+// snatExprs mirror snatRules: hairpin, 127.0.0.1 for IPv4, or everything
+// with masqAll, per container port.
+func snatExprs(fp *FamilyPlan) [][]expr.Any {
+	type target struct {
+		proto string
+		port  uint16
+	}
+	var done []target
+	var out [][]expr.Any
+	loopback := netip.MustParseAddr("127.0.0.1")
+	for _, m := range fp.Maps {
+		t := target{m.Protocol, m.ContainerPort}
+		if slices.Contains(done, t) {
+			continue
+		}
+		done = append(done, t)
+		tail := append(append(matchAddr(false, fp.PodIP), matchPort(m.Protocol, m.ContainerPort)...), &expr.Masq{})
+		if fp.MasqAll {
+			out = append(out, tail)
+			continue
+		}
+		if viaLoopback(m, fp.PodIP) {
+			out = append(out, append(matchAddr(true, loopback), tail...))
+		}
+		out = append(out, append(matchAddr(true, fp.PodIP), slices.Clone(tail)...))
+	}
+	return out
+}
+
+// uninstall removes the jumps to fp's chains and the chains, in one
+// transaction; whatever is already gone is skipped.
+func (b nftBackend) uninstall(fp *FamilyPlan) error {
+	c, err := nftables.New()
+	if err != nil {
+		return err
+	}
+	if err := removeNFTChains(c, fp.Family, fp.Chains()); err != nil {
+		return err
+	}
+	return c.Flush()
+}
+
+// removeNFTChains queues the removal of chains and the rules jumping to them.
+func removeNFTChains(c *nftables.Conn, fam iptbatch.Family, chains []string) error {
+	t := nftTableOf(fam)
+	existing, err := c.ListChainsOfTableFamily(nftFamily(fam))
+	if err != nil {
+		return err
+	}
+	present := map[string]bool{}
+	for _, ch := range existing {
+		if ch.Table.Name == nftTable {
+			present[ch.Name] = true
+		}
+	}
+	for _, parent := range []string{nftHostPorts, nftMasq} {
+		if !present[parent] {
+			continue
+		}
+		rules, err := c.GetRules(t, chainOf(t, parent))
+		if err != nil {
+			return err
+		}
+		for _, r := range rules {
+			if slices.Contains(chains, jumpTarget(r)) {
+				if err := c.DelRule(r); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	for _, name := range chains {
+		if present[name] {
+			c.FlushChain(chainOf(t, name))
+			c.DelChain(chainOf(t, name))
+		}
+	}
+	return nil
+}
+
+// missing reports the first part of fp that is not in the kernel, for CHECK.
+func (b nftBackend) missing(fp *FamilyPlan) (string, bool, error) {
+	c, err := nftables.New()
+	if err != nil {
+		return "", false, err
+	}
+	t := nftTableOf(fp.Family)
+	for _, want := range []struct {
+		parent, chain string
+		rules         int
+	}{{nftHostPorts, fp.DNATChain, len(fp.Maps)}, {nftMasq, fp.SNATChain, len(snatExprs(fp))}} {
+		if want.chain == "" {
+			continue
+		}
+		rules, err := c.GetRules(t, chainOf(t, want.chain))
+		if err != nil || len(rules) != want.rules {
+			return fmt.Sprintf("chain %s of table %s %s has %d rules, want %d", want.chain, fp.Family, nftTable, len(rules), want.rules), true, nil
+		}
+		parents, err := c.GetRules(t, chainOf(t, want.parent))
+		if err != nil || !slices.ContainsFunc(parents, func(r *nftables.Rule) bool { return jumpTarget(r) == want.chain }) {
+			return fmt.Sprintf("jump from %s to %s", want.parent, want.chain), true, nil
+		}
+	}
+	return "", false, nil
+}
+
+// orphanChains lists our attachment chains in fam's table.
+func nftAttachmentChains(fam iptbatch.Family) ([]string, error) {
+	c, err := nftables.New()
+	if err != nil {
+		return nil, err
+	}
+	chains, err := c.ListChainsOfTableFamily(nftFamily(fam))
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, ch := range chains {
+		if _, ok := IsAttachmentChain(ch.Name); ok && ch.Table.Name == nftTable {
+			out = append(out, ch.Name)
+		}
+	}
+	return out, nil
+}
+
+func removeNFTChainsNow(fam iptbatch.Family, chains []string) error {
+	if len(chains) == 0 {
+		return nil
+	}
+	c, err := nftables.New()
+	if err != nil {
+		return err
+	}
+	if err := removeNFTChains(c, fam, chains); err != nil {
+		return err
+	}
+	return c.Flush()
+}
+
+func jump(chain string) *expr.Verdict { return &expr.Verdict{Kind: expr.VerdictJump, Chain: chain} }
+
+func jumpTarget(r *nftables.Rule) string {
+	for _, e := range r.Exprs {
+		if v, ok := e.(*expr.Verdict); ok && v.Kind == expr.VerdictJump {
+			return v.Chain
+		}
+	}
+	return ""
+}
+
+// matchAddr matches the source (src) or destination address of the packet.
+func matchAddr(src bool, ip netip.Addr) []expr.Any {
+	offset, size := uint32(16), uint32(4)
+	switch {
+	case ip.Is4() && src:
+		offset = 12
+	case ip.Is6() && src:
+		offset, size = 8, 16
+	case ip.Is6():
+		offset, size = 24, 16
+	}
+	return []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: size},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ip.AsSlice()},
+	}
+}
+
+// matchPort matches the transport protocol and destination port.
+func matchPort(proto string, port uint16) []expr.Any {
+	num := map[string]byte{"tcp": unix.IPPROTO_TCP, "udp": unix.IPPROTO_UDP, "sctp": unix.IPPROTO_SCTP}[proto]
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{num}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(port)},
+	}
+}
+
+func nfproto(ip netip.Addr) uint32 {
+	if ip.Is6() {
+		return unix.NFPROTO_IPV6
+	}
+	return unix.NFPROTO_IPV4
+}
+
