@@ -3,9 +3,9 @@ package main
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
-	"maps"
 	"regexp"
 	"slices"
 	"strings"

@@ -301,4 +301,3 @@ func nfproto(ip netip.Addr) uint32 {
 	}
 	return unix.NFPROTO_IPV4
 }
-
