@@ -123,6 +123,7 @@ func benchHostRoute(t *testing.T, r *report, rounds int) {
 		row{section: s, name: "macvlan-host-route ADD alone / loopback ADD", ours: &hrAdd, ref: &loAdd},
 		row{section: s, name: "macvlan-host-route DEL alone / loopback ADD", ours: &hrDel, ref: &loAdd},
 	)
+	r.loopback = loAdd.median()
 	ratio := float64(hrAdd.median()) / float64(loAdd.median())
 	r.check("macvlan-host-route ADD within 1.5x of loopback's ADD", ratio <= 1.5, fmt.Sprintf("%.2fx", ratio))
 }
@@ -140,7 +141,9 @@ func mustTime(t *testing.T, fn func() error) time.Duration {
 // ours and the reference each get their own, so that each sees only its
 // own rules, however many pods are already on it.
 type portmapNode struct {
+	label  string // as shown in the tables
 	plugin string
+	extra  string // more configuration keys, e.g. the backend
 	sb     *sandbox.Sandbox
 	pod    ns.NetNS // CNI_NETNS of every call; portmap never enters it
 	pods   int
@@ -157,10 +160,10 @@ func mappingsJSON(n, base int) string {
 // conf is the plugin's stdin, as a runtime sends it after bridge: the
 // mappings in runtimeConfig and the pod's address in prevResult.
 func (n *portmapNode) conf(podIP string, mappings string) []byte {
-	return []byte(fmt.Sprintf(`{"cniVersion":"1.0.0","name":"benchnet","type":%q,"stateDir":%q,
+	return []byte(fmt.Sprintf(`{"cniVersion":"1.0.0","name":"benchnet","type":%q,"stateDir":%q%s,
 		"runtimeConfig":{"portMappings":%s},
 		"prevResult":{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"/x"}],"ips":[{"address":%q,"interface":0}]}}`,
-		n.plugin, n.sb.Dir+"/state", mappings, podIP+"/16"))
+		n.plugin, n.sb.Dir+"/state", n.extra, mappings, podIP+"/16"))
 }
 
 func (n *portmapNode) invoke(t *testing.T, cmd, id string, conf []byte) time.Duration {
@@ -177,34 +180,38 @@ func (n *portmapNode) fill(t *testing.T, want int) {
 	}
 }
 
-func newPortmapNode(t *testing.T, plugin string) *portmapNode {
+func newPortmapNode(t *testing.T, label, plugin, extra string) *portmapNode {
 	sb := sandbox.New(t)
 	// A route to the pod subnet, as a bridge would have: route_localnet goes on its interface.
 	sandbox.MustRun(t, sb.Node, "ip", "route", "add", "10.244.0.0/16", "dev", "eno1")
-	return &portmapNode{plugin: plugin, sb: sb, pod: sb.NewPod(t)}
+	return &portmapNode{label: label, plugin: plugin, extra: extra, sb: sb, pod: sb.NewPod(t)}
 }
 
 // benchPortmap: portmap-lite against the reference portmap, ADD and DEL at
 // 1, 10 and 50 mappings, with 0, 100 and 500 other pods on the node; and
 // the processes each spawns.
 func benchPortmap(t *testing.T, r *report, rounds int, levels []int) {
-	ours, ref := newPortmapNode(t, "portmap-lite"), newPortmapNode(t, "portmap")
-	execCounts(t, r, ours, ref)
+	ours := newPortmapNode(t, "portmap-lite", "portmap-lite", "")
+	nft := newPortmapNode(t, "portmap-lite (nftables)", "portmap-lite", `,"backend":"nftables"`)
+	ref := newPortmapNode(t, "portmap", "portmap", "")
+	execCounts(t, r, ours, nft, ref)
 	sizes := []int{1, 10, 50}
 	lines := map[string][]float64{}
 	var order []string
 	medians := map[string]time.Duration{}
+	var worstNFT time.Duration
 	for _, level := range levels {
 		ours.fill(t, level)
+		nft.fill(t, level)
 		ref.fill(t, level)
 		for _, size := range sizes {
-			var oa, od, ra, rd series
+			var oa, od, na, nd, ra, rd series
 			mappings := mappingsJSON(size, 20000)
 			for i := 0; i < rounds; i++ {
 				for _, c := range []struct {
 					node     *portmapNode
 					add, del *series
-				}{{ours, &oa, &od}, {ref, &ra, &rd}} {
+				}{{ours, &oa, &od}, {nft, &na, &nd}, {ref, &ra, &rd}} {
 					id := fmt.Sprintf("m-%d-%d-%d", level, size, i)
 					conf := c.node.conf("10.244.0.2", mappings)
 					c.add.d = append(c.add.d, c.node.invoke(t, "ADD", id, conf))
@@ -214,11 +221,13 @@ func benchPortmap(t *testing.T, r *report, rounds int, levels []int) {
 			s := fmt.Sprintf("3-4. portmap-lite vs reference portmap, %d other pods on the node", level)
 			r.rows = append(r.rows,
 				row{section: s, name: fmt.Sprintf("ADD, %d mappings", size), ours: &oa, ref: &ra},
-				row{section: s, name: fmt.Sprintf("DEL, %d mappings", size), ours: &od, ref: &rd})
+				row{section: s, name: fmt.Sprintf("DEL, %d mappings", size), ours: &od, ref: &rd},
+				row{section: s, name: fmt.Sprintf("ADD, %d mappings, nftables backend", size), ours: &na, ref: &ra},
+				row{section: s, name: fmt.Sprintf("DEL, %d mappings, nftables backend", size), ours: &nd, ref: &rd})
 			for _, l := range []struct {
 				name string
 				s    *series
-			}{{fmt.Sprintf("portmap-lite, %d mappings", size), &oa}, {fmt.Sprintf("portmap, %d mappings", size), &ra}} {
+			}{{fmt.Sprintf("portmap-lite, %d mappings", size), &oa}, {fmt.Sprintf("portmap-lite nftables, %d mappings", size), &na}, {fmt.Sprintf("portmap, %d mappings", size), &ra}} {
 				if _, ok := lines[l.name]; !ok {
 					order = append(order, l.name)
 				}
@@ -226,6 +235,7 @@ func benchPortmap(t *testing.T, r *report, rounds int, levels []int) {
 			}
 			medians[fmt.Sprintf("ours-%d-%d", level, size)] = oa.median()
 			medians[fmt.Sprintf("ref-%d-%d", level, size)] = ra.median()
+			worstNFT = max(worstNFT, na.median(), nd.median())
 		}
 	}
 	for _, size := range []int{10, 50} {
@@ -233,6 +243,8 @@ func benchPortmap(t *testing.T, r *report, rounds int, levels []int) {
 		got := float64(medians[fmt.Sprintf("ours-0-%d", size)]) / float64(medians[fmt.Sprintf("ref-0-%d", size)])
 		r.check(fmt.Sprintf("portmap-lite ADD at %d mappings at most %.2f of the reference's", size, want), got <= want, fmt.Sprintf("%.3f", got))
 	}
+	got := float64(worstNFT) / float64(r.loopback)
+	r.check("portmap-lite nftables ADD and DEL within 1.5x of loopback's ADD at any mappings and pods", got <= 1.5, fmt.Sprintf("slowest median %.2fx", got))
 	top := levels[len(levels)-1]
 	for _, size := range sizes {
 		got := float64(medians[fmt.Sprintf("ours-%d-%d", top, size)]) / float64(medians[fmt.Sprintf("ours-0-%d", size)])
@@ -268,7 +280,7 @@ func execCounts(t *testing.T, r *report, nodes ...*portmapNode) {
 		add := count()
 		n.invoke(t, "DEL", "count", conf)
 		del := count()
-		r.notes = append(r.notes, fmt.Sprintf("| %s | %s | %s |", n.plugin, add, del))
+		r.notes = append(r.notes, fmt.Sprintf("| %s | %s | %s |", n.label, add, del))
 	}
 	r.notes = append(r.notes, "")
 }

@@ -19,6 +19,9 @@ type report struct {
 	rows   []row
 	notes  []string // free lines: exec counts, throughput
 	checks []string // the targets, met or not
+	// loopback is the median ADD of the loopback plugin: the floor of any
+	// exec'd plugin, which some targets are relative to.
+	loopback time.Duration
 }
 
 func (r *report) check(name string, ok bool, detail string) {

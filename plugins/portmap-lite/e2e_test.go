@@ -357,7 +357,8 @@ func TestProcessesPerPod(t *testing.T) {
 			many := map[string]any{"portMappings": func() []map[string]any {
 				var m []map[string]any
 				for i := 0; i < 50; i++ {
-					m = append(m, map[string]any{"hostPort": 20000 + i, "containerPort": 80, "protocol": "tcp"})
+					// Distinct container ports: 150 rules in one transaction (and 150 netlink echoes).
+					m = append(m, map[string]any{"hostPort": 20000 + i, "containerPort": 8000 + i, "protocol": "tcp"})
 				}
 				return m
 			}()}

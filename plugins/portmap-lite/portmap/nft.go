@@ -10,6 +10,7 @@ import (
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
+	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/cnichain/plugins/pkg/iptbatch"
@@ -83,7 +84,7 @@ func (b nftBackend) ensureShared(c *nftables.Conn, fam iptbatch.Family) error {
 
 // install adds fp's chains, rules and jumps in one transaction.
 func (b nftBackend) install(fp *FamilyPlan) error {
-	c, err := nftables.New()
+	c, err := newConn()
 	if err != nil {
 		return err
 	}
@@ -149,7 +150,7 @@ func snatExprs(fp *FamilyPlan) [][]expr.Any {
 // uninstall removes the jumps to fp's chains and the chains, in one
 // transaction; whatever is already gone is skipped.
 func (b nftBackend) uninstall(fp *FamilyPlan) error {
-	c, err := nftables.New()
+	c, err := newConn()
 	if err != nil {
 		return err
 	}
@@ -199,7 +200,7 @@ func removeNFTChains(c *nftables.Conn, fam iptbatch.Family, chains []string) err
 
 // missing reports the first part of fp that is not in the kernel, for CHECK.
 func (b nftBackend) missing(fp *FamilyPlan) (string, bool, error) {
-	c, err := nftables.New()
+	c, err := newConn()
 	if err != nil {
 		return "", false, err
 	}
@@ -225,7 +226,7 @@ func (b nftBackend) missing(fp *FamilyPlan) (string, bool, error) {
 
 // orphanChains lists our attachment chains in fam's table.
 func nftAttachmentChains(fam iptbatch.Family) ([]string, error) {
-	c, err := nftables.New()
+	c, err := newConn()
 	if err != nil {
 		return nil, err
 	}
@@ -246,7 +247,7 @@ func removeNFTChainsNow(fam iptbatch.Family, chains []string) error {
 	if len(chains) == 0 {
 		return nil
 	}
-	c, err := nftables.New()
+	c, err := newConn()
 	if err != nil {
 		return err
 	}
@@ -254,6 +255,27 @@ func removeNFTChainsNow(fam iptbatch.Family, chains []string) error {
 		return err
 	}
 	return c.Flush()
+}
+
+// newConn opens a netlink connection to nftables with a receive buffer for
+// the kernel's replies to a whole transaction: every rule added is echoed
+// back, and 50 mappings' worth of echoes overflow the default buffer
+// (ENOBUFS). Forcing the size needs CAP_NET_ADMIN, which a CNI plugin has.
+func newConn() (*nftables.Conn, error) {
+	return nftables.New(nftables.WithSockOptions(func(c *netlink.Conn) error {
+		raw, err := c.SyscallConn()
+		if err != nil {
+			return err
+		}
+		var serr error
+		err = raw.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 16<<20)
+		})
+		if err != nil {
+			return err
+		}
+		return serr
+	}))
 }
 
 func jump(chain string) *expr.Verdict { return &expr.Verdict{Kind: expr.VerdictJump, Chain: chain} }
