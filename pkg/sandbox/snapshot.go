@@ -1,0 +1,83 @@
+package sandbox
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/google/nftables"
+)
+
+var (
+	counters = regexp.MustCompile(`\[\d+:\d+\]`)
+	linkNum  = regexp.MustCompile(`^\d+: `)
+)
+
+// Snapshot is the node's network state as text, for "nothing changed"
+// assertions: links, routes, addresses, the iptables and nftables rules of
+// every table in both families, and the files under the sandbox's state
+// directories. Counters and comments of iptables-save are dropped.
+func (sb *Sandbox) Snapshot(t testing.TB) string {
+	t.Helper()
+	var b strings.Builder
+	for _, cmd := range [][]string{
+		{"ip", "-o", "link"}, {"ip", "-o", "addr"}, {"ip", "route", "show", "table", "all"}, {"ip", "-6", "route", "show", "table", "all"},
+		{"iptables-save"}, {"ip6tables-save"},
+	} {
+		fmt.Fprintf(&b, "$ %s\n", strings.Join(cmd, " "))
+		for _, line := range strings.Split(MustRun(t, sb.Node, cmd[0], cmd[1:]...), "\n") {
+			if strings.HasPrefix(line, "#") {
+				continue
+			}
+			line = counters.ReplaceAllString(line, "")
+			if cmd[0] == "ip" && cmd[1] == "-o" && cmd[2] == "link" {
+				// Drop the index and the volatile link-layer details.
+				line = linkNum.ReplaceAllString(line, "")
+				line, _, _ = strings.Cut(line, "\\")
+			}
+			b.WriteString(line + "\n")
+		}
+	}
+	b.WriteString("$ nft\n" + sb.nftRules(t))
+	b.WriteString("$ state files\n")
+	_ = filepath.Walk(sb.Dir, func(path string, info os.FileInfo, err error) error {
+		if err == nil && !info.IsDir() && !strings.Contains(path, "/.") && !strings.Contains(path, "/cache/") {
+			rel, _ := filepath.Rel(sb.Dir, path)
+			b.WriteString(rel + "\n")
+		}
+		return nil
+	})
+	return b.String()
+}
+
+func (sb *Sandbox) nftRules(t testing.TB) string {
+	var out []string
+	err := sb.Node.Do(func(ns.NetNS) error {
+		c, err := nftables.New()
+		if err != nil {
+			return err
+		}
+		chains, err := c.ListChains()
+		if err != nil {
+			return err
+		}
+		for _, ch := range chains {
+			rules, err := c.GetRules(ch.Table, ch)
+			if err != nil {
+				return err
+			}
+			out = append(out, fmt.Sprintf("%d %s %s: %d rules", ch.Table.Family, ch.Table.Name, ch.Name, len(rules)))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("nftables: %v", err)
+	}
+	slices.Sort(out)
+	return strings.Join(out, "\n") + "\n"
+}
