@@ -10,7 +10,7 @@ LDFLAGS  := -s -w -X github.com/cnichain/plugins/pkg/buildinfo.Version=$(VERSION
 PLUGINS  := $(notdir $(wildcard plugins/*))
 FUZZTIME ?= 10s
 
-.PHONY: all build tools test lint fuzz demo bench install clean
+.PHONY: all build tools test lint fuzz soak demo bench install clean
 
 all: build
 
@@ -39,6 +39,13 @@ fuzz:
 	    $(GO) test -run '^$$' -fuzz "^$$target$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
 	  done; \
 	done
+
+# The soak of every example chain at scale (make test runs it with 20 pods).
+SOAK_PODS     ?= 200
+SOAK_PARALLEL ?= 16
+soak: tools build
+	CNICHAIN_BIN=$(BIN) CNICHAIN_SOAK_PODS=$(SOAK_PODS) CNICHAIN_SOAK_PARALLEL=$(SOAK_PARALLEL) \
+	  $(GO) test -count=1 -v -run '^TestSoak$$' -timeout 60m ./e2e/
 
 demo: tools build
 	SB_BIN=$(BIN) scripts/demo.sh

@@ -16,6 +16,8 @@ import (
 var (
 	counters = regexp.MustCompile(`\[\d+:\d+\]`)
 	linkNum  = regexp.MustCompile(`^\d+: `)
+	// A bridge's carrier follows its ports asynchronously: not our state.
+	carrier = regexp.MustCompile(`NO-CARRIER,|,LOWER_UP| state [A-Z]+| linkdown`)
 )
 
 // Snapshot is the node's network state as text, for "nothing changed"
@@ -24,6 +26,8 @@ var (
 // directories. Counters and comments of iptables-save are dropped.
 func (sb *Sandbox) Snapshot(t testing.TB) string {
 	t.Helper()
+	// A new link's link-local address is "tentative" for a while: wait it out.
+	WaitDAD(t, sb.Node)
 	var b strings.Builder
 	for _, cmd := range [][]string{
 		{"ip", "-o", "link"}, {"ip", "-o", "addr"}, {"ip", "route", "show", "table", "all"}, {"ip", "-6", "route", "show", "table", "all"},
@@ -34,7 +38,7 @@ func (sb *Sandbox) Snapshot(t testing.TB) string {
 			if strings.HasPrefix(line, "#") {
 				continue
 			}
-			line = counters.ReplaceAllString(line, "")
+			line = carrier.ReplaceAllString(counters.ReplaceAllString(line, ""), "")
 			if cmd[0] == "ip" && cmd[1] == "-o" && cmd[2] == "link" {
 				// Drop the index and the volatile link-layer details.
 				line = linkNum.ReplaceAllString(line, "")

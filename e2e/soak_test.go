@@ -1,0 +1,184 @@
+package e2e
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"strconv"
+	"sync"
+	"testing"
+
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/plugins/pkg/ns"
+
+	"github.com/cnichain/plugins/pkg/sandbox"
+)
+
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+// soakChain is an example chain of net.d/ and how to prove a pod on it works.
+type soakChain struct {
+	file string
+	// caps gives pod i its capability arguments.
+	caps func(i int) map[string]any
+	// works proves pod i, at ip, is reachable the way the chain promises.
+	works func(t *testing.T, sb *sandbox.Sandbox, pod ns.NetNS, i int, ip netip.Addr) error
+}
+
+var soakChains = []soakChain{
+	{
+		file: "00-default.conflist", // macvlan + host-local + macvlan-host-route
+		works: func(t *testing.T, sb *sandbox.Sandbox, _ ns.NetNS, _ int, ip netip.Addr) error {
+			return sandbox.Ping(sb.Node, ip)
+		},
+	},
+	{
+		file: "mynet.conflist", // bridge + host-local + portmap-lite
+		caps: func(i int) map[string]any {
+			return map[string]any{"portMappings": []map[string]any{{"hostPort": 40000 + i, "containerPort": 80, "protocol": "tcp"}}}
+		},
+		works: func(t *testing.T, sb *sandbox.Sandbox, pod ns.NetNS, i int, _ netip.Addr) error {
+			want := fmt.Sprintf("pod %d", i)
+			sandbox.ServeTCP(t, pod, 80, want)
+			got, err := sandbox.DialTCP(sb.LAN, netip.AddrPortFrom(sandbox.NodeIPv4.Addr(), uint16(40000+i)))
+			if err == nil && got != want {
+				err = fmt.Errorf("hostPort %d answered %q, want %q", 40000+i, got, want)
+			}
+			return err
+		},
+	},
+	{
+		file: "10-static-macvlan.conflist", // macvlan + static-ipam, addresses per pod
+		caps: func(i int) map[string]any {
+			return map[string]any{"ips": []string{fmt.Sprintf("192.168.%d.%d/16", 100+i/200, 2+i%200)}}
+		},
+		works: func(t *testing.T, sb *sandbox.Sandbox, pod ns.NetNS, _ int, _ netip.Addr) error {
+			return sandbox.Ping(pod, sandbox.LANIPv4.Addr())
+		},
+	},
+}
+
+// TestSoak adds N pods, K at a time, on each example chain while deleting
+// others, proves every pod works, deletes them all, and checks that the node
+// is exactly as it was. `make test` runs N=20, K=8; `make soak` 200 and 16.
+func TestSoak(t *testing.T) {
+	n, k := envInt("CNICHAIN_SOAK_PODS", 20), envInt("CNICHAIN_SOAK_PARALLEL", 8)
+	for _, c := range soakChains {
+		t.Run(c.file, func(t *testing.T) { soak(t, c, n, k) })
+	}
+}
+
+func soak(t *testing.T, c soakChain, n, k int) {
+	sb := sandbox.New(t)
+	rtm := sb.Runtime(t)
+	list := sb.Localize(t, sandbox.LoadList(t, c.file))
+	pods := make([]ns.NetNS, n)
+	atts := make([]*libcni.RuntimeConf, n)
+	for i := range atts {
+		pods[i] = sb.NewPod(t)
+		atts[i] = sandbox.Attachment(pods[i], fmt.Sprintf("soak-%d", i), "eth0")
+		if c.caps != nil {
+			atts[i].CapabilityArgs = c.caps(i)
+		}
+	}
+	// What a pod leaves on purpose (a bridge, the macvlan sub-device, shared
+	// chains) appears with the first; the node must return to this.
+	warm := sandbox.Attachment(sb.NewPod(t), "warm", "eth0")
+	if c.caps != nil {
+		warm.CapabilityArgs = c.caps(n)
+	}
+	if _, err := rtm.Add(list, warm); err != nil {
+		t.Fatal(err)
+	}
+	if err := rtm.Del(list, warm); err != nil {
+		t.Fatal(err)
+	}
+	before := sb.Snapshot(t)
+
+	ips := make([]netip.Addr, n)
+	add := func(i int) error {
+		res, err := rtm.Add(list, atts[i])
+		if err != nil {
+			return fmt.Errorf("ADD pod %d: %w", i, err)
+		}
+		r, err := current.NewResultFromResult(res)
+		if err != nil || len(r.IPs) == 0 {
+			return fmt.Errorf("pod %d result %v: %v", i, res, err)
+		}
+		ips[i], _ = netip.AddrFromSlice(r.IPs[0].Address.IP)
+		ips[i] = ips[i].Unmap()
+		return nil
+	}
+	del := func(i int) error {
+		if err := rtm.Del(list, atts[i]); err != nil {
+			return fmt.Errorf("DEL pod %d: %w", i, err)
+		}
+		return nil
+	}
+	// The first half goes in; then the second half goes in while the first
+	// half is deleted and added again, interleaved; then all go.
+	half := n / 2
+	parallel(t, k, half, add)
+	parallel(t, k, 2*(n-half)+half, func(j int) error {
+		switch {
+		case j < n-half:
+			return add(half + j)
+		case j < 2*(n-half):
+			if i := j - (n - half); i < half {
+				if err := del(i); err != nil {
+					return err
+				}
+				return add(i)
+			}
+			return nil
+		}
+		return nil
+	})
+	for i := range atts {
+		if err := c.works(t, sb, pods[i], i, ips[i]); err != nil {
+			t.Errorf("pod %d (%s): %v", i, ips[i], err)
+		}
+	}
+	parallel(t, k, n, del)
+	if after := sb.Snapshot(t); after != before {
+		t.Fatalf("the node is not as before the soak:\n%s\nbefore:\n%s", after, before)
+	}
+	if err := rtm.GC(sandbox.ListFromJSON(t, string(list.Bytes)), []types.GCAttachment{}); err != nil && list.CNIVersion == "1.1.0" {
+		t.Errorf("GC after the soak: %v", err)
+	}
+}
+
+// parallel runs fn(0..n-1), k at a time, and fails the test on any error.
+func parallel(t *testing.T, k, n int, fn func(i int) error) {
+	t.Helper()
+	sem := make(chan struct{}, k)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var errs []error
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			if err := fn(i); err != nil {
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		t.Error(err)
+	}
+	if len(errs) > 0 {
+		t.FailNow()
+	}
+}
