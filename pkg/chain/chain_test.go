@@ -88,3 +88,32 @@ func TestPrefix(t *testing.T) {
 		}
 	}
 }
+
+func FuzzPrevResult(f *testing.F) {
+	f.Add([]byte(`{"cniVersion":"1.0.0","name":"n","prevResult":{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"/p"}],"ips":[{"address":"10.0.0.7/24","interface":0}]}}`))
+	f.Add([]byte(`{"cniVersion":"0.2.0","name":"n","prevResult":{"cniVersion":"0.2.0","ip4":{"ip":"192.168.2.7/24"},"ip6":{"ip":"fd00::7/64"}}}`))
+	f.Add([]byte(`{"cniVersion":"0.3.1","name":"n","prevResult":{"cniVersion":"0.3.1","ips":[{"version":"4","address":"10.0.0.7/24","interface":9}]}}`))
+	f.Fuzz(func(t *testing.T, conf []byte) {
+		var pc types.PluginConf
+		if json.Unmarshal(conf, &pc) != nil {
+			return
+		}
+		res, err := PrevResult(&pc)
+		if err != nil {
+			var cniErr *types.Error
+			if !errors.As(err, &cniErr) || cniErr.Code != types.ErrDecodingFailure {
+				t.Fatalf("PrevResult returned %v, not a code-6 CNI error", err)
+			}
+			return
+		}
+		if res == nil {
+			return
+		}
+		// Whatever the indexes say, picking addresses must not panic and must give valid ones.
+		for _, p := range ContainerIPs(res) {
+			if !p.IsValid() {
+				t.Fatalf("invalid container address %v from %s", p, conf)
+			}
+		}
+	})
+}

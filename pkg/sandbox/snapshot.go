@@ -22,8 +22,9 @@ var (
 
 // Snapshot is the node's network state as text, for "nothing changed"
 // assertions: links, routes, addresses, the iptables and nftables rules of
-// every table in both families, and the files under the sandbox's state
-// directories. Counters and comments of iptables-save are dropped.
+// every table in both families, and the files under the sandbox's
+// directory (records, host-local's leases, the runtime's cache). Counters
+// and comments of iptables-save are dropped.
 func (sb *Sandbox) Snapshot(t testing.TB) string {
 	t.Helper()
 	// A new link's link-local address is "tentative" for a while: wait it out.
@@ -50,7 +51,7 @@ func (sb *Sandbox) Snapshot(t testing.TB) string {
 	b.WriteString("$ nft\n" + sb.nftRules(t))
 	b.WriteString("$ state files\n")
 	_ = filepath.Walk(sb.Dir, func(path string, info os.FileInfo, err error) error {
-		if err == nil && !info.IsDir() && !strings.Contains(path, "/.") && !strings.Contains(path, "/cache/") {
+		if err == nil && !info.IsDir() && !strings.Contains(path, "/.") {
 			rel, _ := filepath.Rel(sb.Dir, path)
 			b.WriteString(rel + "\n")
 		}
