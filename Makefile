@@ -10,7 +10,7 @@ LDFLAGS  := -s -w -X github.com/cnichain/plugins/pkg/buildinfo.Version=$(VERSION
 PLUGINS  := $(notdir $(wildcard plugins/*))
 FUZZTIME ?= 10s
 
-.PHONY: all build tools test lint fuzz soak demo bench install clean
+.PHONY: all build tools test lint fuzz soak demo bench dist install clean
 
 all: build
 
@@ -58,6 +58,19 @@ bench: tools build
 	$(GO) test -run '^$$' -bench . -benchtime 2000x ./plugins/... | grep -E '^(Benchmark|ok|FAIL)'
 	CNICHAIN_BIN=$(BIN) CNICHAIN_BENCH=1 CNICHAIN_BENCH_ROUNDS=$(BENCH_ROUNDS) CNICHAIN_BENCH_PODS=$(BENCH_PODS) \
 	  $(GO) test -count=1 -v -run '^TestBench$$' -timeout 60m ./bench/
+
+# A release tarball in the reference plugins' layout (binaries at the top,
+# untar into /opt/cni/bin), with its checksum.
+ARCH    ?= $(shell $(GO) env GOARCH)
+DISTTGZ := dist/cnichain-plugins-linux-$(ARCH)-$(VERSION).tgz
+dist:
+	rm -rf dist/stage && mkdir -p dist/stage
+	CGO_ENABLED=0 GOOS=linux GOARCH=$(ARCH) $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o dist/stage/ ./plugins/...
+	cp README.md dist/stage/
+	tar -C dist/stage -czf $(DISTTGZ) --owner=0 --group=0 --sort=name .
+	cd dist && sha256sum $(notdir $(DISTTGZ)) > $(notdir $(DISTTGZ)).sha256
+	rm -rf dist/stage
+	@echo "$(DISTTGZ)"
 
 install: build
 	install -d $(DESTDIR)/opt/cni/bin

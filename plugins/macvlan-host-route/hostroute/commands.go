@@ -60,6 +60,13 @@ func Add(args *skel.CmdArgs) (err error) {
 	if err != nil {
 		return linkError(cfg, err)
 	}
+	log, closeLog := cfg.Open("network", cfg.Name, "containerID", args.ContainerID, "verb", "ADD")
+	defer closeLog()
+	defer func() {
+		if err != nil {
+			log.Error("add", "error", err)
+		}
+	}()
 	for _, a := range cfg.HostAddresses {
 		if err := hostnet.EnsureAddress(link, a); err != nil {
 			return cnierr.Internal("hostAddresses", err)
@@ -85,6 +92,7 @@ func Add(args *skel.CmdArgs) (err error) {
 		if err := hostnet.AddHostRoute(link, ip); err != nil {
 			return cnierr.Internal(fmt.Sprintf("host route to %s via %s", ip, cfg.Bridge), err)
 		}
+		log.Info("route added", "ip", ip, "bridge", cfg.Bridge)
 	}
 	return chain.Print(prev, cfg.CNIVersion)
 }
@@ -100,6 +108,8 @@ func Del(args *skel.CmdArgs) error {
 	}
 	key := keyOf(cfg, args)
 	store := attachstate.Store{Dir: cfg.StateDir}
+	log, closeLog := cfg.Open("network", cfg.Name, "containerID", args.ContainerID, "verb", "DEL")
+	defer closeLog()
 	var targets []netip.Addr
 	if prev, err := chain.PrevResult(&cfg.PluginConf); err == nil && prev != nil {
 		targets = RouteTargets(chain.ContainerIPs(prev))
@@ -127,6 +137,7 @@ func Del(args *skel.CmdArgs) error {
 		if err := store.Delete(recordName(ip)); err != nil {
 			return cnierr.Internal("state "+cfg.StateDir, err)
 		}
+		log.Info("route removed", "ip", ip, "bridge", cfg.Bridge)
 	}
 	return nil
 }
@@ -213,6 +224,9 @@ func GC(args *skel.CmdArgs) error {
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
+		log, closeLog := cfg.Open("network", cfg.Name, "verb", "GC")
+		defer closeLog()
+		log.Error("gc", "error", err)
 		return cnierr.Internal("gc", err)
 	}
 	return nil

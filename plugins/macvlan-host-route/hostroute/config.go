@@ -11,6 +11,7 @@ import (
 	"github.com/containernetworking/cni/pkg/utils"
 
 	"github.com/cnichain/plugins/pkg/cnierr"
+	"github.com/cnichain/plugins/pkg/cnilog"
 )
 
 // DefaultStateDir holds the records of which attachment owns which route.
@@ -34,6 +35,7 @@ type Config struct {
 	RawHostAddrs  []string     `json:"hostAddresses"`
 	// StateDir is where route ownership is recorded.
 	StateDir string `json:"stateDir"`
+	cnilog.Config
 }
 
 // Parse reads stdin into a Config with defaults applied. It checks only the
@@ -71,6 +73,9 @@ func Parse(stdin []byte) (*Config, error) {
 	}
 	if cfg.StateDir == "" {
 		cfg.StateDir = DefaultStateDir
+	}
+	if err := cfg.Config.Validate(); err != nil {
+		return nil, err
 	}
 	return &cfg, nil
 }

@@ -98,9 +98,8 @@ func Add(args *skel.CmdArgs) (err error) {
 	if err != nil {
 		return err
 	}
-	log, closeLog := a.cfg.Logger()
+	log, closeLog := a.cfg.Open("network", a.cfg.Name, "containerID", args.ContainerID, "verb", "ADD")
 	defer closeLog()
-	log = log.With("containerID", args.ContainerID, "verb", "ADD")
 	env, err := cniargs.Parse(args.Args, podArgs...)
 	if err != nil {
 		return err
@@ -198,9 +197,13 @@ func Del(args *skel.CmdArgs) error {
 	if err != nil || rec == nil {
 		return err
 	}
+	log, closeLog := a.cfg.Open("network", a.cfg.Name, "containerID", args.ContainerID, "verb", "DEL")
+	defer closeLog()
 	if err := a.delete(context.Background(), rec.Networks); err != nil {
+		log.Error("delete", "error", err)
 		return cnierr.Internal("DEL", err)
 	}
+	log.Info("deleted", "networks", len(rec.Networks))
 	return nil
 }
 

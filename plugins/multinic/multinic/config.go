@@ -5,16 +5,13 @@ package multinic
 
 import (
 	"encoding/json"
-	"io"
-	"log/slog"
 	"net/url"
-	"os"
-	"strings"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/cnichain/plugins/pkg/cnierr"
+	"github.com/cnichain/plugins/pkg/cnilog"
 )
 
 // Defaults.
@@ -41,9 +38,8 @@ type Config struct {
 	TimeoutDur time.Duration `json:"-"`
 	// IPAMType is the IPAM every delegate gets; default static-ipam.
 	IPAMType string `json:"ipamType"`
-	LogFile  string `json:"logFile"`
-	LogLevel string `json:"logLevel"`
 	StateDir string `json:"stateDir"`
+	cnilog.Config
 }
 
 // Parse reads stdin into a Config with defaults applied.
@@ -70,10 +66,8 @@ func Parse(stdin []byte) (*Config, error) {
 		}
 		cfg.TimeoutDur = d
 	}
-	switch strings.ToLower(cfg.LogLevel) {
-	case "", "debug", "info", "warn", "warning", "error":
-	default:
-		return nil, cnierr.InvalidConfig("logLevel", cfg.LogLevel, "must be debug, info, warn or error")
+	if err := cfg.Config.Validate(); err != nil {
+		return nil, err
 	}
 	if cfg.IPAMType == "" {
 		cfg.IPAMType = DefaultIPAM
@@ -82,26 +76,4 @@ func Parse(stdin []byte) (*Config, error) {
 		cfg.StateDir = DefaultStateDir
 	}
 	return &cfg, nil
-}
-
-// Logger logs to LogFile only (stdout carries the result); without one,
-// nowhere.
-func (cfg *Config) Logger() (*slog.Logger, func()) {
-	if cfg.LogFile == "" {
-		return slog.New(slog.NewTextHandler(io.Discard, nil)), func() {}
-	}
-	f, err := os.OpenFile(cfg.LogFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return slog.New(slog.NewTextHandler(io.Discard, nil)), func() {}
-	}
-	var level slog.Level
-	switch strings.ToLower(cfg.LogLevel) {
-	case "debug":
-		level = slog.LevelDebug
-	case "warn", "warning":
-		level = slog.LevelWarn
-	case "error":
-		level = slog.LevelError
-	}
-	return slog.New(slog.NewTextHandler(f, &slog.HandlerOptions{Level: level})).With("network", cfg.Name), func() { f.Close() }
 }

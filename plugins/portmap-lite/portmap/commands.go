@@ -75,8 +75,11 @@ func Add(args *skel.CmdArgs) (err error) {
 	if err := store.Save(key.ID(), rec); err != nil {
 		return cnierr.Internal("state "+cfg.StateDir, err)
 	}
+	log, closeLog := cfg.Open("network", cfg.Name, "containerID", args.ContainerID, "verb", "ADD")
+	defer closeLog()
 	defer func() {
 		if err != nil {
+			log.Error("add failed, removing what was installed", "error", err)
 			_ = removeRecorded(cfg, store, key)
 		}
 	}()
@@ -98,6 +101,7 @@ func Add(args *skel.CmdArgs) (err error) {
 			}
 		}
 		flushUDP(plan.UDPPorts, fp.Family)
+		log.Info("installed", "family", fp.Family, "backend", cfg.Backend, "chain", fp.DNATChain, "podIP", fp.PodIP, "mappings", len(fp.Maps))
 	}
 	return chain.Print(prev, cfg.CNIVersion)
 }
@@ -110,9 +114,13 @@ func Del(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
+	log, closeLog := cfg.Open("network", cfg.Name, "containerID", args.ContainerID, "verb", "DEL")
+	defer closeLog()
 	if err := removeRecorded(cfg, store, key); err != nil {
+		log.Error("remove", "error", err)
 		return cnierr.Internal("remove port mappings", err)
 	}
+	log.Debug("removed")
 	return nil
 }
 
@@ -212,6 +220,9 @@ func GC(args *skel.CmdArgs) error {
 		errs = append(errs, removeOrphans(cfg, fam, orphans))
 	}
 	if err := errors.Join(errs...); err != nil {
+		log, closeLog := cfg.Open("network", cfg.Name, "verb", "GC")
+		defer closeLog()
+		log.Error("gc", "error", err)
 		return cnierr.Internal("gc", err)
 	}
 	return nil

@@ -12,6 +12,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/cnichain/plugins/pkg/cnierr"
+	"github.com/cnichain/plugins/pkg/cnilog"
 )
 
 // The backends.
@@ -43,7 +44,8 @@ type Config struct {
 	// IptablesFlavour picks the binaries: "" (the system's), "legacy", "nft".
 	IptablesFlavour string `json:"iptablesFlavour"`
 	// StateDir is where records are kept.
-	StateDir      string `json:"stateDir"`
+	StateDir string `json:"stateDir"`
+	cnilog.Config
 	RuntimeConfig struct {
 		PortMappings []PortMapping `json:"portMappings"`
 	} `json:"runtimeConfig"`
@@ -118,6 +120,9 @@ func Parse(stdin []byte) (*Config, error) {
 	}
 	if cfg.StateDir == "" {
 		cfg.StateDir = DefaultStateDir
+	}
+	if err := cfg.Config.Validate(); err != nil {
+		return nil, err
 	}
 	var err error
 	if cfg.Mappings, err = parseMappings(cfg.RuntimeConfig.PortMappings); err != nil {

@@ -16,6 +16,11 @@ func Add(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
+	log, closeLog := cfg.Log.Open("network", cfg.Name, "containerID", args.ContainerID, "verb", "ADD")
+	defer closeLog()
+	for _, a := range cfg.Addresses {
+		log.Info("address", "address", a.Prefix, "gateway", a.Gateway, "source", cfg.Source)
+	}
 	return chain.Print(Result(cfg), cfg.CNIVersion)
 }
 

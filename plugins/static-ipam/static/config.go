@@ -14,6 +14,7 @@ import (
 
 	"github.com/cnichain/plugins/pkg/cniargs"
 	"github.com/cnichain/plugins/pkg/cnierr"
+	"github.com/cnichain/plugins/pkg/cnilog"
 )
 
 // Config is a validated static-ipam configuration for one attachment.
@@ -27,6 +28,8 @@ type Config struct {
 	DNS       types.DNS
 	// Source names where Addresses came from, for messages.
 	Source string
+	// Log is where to log (ipam.logFile, ipam.logLevel).
+	Log cnilog.Config
 }
 
 // Address is one address of the container, in CIDR form (host bits kept),
@@ -67,6 +70,7 @@ type ipamConf struct {
 	} `json:"addresses"`
 	Routes []routeConf `json:"routes"`
 	DNS    types.DNS   `json:"dns"`
+	cnilog.Config
 }
 
 // routeConf keeps dst and gw as text so errors can quote what was written.
@@ -99,7 +103,10 @@ func Parse(stdin []byte, rawArgs string) (*Config, error) {
 	if err != nil {
 		return nil, err
 	}
-	cfg := &Config{CNIVersion: n.CNIVersion, Name: n.Name, DNS: n.IPAM.DNS}
+	if err := n.IPAM.Config.Validate(); err != nil {
+		return nil, err
+	}
+	cfg := &Config{CNIVersion: n.CNIVersion, Name: n.Name, DNS: n.IPAM.DNS, Log: n.IPAM.Config}
 	if cfg.Routes, err = parseRoutes(n.IPAM.Routes); err != nil {
 		return nil, err
 	}
