@@ -10,7 +10,7 @@ LDFLAGS  := -s -w -X github.com/cnichain/plugins/pkg/buildinfo.Version=$(VERSION
 PLUGINS  := $(notdir $(wildcard plugins/*))
 FUZZTIME ?= 10s
 
-.PHONY: all build tools test lint fuzz soak demo bench dist install clean
+.PHONY: all build tools test e2e-runtime lint fuzz soak demo bench dist install clean
 
 all: build
 
@@ -29,7 +29,13 @@ lint:
 	$(GO) vet ./...
 
 test: tools build lint
+	SB_BIN=$(BIN) scripts/e2e-runtime.sh
 	CNICHAIN_BIN=$(BIN) $(GO) test -count=1 ./...
+
+# Our plugins under a real container runtime (podman with its CNI backend),
+# inside the sandbox; installs podman, runc and busybox-static if missing.
+e2e-runtime: tools build
+	SB_BIN=$(BIN) scripts/e2e-runtime.sh
 
 # Runs every fuzz target for FUZZTIME each.
 fuzz:

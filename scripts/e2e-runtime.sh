@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# End to end under a real container runtime: podman (Debian's 4.3, CNI
+# backend, runc) started inside the sandbox's node namespace, with our
+# plugins as its CNI plugins. A container on bridge + portmap-lite answers
+# through its hostPort and its rules vanish with it; a container on
+# macvlan + static-ipam + macvlan-host-route is reachable from the node.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/ensure-tools.sh
+need=()
+for tool in podman runc; do command -v "$tool" >/dev/null || need+=("$tool"); done
+[ -x /bin/busybox ] || need+=(busybox-static)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "e2e-runtime: installing ${need[*]}" >&2
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+. scripts/sandbox.sh
+SB_BIN="${SB_BIN:-$(pwd)/bin}"
+passed=0 failed=0
+check() { # check NAME CMD...: runs CMD, counts and reports the result
+  local name=$1; shift
+  if "$@"; then passed=$((passed + 1)); echo "ok   $name"; else failed=$((failed + 1)); echo "FAIL $name"; fi
+}
+
+# podman puts its netns under /run/netns and libcni's cache under
+# /var/lib/cni (neither is configurable in 4.3): note what is there now,
+# and remove whatever of it this run adds.
+netns_before=$(ip netns list | awk '{print $1}' | sort)
+cni_before=$(ls -A /var/lib/cni 2>/dev/null | sort || true)
+mkdir -p /var/lib/cni
+T=""
+runtime_down() {
+  if [ -n "$T" ] && [ -d "$T" ]; then
+    pm rm -a -f -t 0 >/dev/null 2>&1 || true
+  fi
+  local ns entry
+  for ns in $(comm -13 <(echo "$netns_before") <(ip netns list | awk '{print $1}' | sort)); do
+    case "$ns" in netns-*) ip netns delete "$ns" 2>/dev/null || true ;; esac
+  done
+  for entry in $(comm -13 <(echo "$cni_before") <(ls -A /var/lib/cni | sort)); do
+    rm -rf "/var/lib/cni/$entry"
+  done
+  sandbox_down
+}
+
+sandbox_up
+trap 'runtime_down' EXIT
+trap 'runtime_down; exit 130' INT TERM
+T=$SB_DIR/podman
+mkdir -p "$T/net.d" "$T/rootfs/bin" "$T/rootfs/www" "$T/tmp"
+cp /bin/busybox "$T/rootfs/bin/busybox"
+echo "hello from a podman container" > "$T/rootfs/www/index.html"
+cat > "$T/containers.conf" <<CONF
+[network]
+network_backend = "cni"
+cni_plugin_dirs = ["$SB_BIN"]
+network_config_dir = "$T/net.d"
+[engine]
+cgroup_manager = "cgroupfs"
+runtime = "runc"
+events_logger = "file"
+CONF
+cat > "$T/net.d/podnet.conflist" <<CONF
+{"cniVersion":"1.0.0","name":"podnet","plugins":[
+ {"type":"bridge","bridge":"podbr0","isGateway":true,"ipMasq":true,"hairpinMode":true,
+  "ipam":{"type":"host-local","dataDir":"$SB_DIR/host-local","ranges":[[{"subnet":"10.88.7.0/24"}]],"routes":[{"dst":"0.0.0.0/0"}]}},
+ {"type":"portmap-lite","stateDir":"$SB_DIR/portmap-lite","capabilities":{"portMappings":true}}]}
+CONF
+cat > "$T/net.d/macnet.conflist" <<CONF
+{"cniVersion":"1.0.0","name":"macnet","plugins":[
+ {"type":"macvlan","master":"eno1","mode":"bridge",
+  "ipam":{"type":"static-ipam","addresses":[{"address":"192.168.1.30/16","gateway":"192.168.0.1"}],"routes":[{"dst":"0.0.0.0/0"}]}},
+ {"type":"macvlan-host-route","master":"eno1","stateDir":"$SB_DIR/macvlan-host-route"}]}
+CONF
+
+# podman in the node namespace: nsenter keeps the machine's /sys and cgroup
+# mounts (ip netns exec would remount /sys); storage and state under $T.
+pm() {
+  CONTAINERS_CONF="$T/containers.conf" nsenter --net="/var/run/netns/$SB_NODE" \
+    podman --root "$T/root" --runroot "$T/runroot" --tmpdir "$T/tmp" --storage-driver vfs --cgroup-manager cgroupfs "$@"
+}
+run() { # run NAME NETWORK [ARGS...]: a busybox web server container
+  local name=$1 net=$2; shift 2
+  pm run -d --name "$name" --network "$net" "$@" --ulimit nofile=1024:1024 --ulimit nproc=4096:4096 \
+    --rootfs "$T/rootfs" /bin/busybox httpd -f -p 80 -h /www >/dev/null
+}
+lite_chains() { in_ns node iptables-save -t nat | grep -c '^:CNI-LITE-DN-' || true; }
+# through_hostport: the lan host fetches the page from node:9090 (the
+# server may take a moment to start).
+through_hostport() {
+  local i
+  for i in 1 2 3 4 5 6 7 8 9 10; do
+    in_ns lan curl -s --max-time 2 http://192.168.0.5:9090/ | grep -q 'hello from a podman container' && return 0
+    sleep 0.5
+  done
+  return 1
+}
+node_pings() { in_ns node ping -c 2 -i 0.2 -W 2 "$1" >/dev/null; }
+route_via_subdevice() { ip -n "$SB_NODE" route show proto 197 | grep -q "$1 dev eno1.host"; }
+no_host_routes() { [ -z "$(ip -n "$SB_NODE" route show proto 197)" ]; }
+
+echo "== podman $(podman --version | awk '{print $3}') with runc, CNI backend, plugins from $SB_BIN"
+run web podnet -p 9090:80
+check "bridge + portmap-lite: a lan client reaches the container on node:9090" through_hostport
+check "bridge + portmap-lite: the container's DNAT chain is installed" test "$(lite_chains)" = 1
+pm rm -f -t 0 web >/dev/null
+check "bridge + portmap-lite: podman rm removes the rules" test "$(lite_chains)" = 0
+
+run mac macnet
+check "macvlan + static-ipam + macvlan-host-route: the node pings the container" node_pings 192.168.1.30
+check "macvlan-host-route: the host route is there" route_via_subdevice 192.168.1.30
+pm rm -f -t 0 mac >/dev/null
+check "macvlan-host-route: podman rm removes the route" no_host_routes
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
