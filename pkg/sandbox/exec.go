@@ -31,14 +31,22 @@ func Run(netns ns.NetNS, env []string, name string, args ...string) (string, err
 	return out.String(), nil
 }
 
-// MustRun is Run that fails the test on error.
+// MustRun runs a command inside netns and returns its standard output,
+// failing the test on error. Stderr goes only into the failure message: a
+// warning there (ip's "Peer netns reference is invalid" while another
+// test's namespace goes away) is not the state a test compares.
 func MustRun(t testing.TB, netns ns.NetNS, name string, args ...string) string {
 	t.Helper()
-	out, err := Run(netns, nil, name, args...)
+	var out, errOut bytes.Buffer
+	err := netns.Do(func(ns.NetNS) error {
+		cmd := exec.Command(name, args...)
+		cmd.Stdout, cmd.Stderr = &out, &errOut
+		return cmd.Run()
+	})
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("%s %s: %v: %s%s", name, strings.Join(args, " "), err, out.String(), errOut.String())
 	}
-	return out
+	return out.String()
 }
 
 // MustRunHere runs a command in the namespace of the calling goroutine's

@@ -60,8 +60,20 @@ func (sb *Sandbox) Snapshot(t testing.TB) string {
 	return b.String()
 }
 
-func (sb *Sandbox) nftRules(t testing.TB) string {
-	var out []string
+// NFTChain is one nftables chain of the node and how many rules it holds.
+type NFTChain struct {
+	Family byte
+	Table  string
+	Name   string
+	Base   bool // hooked into the stack (prerouting, output, ...)
+	Rules  int
+}
+
+// NFTChains lists every nftables chain of the node (iptables-nft's
+// included), sorted by family, table and name.
+func (sb *Sandbox) NFTChains(t testing.TB) []NFTChain {
+	t.Helper()
+	var out []NFTChain
 	err := sb.Node.Do(func(ns.NetNS) error {
 		c, err := nftables.New()
 		if err != nil {
@@ -76,13 +88,23 @@ func (sb *Sandbox) nftRules(t testing.TB) string {
 			if err != nil {
 				return err
 			}
-			out = append(out, fmt.Sprintf("%d %s %s: %d rules", ch.Table.Family, ch.Table.Name, ch.Name, len(rules)))
+			out = append(out, NFTChain{byte(ch.Table.Family), ch.Table.Name, ch.Name, ch.Hooknum != nil, len(rules)})
 		}
 		return nil
 	})
 	if err != nil {
 		t.Fatalf("nftables: %v", err)
 	}
-	slices.Sort(out)
-	return strings.Join(out, "\n") + "\n"
+	slices.SortFunc(out, func(a, b NFTChain) int {
+		return strings.Compare(fmt.Sprint(a.Family, a.Table, a.Name), fmt.Sprint(b.Family, b.Table, b.Name))
+	})
+	return out
+}
+
+func (sb *Sandbox) nftRules(t testing.TB) string {
+	var b strings.Builder
+	for _, c := range sb.NFTChains(t) {
+		fmt.Fprintf(&b, "%d %s %s: %d rules\n", c.Family, c.Table, c.Name, c.Rules)
+	}
+	return b.String()
 }

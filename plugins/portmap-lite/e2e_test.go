@@ -7,7 +7,6 @@ import (
 	"net/netip"
 	"os"
 	"regexp"
-	"slices"
 	"strings"
 	"testing"
 
@@ -57,39 +56,19 @@ func natState(t *testing.T, sb *sandbox.Sandbox) string {
 }
 
 // nftState lists the chains of our nftables tables other than the shared
-// ones, with their rule counts.
+// ones (and those only while rules hang off them), with their rule counts.
 func nftState(t *testing.T, sb *sandbox.Sandbox) string {
 	t.Helper()
+	shared := map[string]bool{"prerouting": true, "output": true, "postrouting": true, "hostports": true, "masq": true}
 	var out []string
-	err := sb.Node.Do(func(ns.NetNS) error {
-		c, err := nftables.New()
-		if err != nil {
-			return err
+	for _, ch := range sb.NFTChains(t) {
+		if ch.Table != "cnichain-portmap" {
+			continue
 		}
-		chains, err := c.ListChains()
-		if err != nil {
-			return err
+		if !shared[ch.Name] || (ch.Rules > 0 && (ch.Name == "hostports" || ch.Name == "masq")) {
+			out = append(out, fmt.Sprintf("nft %d %s: %d rules", ch.Family, ch.Name, ch.Rules))
 		}
-		for _, ch := range chains {
-			if ch.Table.Name != "cnichain-portmap" {
-				continue
-			}
-			rules, err := c.GetRules(ch.Table, ch)
-			if err != nil {
-				return err
-			}
-			// The shared chains stay; what hangs off them must go.
-			shared := map[string]bool{"prerouting": true, "output": true, "postrouting": true, "hostports": true, "masq": true}
-			if !shared[ch.Name] || (len(rules) > 0 && (ch.Name == "hostports" || ch.Name == "masq")) {
-				out = append(out, fmt.Sprintf("nft %d %s: %d rules", ch.Table.Family, ch.Name, len(rules)))
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatalf("nftables: %v", err)
 	}
-	slices.Sort(out)
 	return strings.Join(out, "\n")
 }
 
@@ -97,28 +76,10 @@ func nftState(t *testing.T, sb *sandbox.Sandbox) string {
 func nftBaseRules(t *testing.T, sb *sandbox.Sandbox) map[string]int {
 	t.Helper()
 	out := map[string]int{}
-	err := sb.Node.Do(func(ns.NetNS) error {
-		c, err := nftables.New()
-		if err != nil {
-			return err
+	for _, ch := range sb.NFTChains(t) {
+		if ch.Table == "cnichain-portmap" && ch.Base {
+			out[fmt.Sprintf("%d/%s", ch.Family, ch.Name)] = ch.Rules
 		}
-		chains, err := c.ListChains()
-		if err != nil {
-			return err
-		}
-		for _, ch := range chains {
-			if ch.Table.Name == "cnichain-portmap" && ch.Hooknum != nil {
-				rules, err := c.GetRules(ch.Table, ch)
-				if err != nil {
-					return err
-				}
-				out[fmt.Sprintf("%d/%s", ch.Table.Family, ch.Name)] = len(rules)
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
 	}
 	return out
 }
