@@ -36,6 +36,7 @@ const dualNet = `{"cniVersion":"1.0.0","name":"dualnet","plugins":[
 var variants = []struct{ name, entry string }{
 	{"portmap-lite", `"type":"portmap-lite"`},
 	{"portmap-lite nftables", `"type":"portmap-lite","backend":"nftables"`},
+	{"portmap-lite legacy", `"type":"portmap-lite","iptablesFlavour":"legacy"`},
 	{"portmap", `"type":"portmap"`},
 }
 
@@ -47,9 +48,10 @@ var mappings = map[string]any{"portMappings": []map[string]any{
 	{"hostPort": 5353, "containerPort": 53, "protocol": "udp"},
 }}
 
-// natState is the nat tables of the node in both families, without what
-// is meant to outlive pods: the shared chains and their entry jumps, ours
-// and the reference's, and iptables-save's timestamps.
+// natState is the nat tables of the node in both families (iptables, its
+// legacy flavour, and our nftables tables), without what is meant to
+// outlive pods: the shared chains and their entry jumps, ours and the
+// reference's, and iptables-save's timestamps and counters.
 func natState(t *testing.T, sb *sandbox.Sandbox) string {
 	t.Helper()
 	return iptablesState(t, sb) + "\n" + nftState(t, sb)
@@ -87,11 +89,13 @@ func nftBaseRules(t *testing.T, sb *sandbox.Sandbox) map[string]int {
 func iptablesState(t *testing.T, sb *sandbox.Sandbox) string {
 	t.Helper()
 	shared := regexp.MustCompile(`CNI-LITE-HOSTPORTS|CNI-LITE-SNAT|CNI-HOSTPORT-`)
+	counters := regexp.MustCompile(`\[\d+:\d+\]`)
 	var keep []string
-	for _, cmd := range []string{"iptables-save", "ip6tables-save"} {
+	for _, cmd := range []string{"iptables-save", "ip6tables-save", "iptables-legacy-save", "ip6tables-legacy-save"} {
+		keep = append(keep, "== "+cmd)
 		for _, line := range strings.Split(sandbox.MustRun(t, sb.Node, cmd, "-t", "nat"), "\n") {
 			if !strings.HasPrefix(line, "#") && !shared.MatchString(line) {
-				keep = append(keep, line)
+				keep = append(keep, counters.ReplaceAllString(line, ""))
 			}
 		}
 	}
@@ -184,10 +188,23 @@ func TestTraffic(t *testing.T) {
 				})
 			}
 			t.Run("the rules are where the backend puts them", func(t *testing.T) {
-				inNFT := strings.Contains(nftState(t, sb), "CNI-LITE-DN-")
-				inIPT := strings.Contains(iptablesState(t, sb), "CNI-LITE-DN-")
-				if want := strings.HasSuffix(plugin, "nftables"); inNFT != want || (plugin == "portmap-lite" && !inIPT) || (want && inIPT) {
-					t.Fatalf("attachment chains in nftables: %v, in iptables: %v", inNFT, inIPT)
+				ipt := iptablesState(t, sb)
+				legacyAt := strings.Index(ipt, "== iptables-legacy-save")
+				got := map[string]bool{
+					"nftables": strings.Contains(nftState(t, sb), "CNI-LITE-DN-"),
+					"iptables": strings.Contains(ipt[:legacyAt], "CNI-LITE-DN-"),
+					"legacy":   strings.Contains(ipt[legacyAt:], "CNI-LITE-DN-"),
+				}
+				want := map[string]map[string]bool{
+					"portmap-lite":          {"iptables": true},
+					"portmap-lite nftables": {"nftables": true},
+					"portmap-lite legacy":   {"legacy": true},
+					"portmap":               {},
+				}[plugin]
+				for where, in := range got {
+					if in != want[where] {
+						t.Errorf("attachment chains in %s: %v, want %v", where, in, want[where])
+					}
 				}
 			})
 			t.Run("udp from a lan client", func(t *testing.T) {
