@@ -2,9 +2,12 @@ package e2e
 
 import (
 	"fmt"
+	"net/http"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 
@@ -26,8 +29,11 @@ func envInt(name string, def int) int {
 // soakChain is an example chain of net.d/ and how to prove a pod on it works.
 type soakChain struct {
 	file string
-	// caps gives pod i its capability arguments.
+	// setup adapts the file's text to the sandbox (paths, a service), if needed.
+	setup func(t *testing.T, sb *sandbox.Sandbox, text string) string
+	// caps and args give pod i its capability arguments and CNI_ARGS.
 	caps func(i int) map[string]any
+	args func(i int) [][2]string
 	// works proves pod i, at ip, is reachable the way the chain promises.
 	works func(t *testing.T, sb *sandbox.Sandbox, pod ns.NetNS, i int, ip netip.Addr) error
 }
@@ -55,6 +61,30 @@ var soakChains = []soakChain{
 		},
 	},
 	{
+		file: "20-dockin.conf", // the Dockin bridge network, static-ipam, addresses from CNI_ARGS
+		args: func(i int) [][2]string {
+			return [][2]string{{"IgnoreUnknown", "1"}, {"IP", fmt.Sprintf("192.168.2.%d/24", 3+i)}, {"GATEWAY", "192.168.2.1"}}
+		},
+		works: func(t *testing.T, sb *sandbox.Sandbox, _ ns.NetNS, _ int, ip netip.Addr) error {
+			return sandbox.Ping(sb.Node, ip)
+		},
+	},
+	{
+		file:  "40-dockin-cni.conf", // multinic: two NICs per pod from a resource manager
+		setup: multinicSetup,
+		args: func(i int) [][2]string {
+			return [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", "soak"}, {"K8S_POD_NAME", fmt.Sprintf("pod-%d", i)}}
+		},
+		works: func(t *testing.T, sb *sandbox.Sandbox, _ ns.NetNS, i int, _ netip.Addr) error {
+			for _, ip := range []string{fmt.Sprintf("192.168.1.%d", 2+i), fmt.Sprintf("192.168.2.%d", 2+i)} {
+				if err := sandbox.Ping(sb.Node, netip.MustParseAddr(ip)); err != nil {
+					return err
+				}
+			}
+			return nil
+		},
+	},
+	{
 		file: "10-static-macvlan.conflist", // macvlan + static-ipam, addresses per pod
 		caps: func(i int) map[string]any {
 			return map[string]any{"ips": []string{fmt.Sprintf("192.168.%d.%d/16", 100+i/200, 2+i%200)}}
@@ -68,6 +98,29 @@ var soakChains = []soakChain{
 // TestSoak adds N pods, K at a time, on each example chain while deleting
 // others, proves every pod works, deletes them all, and checks that the node
 // is exactly as it was. `make test` runs N=20, K=8; `make soak` 200 and 16.
+// multinicSetup serves a resource manager that gives pod-<i> eth0
+// 192.168.1.<2+i> on br0 and net0 192.168.2.<2+i> on br1, and points the
+// configuration at it, at net.d/dockin.d and at the sandbox.
+func multinicSetup(t *testing.T, sb *sandbox.Sandbox, text string) string {
+	ln := sandbox.ServeHTTP(t, sb.Node, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		i, err := strconv.Atoi(strings.TrimPrefix(r.URL.Query().Get("podName"), "pod-"))
+		if err != nil {
+			http.Error(w, "unknown pod", http.StatusNotFound)
+			return
+		}
+		fmt.Fprintf(w, `{"code":0,"reqId":"soak","message":"success","data":[
+			{"type":"test","podIp":"192.168.1.%d","subnetMask":"255.255.255.0","gateway":"192.168.1.1","ifName":"eth0","master":true},
+			{"type":"dockin","podIp":"192.168.2.%d","subnetMask":"255.255.255.0","gateway":"192.168.2.1","ifName":"net0","master":false}]}`, 2+i, 2+i)
+	}))
+	return strings.NewReplacer(
+		"/etc/cni/dockin/net.d", filepath.Join(sandbox.NetD(), "dockin.d"),
+		"/opt/cni/bin", sandbox.Plugins(t),
+		"/data/kubernetes", sb.Dir,
+		"http://localhost:10002", "http://"+ln.Addr().String(),
+		`"type": "multinic",`, fmt.Sprintf(`"type": "multinic", "stateDir": %q,`, filepath.Join(sb.Dir, "state", "multinic")),
+	).Replace(text)
+}
+
 func TestSoak(t *testing.T) {
 	n, k := envInt("CNICHAIN_SOAK_PODS", 20), envInt("CNICHAIN_SOAK_PARALLEL", 8)
 	for _, c := range soakChains {
@@ -79,6 +132,9 @@ func soak(t *testing.T, c soakChain, n, k int) {
 	sb := sandbox.New(t)
 	rtm := sb.Runtime(t)
 	list := sb.Localize(t, sandbox.LoadList(t, c.file))
+	if c.setup != nil {
+		list = sandbox.ListFromJSON(t, c.setup(t, sb, string(list.Bytes)))
+	}
 	pods := make([]ns.NetNS, n)
 	atts := make([]*libcni.RuntimeConf, n)
 	for i := range atts {
@@ -87,12 +143,18 @@ func soak(t *testing.T, c soakChain, n, k int) {
 		if c.caps != nil {
 			atts[i].CapabilityArgs = c.caps(i)
 		}
+		if c.args != nil {
+			atts[i].Args = c.args(i)
+		}
 	}
 	// What a pod leaves on purpose (a bridge, the macvlan sub-device, shared
 	// chains) appears with the first; the node must return to this.
 	warm := sandbox.Attachment(sb.NewPod(t), "warm", "eth0")
 	if c.caps != nil {
 		warm.CapabilityArgs = c.caps(n)
+	}
+	if c.args != nil {
+		warm.Args = c.args(n)
 	}
 	if _, err := rtm.Add(list, warm); err != nil {
 		t.Fatal(err)

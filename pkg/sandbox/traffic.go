@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"strconv"
 	"testing"
@@ -110,4 +111,24 @@ func DialUDP(netns ns.NetNS, addr netip.AddrPort) (string, error) {
 		}
 	}
 	return "", errors.New("no UDP answer from " + addr.String())
+}
+
+// ServeHTTP serves handler on a loopback port inside netns (a stand-in for a
+// service the plugins call, such as multinic's resource manager) until the
+// test ends, and returns its listener, whose Close takes the server down.
+func ServeHTTP(t testing.TB, netns ns.NetNS, handler http.Handler) net.Listener {
+	t.Helper()
+	var ln net.Listener
+	err := netns.Do(func(ns.NetNS) error {
+		var err error
+		ln, err = net.Listen("tcp", "127.0.0.1:0")
+		return err
+	})
+	if err != nil {
+		t.Fatalf("listen in %s: %v", netns.Path(), err)
+	}
+	srv := &http.Server{Handler: handler}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { srv.Close() })
+	return ln
 }

@@ -15,7 +15,6 @@ import (
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
-	"github.com/containernetworking/plugins/pkg/ns"
 
 	"github.com/cnichain/plugins/pkg/sandbox"
 )
@@ -36,23 +35,13 @@ type rm struct {
 func startRM(t *testing.T, sb *sandbox.Sandbox) *rm {
 	t.Helper()
 	r := &rm{status: 200}
-	err := sb.Node.Do(func(ns.NetNS) error {
-		var err error
-		r.ln, err = net.Listen("tcp", "127.0.0.1:0")
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+	r.ln = sandbox.ServeHTTP(t, sb.Node, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		r.mu.Lock()
 		defer r.mu.Unlock()
 		r.asked = append(r.asked, req.URL.RawQuery)
 		w.WriteHeader(r.status)
 		fmt.Fprint(w, r.body)
-	})}
-	go func() { _ = srv.Serve(r.ln) }()
-	t.Cleanup(func() { srv.Close() })
+	}))
 	r.url = "http://" + r.ln.Addr().String() + "/rmController/getPodMultiNetwork"
 	return r
 }
