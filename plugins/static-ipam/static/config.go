@@ -190,7 +190,9 @@ func parseOverride(source string, list []string, configured []Address) ([]Addres
 		}
 		addr := Address{Prefix: prefix}
 		for _, c := range configured {
-			if c.Gateway.IsValid() && c.Prefix.Masked().Contains(prefix.Addr()) {
+			// The gateway must be on-link for the per-pod address too: a
+			// narrower per-pod prefix may leave the configured gateway out.
+			if c.Gateway.IsValid() && c.Prefix.Masked().Contains(prefix.Addr()) && prefix.Masked().Contains(c.Gateway) {
 				addr.Gateway = c.Gateway
 				break
 			}

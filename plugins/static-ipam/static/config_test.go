@@ -66,6 +66,11 @@ func TestParseSourcesAndPrecedence(t *testing.T) {
 			wantSource: sourceCapability, want: "192.168.0.77/24 192.168.0.254",
 		},
 		{
+			name:       "a narrower per-pod subnet does not inherit a gateway it cannot reach (found by fuzzing)",
+			stdin:      conf("1.0.0", `{"addresses":[{"address":"192.168.0.1/16","gateway":"192.168.200.1"}]}`, `"runtimeConfig":{"ips":["192.168.0.7/24"]}`),
+			wantSource: sourceCapability, want: "192.168.0.7/24 invalid IP",
+		},
+		{
 			name:  "GATEWAY from CNI_ARGS overrides the inherited gateway",
 			stdin: conf("1.0.0", dockinIPAM, ""), args: "IP=192.168.0.9/24;GATEWAY=192.168.0.1",
 			wantSource: sourceEnv, want: "192.168.0.9/24 192.168.0.1",
