@@ -292,7 +292,15 @@ func parseCIDR(field, s string) (netip.Prefix, error) {
 	if p.Addr().Zone() != "" {
 		return netip.Prefix{}, cnierr.InvalidConfig(field, s, "zoned addresses are not allowed")
 	}
-	return netip.PrefixFrom(p.Addr().Unmap(), p.Bits()), nil
+	addr, bits := p.Addr(), p.Bits()
+	if addr.Is4In6() {
+		// ::ffff:a.b.c.d/n is the IPv4 address a.b.c.d with n-96 prefix bits.
+		if bits < 96 {
+			return netip.Prefix{}, cnierr.InvalidConfig(field, s, "an IPv4-mapped address needs a prefix of /96 or longer")
+		}
+		addr, bits = addr.Unmap(), bits-96
+	}
+	return netip.PrefixFrom(addr, bits), nil
 }
 
 func checkGateway(field string, gw netip.Addr, prefix netip.Prefix) error {
