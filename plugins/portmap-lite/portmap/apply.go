@@ -43,7 +43,15 @@ func (b iptablesBackend) install(fp *FamilyPlan) error {
 	return b.r.Restore(fp.Family, fp.AddBatch().Text())
 }
 
-func (b iptablesBackend) uninstall(fp *FamilyPlan) error { return uninstall(b.r, fp) }
+// uninstall removes fp in one iptables-restore. When part of it is gone
+// already (a second DEL, a crash, a reboot) that batch fails atomically;
+// then what is left is found with iptables-save and removed.
+func (b iptablesBackend) uninstall(fp *FamilyPlan) error {
+	if err := b.r.Restore(fp.Family, fp.DelBatch().Text()); err == nil {
+		return nil
+	}
+	return removeChains(b.r, fp.Family, fp.Chains())
+}
 
 func (b iptablesBackend) missing(fp *FamilyPlan) (string, bool, error) {
 	text, err := b.r.Save(fp.Family, "nat")
@@ -71,16 +79,6 @@ func ensureShared(r iptbatch.Runner, stateDir string, fam iptbatch.Family) error
 		return nil
 	}
 	return r.Restore(fam, b.Text())
-}
-
-// uninstall removes fp in one iptables-restore. When part of it is gone
-// already (a second DEL, a crash, a reboot) that batch fails atomically;
-// then what is left is found with iptables-save and removed.
-func uninstall(r iptbatch.Runner, fp *FamilyPlan) error {
-	if err := r.Restore(fp.Family, fp.DelBatch().Text()); err == nil {
-		return nil
-	}
-	return removeChains(r, fp.Family, fp.Chains())
 }
 
 // removeChains removes chains and every rule jumping to them, as found.

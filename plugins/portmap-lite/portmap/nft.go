@@ -150,14 +150,7 @@ func snatExprs(fp *FamilyPlan) [][]expr.Any {
 // uninstall removes the jumps to fp's chains and the chains, in one
 // transaction; whatever is already gone is skipped.
 func (b nftBackend) uninstall(fp *FamilyPlan) error {
-	c, err := newConn()
-	if err != nil {
-		return err
-	}
-	if err := removeNFTChains(c, fp.Family, fp.Chains()); err != nil {
-		return err
-	}
-	return c.Flush()
+	return removeNFTChainsNow(fp.Family, fp.Chains())
 }
 
 // removeNFTChains queues the removal of chains and the rules jumping to them.
@@ -243,6 +236,7 @@ func nftAttachmentChains(fam iptbatch.Family) ([]string, error) {
 	return out, nil
 }
 
+// removeNFTChainsNow removes chains and the rules jumping to them in one transaction.
 func removeNFTChainsNow(fam iptbatch.Family, chains []string) error {
 	if len(chains) == 0 {
 		return nil
