@@ -10,10 +10,12 @@ import (
 	"net/netip"
 	"os"
 	"testing"
+	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/testutils"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // The addresses of the topology. They mirror the source documents: the node
@@ -73,7 +75,39 @@ func New(t testing.TB) *Sandbox {
 	if err := sb.LAN.Do(func(ns.NetNS) error { return configure("eth0", LANIPv4, LANIPv6) }); err != nil {
 		t.Fatalf("sandbox lan: %v", err)
 	}
+	// The kernel adds each end's link-local address, and runs DAD on it,
+	// some time after the carrier comes up: wait, so that a snapshot taken
+	// now is the one taken later.
+	for _, end := range []struct {
+		netns ns.NetNS
+		link  string
+	}{{sb.Node, Uplink}, {sb.LAN, "eth0"}} {
+		if err := end.netns.Do(func(ns.NetNS) error { return waitLinkLocal(end.link) }); err != nil {
+			t.Fatalf("sandbox: %v", err)
+		}
+	}
 	return sb
+}
+
+// waitLinkLocal waits (up to 10s) for name's IPv6 link-local address to be
+// there and no longer tentative.
+func waitLinkLocal(name string) error {
+	link, err := netlink.LinkByName(name)
+	if err != nil {
+		return err
+	}
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		addrs, err := netlink.AddrList(link, netlink.FAMILY_V6)
+		if err != nil {
+			return err
+		}
+		for _, a := range addrs {
+			if a.IP.IsLinkLocalUnicast() && a.Flags&unix.IFA_F_TENTATIVE == 0 {
+				return nil
+			}
+		}
+	}
+	return fmt.Errorf("%s: no settled IPv6 link-local address after 10s", name)
 }
 
 // NewNS creates an empty network namespace with loopback up, removed when
@@ -108,11 +142,15 @@ func configure(name string, addrs ...netip.Prefix) error {
 	if err != nil {
 		return err
 	}
+	// No DAD on the uplinks (the link-local address included): the tests
+	// use them at once, and nothing else on this wire can collide.
+	if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+name+"/dad_transmits", []byte("0"), 0o644); err != nil {
+		return err
+	}
 	for _, a := range addrs {
-		// nodad: the tests use the IPv6 address at once.
 		addr := &netlink.Addr{IPNet: ipNet(a)}
 		if a.Addr().Is6() {
-			addr.Flags = 0x02 // IFA_F_NODAD
+			addr.Flags = unix.IFA_F_NODAD
 		}
 		if err := netlink.AddrAdd(link, addr); err != nil {
 			return fmt.Errorf("add %s to %s: %w", a, name, err)
