@@ -33,7 +33,7 @@ test: tools build lint
 	CNICHAIN_BIN=$(BIN) $(GO) test -count=1 ./...
 
 # Our plugins under a real container runtime (podman with its CNI backend),
-# inside the sandbox; installs podman, runc and busybox-static if missing.
+# inside the sandbox; installs podman and runc if missing.
 e2e-runtime: tools build
 	SB_BIN=$(BIN) scripts/e2e-runtime.sh
 

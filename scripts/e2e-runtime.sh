@@ -4,12 +4,12 @@
 # plugins as its CNI plugins. A container on bridge + portmap-lite answers
 # through its hostPort and its rules vanish with it; a container on
 # macvlan + static-ipam + macvlan-host-route is reachable from the node.
+# ensure-tools.sh provides the static /bin/busybox the container runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-tools.sh
 need=()
 for tool in podman runc; do command -v "$tool" >/dev/null || need+=("$tool"); done
-[ -x /bin/busybox ] || need+=(busybox-static)
 if [ ${#need[@]} -gt 0 ]; then
   echo "e2e-runtime: installing ${need[*]}" >&2
   apt-get update -qq >/dev/null

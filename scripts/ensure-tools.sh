@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Installs the system tools the demo and the tests drive (ip, iptables, ping,
-# nsenter/unshare, and curl and busybox's httpd for the demo's web server) on
-# Debian or Ubuntu when they are missing; does nothing when they are all
-# present.
+# nsenter/unshare, curl, and a static busybox whose httpd serves the demo's
+# pages and which runs alone in a container's empty rootfs) on Debian or
+# Ubuntu when they are missing; does nothing when they are all present.
+#
+# A tool counts as present only when it can do what we use it for: Debian's
+# `busybox` package ships a dynamically linked /bin/busybox that a container
+# cannot run, so busybox is checked by running it in an empty root.
 set -euo pipefail
 
 declare -A pkg_for=(
@@ -13,14 +17,29 @@ declare -A pkg_for=(
   [ping]=iputils-ping
   [nsenter]=util-linux
   [unshare]=util-linux
+  [chroot]=coreutils
   [curl]=curl
-  [busybox]=busybox
 )
 
 missing=()
 for tool in "${!pkg_for[@]}"; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("${pkg_for[$tool]}")
 done
+
+# runs_alone BINARY: BINARY starts in an empty root (no libraries, no loader).
+runs_alone() {
+  local root rc=0
+  [ -x "$1" ] || return 1
+  root=$(mktemp -d)
+  cp "$1" "$root/busybox"
+  chroot "$root" /busybox true >/dev/null 2>&1 || rc=1
+  rm -rf "$root"
+  return $rc
+}
+# busybox-static replaces Debian's dynamic busybox (they conflict) and
+# provides the same commands.
+runs_alone /bin/busybox || missing+=(busybox-static)
+
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 mapfile -t pkgs < <(printf '%s\n' "${missing[@]}" | sort -u)
@@ -36,3 +55,7 @@ echo "ensure-tools: installing ${pkgs[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq >/dev/null || apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+if ! runs_alone /bin/busybox; then
+  echo "ensure-tools: /bin/busybox still does not run in an empty root after installing busybox-static" >&2
+  exit 1
+fi

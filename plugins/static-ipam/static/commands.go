@@ -18,6 +18,9 @@ func Add(args *skel.CmdArgs) error {
 	}
 	log, closeLog := cfg.Log.Open("network", cfg.Name, "containerID", args.ContainerID, "verb", "ADD")
 	defer closeLog()
+	if len(cfg.Ignored) > 0 {
+		log.Debug("lower-precedence inputs ignored", "source", cfg.Source, "ignored", cfg.Ignored)
+	}
 	for _, a := range cfg.Addresses {
 		log.Info("address", "address", a.Prefix, "gateway", a.Gateway, "source", cfg.Source)
 	}

@@ -28,6 +28,9 @@ type Config struct {
 	DNS       types.DNS
 	// Source names where Addresses came from, for messages.
 	Source string
+	// Ignored names the lower-precedence per-pod inputs that were given
+	// but lost to Source, for the debug log.
+	Ignored []string
 	// Log is where to log (ipam.logFile, ipam.logLevel).
 	Log cnilog.Config
 }
@@ -115,6 +118,8 @@ func Parse(stdin []byte, rawArgs string) (*Config, error) {
 	if n.Args != nil && n.Args.CNI != nil {
 		argIPs = n.Args.CNI.IPs
 	}
+	// One source wins whole: CNI_ARGS GATEWAY belongs to CNI_ARGS IP and
+	// is dropped with it when a higher source wins.
 	switch {
 	case len(n.RuntimeConfig.IPs) > 0:
 		cfg.Source = sourceCapability
@@ -132,7 +137,8 @@ func Parse(stdin []byte, rawArgs string) (*Config, error) {
 	if err != nil {
 		return nil, err
 	}
-	if gw := env["GATEWAY"]; gw != "" {
+	cfg.Ignored = ignoredSources(cfg.Source, argIPs, env)
+	if gw := env["GATEWAY"]; gw != "" && (cfg.Source == sourceEnv || cfg.Source == sourceConfig) {
 		if err := applyGateways(cfg.Addresses, gw); err != nil {
 			return nil, err
 		}
@@ -150,7 +156,7 @@ func parseConfigured(ipam *ipamConf) ([]Address, error) {
 		if a.Address == "" {
 			return nil, cnierr.MissingConfig(field, "each address needs a CIDR such as 192.168.1.2/24")
 		}
-		prefix, err := parseCIDR(field, a.Address)
+		prefix, err := parseCIDR(field, a.Address, cnierr.InvalidConfig)
 		if err != nil {
 			return nil, err
 		}
@@ -171,21 +177,43 @@ func parseConfigured(ipam *ipamConf) ([]Address, error) {
 	return out, nil
 }
 
+// ignoredSources lists the per-pod inputs given below the winning source.
+func ignoredSources(winner string, argIPs []string, env map[string]string) []string {
+	var lower []string
+	switch winner {
+	case sourceCapability:
+		if len(argIPs) > 0 {
+			lower = append(lower, sourceArgs)
+		}
+		fallthrough
+	case sourceArgs:
+		for _, key := range []string{"IP", "GATEWAY"} {
+			if env[key] != "" {
+				lower = append(lower, "CNI_ARGS "+key)
+			}
+		}
+	}
+	return lower
+}
+
 // parseOverride parses the addresses of a per-pod source. An address inside
 // the subnet of a configured address inherits that address's gateway: the
-// reference static plugin drops it (containernetworking/plugins#406).
+// reference static plugin drops it (containernetworking/plugins#406). A bare
+// address (podman's --ip passes one) takes the prefix length of the
+// configured subnet that holds it.
 func parseOverride(source string, list []string, configured []Address) ([]Address, error) {
+	fail := cnierr.InvalidConfig
+	if source == sourceEnv {
+		fail = cnierr.InvalidEnv
+	}
 	out := make([]Address, 0, len(list))
 	for i, s := range list {
 		field := source
 		if source != sourceEnv {
 			field = fmt.Sprintf("%s[%d]", source, i)
 		}
-		prefix, err := parseCIDR(field, strings.TrimSpace(s))
+		prefix, err := parsePodAddress(field, strings.TrimSpace(s), configured, fail)
 		if err != nil {
-			if source == sourceEnv {
-				err = cnierr.InvalidEnv(field, s, "expected comma-separated CIDRs such as 192.168.1.2/24")
-			}
 			return nil, err
 		}
 		addr := Address{Prefix: prefix}
@@ -284,23 +312,48 @@ func parseRoutes(routes []routeConf) ([]*types.Route, error) {
 	return out, nil
 }
 
-func parseCIDR(field, s string) (netip.Prefix, error) {
+// parseCIDR parses an address with its prefix length; fail makes the error
+// of the input's kind.
+func parseCIDR(field, s string, fail func(string, any, string) *types.Error) (netip.Prefix, error) {
 	p, err := netip.ParsePrefix(s)
 	if err != nil {
-		return netip.Prefix{}, cnierr.InvalidConfig(field, s, "not an address in CIDR notation such as 192.168.1.2/24")
+		return netip.Prefix{}, fail(field, s, "not an address in CIDR notation such as 192.168.1.2/24")
 	}
 	if p.Addr().Zone() != "" {
-		return netip.Prefix{}, cnierr.InvalidConfig(field, s, "zoned addresses are not allowed")
+		return netip.Prefix{}, fail(field, s, "zoned addresses are not allowed")
 	}
 	addr, bits := p.Addr(), p.Bits()
 	if addr.Is4In6() {
 		// ::ffff:a.b.c.d/n is the IPv4 address a.b.c.d with n-96 prefix bits.
 		if bits < 96 {
-			return netip.Prefix{}, cnierr.InvalidConfig(field, s, "an IPv4-mapped address needs a prefix of /96 or longer")
+			return netip.Prefix{}, fail(field, s, "an IPv4-mapped address needs a prefix of /96 or longer")
 		}
 		addr, bits = addr.Unmap(), bits-96
 	}
 	return netip.PrefixFrom(addr, bits), nil
+}
+
+// parsePodAddress parses one per-pod address: a CIDR, or a bare address
+// that takes the prefix length of the configured subnet holding it. fail
+// makes the error of the source's kind (code 4 for CNI_ARGS, 7 otherwise).
+func parsePodAddress(field, s string, configured []Address, fail func(string, any, string) *types.Error) (netip.Prefix, error) {
+	if strings.Contains(s, "/") {
+		return parseCIDR(field, s, fail)
+	}
+	addr, err := netip.ParseAddr(s)
+	if err != nil || addr.Zone() != "" {
+		return netip.Prefix{}, fail(field, s, "not an address such as 192.168.1.2/24 or 192.168.1.2")
+	}
+	addr = addr.Unmap()
+	for _, c := range configured {
+		if c.Prefix.Masked().Contains(addr) {
+			return netip.PrefixFrom(addr, c.Prefix.Bits()), nil
+		}
+	}
+	if len(configured) == 0 {
+		return netip.Prefix{}, fail(field, s, "an address without a prefix length takes it from a subnet of ipam.addresses, and none is configured")
+	}
+	return netip.Prefix{}, fail(field, s, "an address without a prefix length must be inside a configured subnet ("+subnets(configured)+")")
 }
 
 func checkGateway(field string, gw netip.Addr, prefix netip.Prefix) error {
@@ -312,6 +365,14 @@ func checkGateway(field string, gw netip.Addr, prefix netip.Prefix) error {
 		return cnierr.InvalidConfig(field, gw, "outside the subnet "+prefix.Masked().String())
 	}
 	return nil
+}
+
+func subnets(addrs []Address) string {
+	s := make([]string, len(addrs))
+	for i, a := range addrs {
+		s[i] = a.Prefix.Masked().String()
+	}
+	return strings.Join(s, ", ")
 }
 
 func listPrefixes(addrs []Address) string {

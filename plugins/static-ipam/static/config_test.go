@@ -81,6 +81,41 @@ func TestParseSourcesAndPrecedence(t *testing.T) {
 			wantSource: sourceEnv, want: "10.1.0.5/16 invalid IP",
 		},
 		{
+			name:  "podman --ip: a bare CNI_ARGS IP takes the prefix and gateway of the configured subnet",
+			stdin: conf("1.0.0", dockinIPAM, ""), args: "IP=192.168.0.50",
+			wantSource: sourceEnv, want: "192.168.0.50/24 192.168.0.254",
+		},
+		{
+			name:  "a bare IPv6 address in CNI_ARGS IP, beside a CIDR",
+			stdin: conf("1.0.0", dockinIPAM, ""), args: "IP=10.9.0.2/16, 3ffe:ffff:0:1ff::50",
+			wantSource: sourceEnv, want: "10.9.0.2/16 invalid IP, 3ffe:ffff:0:1ff::50/64 3ffe:ffff:0:1ff::fffe",
+		},
+		{
+			name:  "a bare address in capability ips and in args.cni.ips",
+			stdin: conf("1.0.0", dockinIPAM, `"runtimeConfig":{"ips":["192.168.0.60","3ffe:ffff:0:1ff::60"]}`),
+			wantSource: sourceCapability, want: "192.168.0.60/24 192.168.0.254, 3ffe:ffff:0:1ff::60/64 3ffe:ffff:0:1ff::fffe",
+		},
+		{
+			name:       "a bare IPv4-mapped address is its IPv4 address",
+			stdin:      conf("1.0.0", dockinIPAM, `"args":{"cni":{"ips":["::ffff:192.168.0.61"]}}`),
+			wantSource: sourceArgs, want: "192.168.0.61/24 192.168.0.254",
+		},
+		{
+			name: "capability ips win whole: CNI_ARGS IP and GATEWAY are both ignored",
+			stdin: conf("1.0.0", `{"type":"static-ipam"}`, `"runtimeConfig":{"ips":["10.7.0.7/24"]}`),
+			args: "IP=10.5.0.5/24;GATEWAY=10.5.0.1", wantSource: sourceCapability, want: "10.7.0.7/24 invalid IP",
+		},
+		{
+			name: "args.cni.ips win whole: a CNI_ARGS GATEWAY that would fit is ignored too",
+			stdin: conf("1.0.0", `{"type":"static-ipam"}`, `"args":{"cni":{"ips":["10.7.0.7/24"]}}`),
+			args: "GATEWAY=10.7.0.1", wantSource: sourceArgs, want: "10.7.0.7/24 invalid IP",
+		},
+		{
+			name:  "CNI_ARGS GATEWAY alone sets the gateway of configured addresses",
+			stdin: conf("1.0.0", `{"addresses":[{"address":"10.0.0.2/24"}]}`, ""), args: "GATEWAY=10.0.0.1",
+			wantSource: sourceConfig, want: "10.0.0.2/24 10.0.0.1",
+		},
+		{
 			name:  "one address per family is fine for 0.2.0",
 			stdin: conf("0.2.0", dockinIPAM, ""), wantSource: sourceConfig,
 			want: "192.168.0.1/24 192.168.0.254, 3ffe:ffff:0:1ff::1/64 3ffe:ffff:0:1ff::fffe",
@@ -101,6 +136,31 @@ func TestParseSourcesAndPrecedence(t *testing.T) {
 			}
 			if strings.Join(got, ", ") != tt.want {
 				t.Errorf("addresses = %q, want %q", strings.Join(got, ", "), tt.want)
+			}
+		})
+	}
+}
+
+func TestParseNamesIgnoredSources(t *testing.T) {
+	tests := []struct {
+		name  string
+		extra string
+		args  string
+		want  string
+	}{
+		{"capability over args and CNI_ARGS", `"runtimeConfig":{"ips":["10.3.0.5/24"]},"args":{"cni":{"ips":["10.2.0.5/24"]}}`,
+			"IP=10.1.0.5/16;GATEWAY=10.1.0.1", "args.cni.ips CNI_ARGS IP CNI_ARGS GATEWAY"},
+		{"args over CNI_ARGS GATEWAY", `"args":{"cni":{"ips":["10.2.0.5/24"]}}`, "GATEWAY=10.1.0.1", "CNI_ARGS GATEWAY"},
+		{"CNI_ARGS IP wins: nothing ignored", "", "IP=10.1.0.5/16;GATEWAY=10.1.0.1", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := Parse(conf("1.0.0", `{}`, tt.extra), tt.args)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := strings.Join(cfg.Ignored, " "); got != tt.want {
+				t.Errorf("Ignored = %q, want %q", got, tt.want)
 			}
 		})
 	}
@@ -163,6 +223,14 @@ func TestParseErrors(t *testing.T) {
 			types.ErrInvalidNetworkConfig, `args.cni.ips[0] "x"`},
 		{"CNI_ARGS IP not CIDR", conf("1.0.0", `{}`, ""), "IP=10.0.0.2",
 			types.ErrInvalidEnvironmentVariables, `CNI_ARGS IP "10.0.0.2"`},
+		{"bare CNI_ARGS IP outside every configured subnet", conf("1.0.0", dockinIPAM, ""), "IP=10.0.0.2",
+			types.ErrInvalidEnvironmentVariables, `CNI_ARGS IP "10.0.0.2": an address without a prefix length must be inside a configured subnet (192.168.0.0/24, 3ffe:ffff:0:1ff::/64)`},
+		{"bare capability address with no configured subnet", conf("1.0.0", `{}`, `"runtimeConfig":{"ips":["10.0.0.2"]}`), "",
+			types.ErrInvalidNetworkConfig, `runtimeConfig.ips[0] "10.0.0.2": an address without a prefix length takes it from a subnet of ipam.addresses, and none is configured`},
+		{"zoned bare address", conf("1.0.0", dockinIPAM, `"args":{"cni":{"ips":["fe80::1%eth0"]}}`), "",
+			types.ErrInvalidNetworkConfig, `args.cni.ips[0] "fe80::1%eth0": not an address`},
+		{"CNI_ARGS GATEWAY outside the winning CNI_ARGS IP stays an error", conf("1.0.0", `{}`, ""), "IP=10.7.0.7/24;GATEWAY=10.5.0.1",
+			types.ErrInvalidEnvironmentVariables, `CNI_ARGS GATEWAY "10.5.0.1": inside the subnet of no address (10.7.0.7/24)`},
 		{"CNI_ARGS GATEWAY not an IP", conf("1.0.0", `{}`, ""), "IP=10.0.0.2/24;GATEWAY=gw",
 			types.ErrInvalidEnvironmentVariables, `CNI_ARGS GATEWAY "gw": not an IP address`},
 		{"CNI_ARGS GATEWAY outside every subnet", conf("1.0.0", `{}`, ""), "IP=10.0.0.2/24;GATEWAY=10.9.0.1",
@@ -192,6 +260,7 @@ func FuzzParse(f *testing.F) {
 	f.Add(conf("0.3.1", dockinIPAM, ""), "IP=10.1.0.5/16;GATEWAY=10.1.0.1")
 	f.Add(conf("1.0.0", `{}`, `"runtimeConfig":{"ips":["10.3.0.5/24"]},"args":{"cni":{"ips":["::1/128"]}}`), "")
 	f.Add([]byte(`{"ipam":{"addresses":[{"address":"::ffff:1.2.3.4/120","gateway":"1.2.3.1"}]}}`), "IgnoreUnknown=1;X=y")
+	f.Add(conf("1.0.0", dockinIPAM, `"runtimeConfig":{"ips":["192.168.0.60"]}`), "IP=3ffe:ffff:0:1ff::50;GATEWAY=10.5.0.1")
 	f.Fuzz(func(t *testing.T, stdin []byte, args string) {
 		cfg, err := Parse(stdin, args)
 		if err != nil {
