@@ -26,6 +26,7 @@ tools:
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
+	@$(GO) mod tidy -diff >/dev/null || { echo "go.mod/go.sum not tidy: run go mod tidy"; $(GO) mod tidy -diff; exit 1; }
 	$(GO) vet ./...
 
 test: tools build lint
@@ -72,7 +73,7 @@ DISTTGZ := dist/cnichain-plugins-linux-$(ARCH)-$(VERSION).tgz
 dist:
 	rm -rf dist/stage && mkdir -p dist/stage
 	CGO_ENABLED=0 GOOS=linux GOARCH=$(ARCH) $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o dist/stage/ ./plugins/...
-	cp README.md dist/stage/
+	cp README.md LICENSE dist/stage/
 	tar -C dist/stage -czf $(DISTTGZ) --owner=0 --group=0 --sort=name .
 	cd dist && sha256sum $(notdir $(DISTTGZ)) > $(notdir $(DISTTGZ)).sha256
 	rm -rf dist/stage

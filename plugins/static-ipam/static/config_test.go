@@ -91,8 +91,8 @@ func TestParseSourcesAndPrecedence(t *testing.T) {
 			wantSource: sourceEnv, want: "10.9.0.2/16 invalid IP, 3ffe:ffff:0:1ff::50/64 3ffe:ffff:0:1ff::fffe",
 		},
 		{
-			name:  "a bare address in capability ips and in args.cni.ips",
-			stdin: conf("1.0.0", dockinIPAM, `"runtimeConfig":{"ips":["192.168.0.60","3ffe:ffff:0:1ff::60"]}`),
+			name:       "a bare address in capability ips and in args.cni.ips",
+			stdin:      conf("1.0.0", dockinIPAM, `"runtimeConfig":{"ips":["192.168.0.60","3ffe:ffff:0:1ff::60"]}`),
 			wantSource: sourceCapability, want: "192.168.0.60/24 192.168.0.254, 3ffe:ffff:0:1ff::60/64 3ffe:ffff:0:1ff::fffe",
 		},
 		{
@@ -101,14 +101,14 @@ func TestParseSourcesAndPrecedence(t *testing.T) {
 			wantSource: sourceArgs, want: "192.168.0.61/24 192.168.0.254",
 		},
 		{
-			name: "capability ips win whole: CNI_ARGS IP and GATEWAY are both ignored",
+			name:  "capability ips win whole: CNI_ARGS IP and GATEWAY are both ignored",
 			stdin: conf("1.0.0", `{"type":"static-ipam"}`, `"runtimeConfig":{"ips":["10.7.0.7/24"]}`),
-			args: "IP=10.5.0.5/24;GATEWAY=10.5.0.1", wantSource: sourceCapability, want: "10.7.0.7/24 invalid IP",
+			args:  "IP=10.5.0.5/24;GATEWAY=10.5.0.1", wantSource: sourceCapability, want: "10.7.0.7/24 invalid IP",
 		},
 		{
-			name: "args.cni.ips win whole: a CNI_ARGS GATEWAY that would fit is ignored too",
+			name:  "args.cni.ips win whole: a CNI_ARGS GATEWAY that would fit is ignored too",
 			stdin: conf("1.0.0", `{"type":"static-ipam"}`, `"args":{"cni":{"ips":["10.7.0.7/24"]}}`),
-			args: "GATEWAY=10.7.0.1", wantSource: sourceArgs, want: "10.7.0.7/24 invalid IP",
+			args:  "GATEWAY=10.7.0.1", wantSource: sourceArgs, want: "10.7.0.7/24 invalid IP",
 		},
 		{
 			name:  "CNI_ARGS GATEWAY alone sets the gateway of configured addresses",
