@@ -71,7 +71,8 @@ CONF
 cat > "$T/net.d/macnet.conflist" <<CONF
 {"cniVersion":"1.0.0","name":"macnet","plugins":[
  {"type":"macvlan","master":"eno1","mode":"bridge",
-  "ipam":{"type":"static-ipam","addresses":[{"address":"192.168.1.30/16","gateway":"192.168.0.1"}],"routes":[{"dst":"0.0.0.0/0"}]}},
+  "ipam":{"type":"static-ipam","addresses":[{"address":"192.168.1.30/16","gateway":"192.168.0.1"},{"address":"fd00:c0a8::30/64"}],
+          "routes":[{"dst":"0.0.0.0/0"}]}},
  {"type":"macvlan-host-route","master":"eno1","stateDir":"$SB_DIR/macvlan-host-route"}]}
 CONF
 
@@ -86,6 +87,10 @@ run() { # run NAME NETWORK [ARGS...]: a busybox web server container
   pm run -d --name "$name" --network "$net" "$@" --ulimit nofile=1024:1024 --ulimit nproc=4096:4096 \
     --rootfs "$T/rootfs" /bin/busybox httpd -f -p 80 -h /www >/dev/null
 }
+pm_in() { # pm_in CONTAINER "CMD" TEST...: the container's CMD output passes TEST
+  local c=$1 cmd=$2; shift 2
+  pm exec "$c" /bin/busybox $cmd | "$@"
+}
 lite_chains() { in_ns node iptables-save -t nat | grep -c '^:CNI-LITE-DN-' || true; }
 # through_hostport: the lan host fetches the page from node:9090 (the
 # server may take a moment to start).
@@ -98,6 +103,7 @@ through_hostport() {
   return 1
 }
 node_pings() { in_ns node ping -c 2 -i 0.2 -W 2 "$1" >/dev/null; }
+lan_pings() { in_ns lan ping -c 2 -i 0.2 -W 2 "$1" >/dev/null; }
 route_via_subdevice() { ip -n "$SB_NODE" route show proto 197 | grep -q "$1 dev eno1.host"; }
 no_host_routes() { [ -z "$(ip -n "$SB_NODE" route show proto 197)" ]; }
 
@@ -113,6 +119,14 @@ check "macvlan + static-ipam + macvlan-host-route: the node pings the container"
 check "macvlan-host-route: the host route is there" route_via_subdevice 192.168.1.30
 pm rm -f -t 0 mac >/dev/null
 check "macvlan-host-route: podman rm removes the route" no_host_routes
+
+# podman --ip/--ip6 pass bare addresses (CNI_ARGS IP=192.168.1.50,...):
+# static-ipam gives them the prefix and gateway of the configured subnet.
+run macip macnet --ip 192.168.1.50 --ip6 fd00:c0a8::50
+check "static-ipam: podman --ip 192.168.1.50 answers the lan at that address" lan_pings 192.168.1.50
+check "static-ipam: podman --ip6 fd00:c0a8::50 answers the lan at that address" lan_pings fd00:c0a8::50
+check "static-ipam: the bare --ip got the configured /16" pm_in macip "ip -4 addr show eth0" grep -q '192.168.1.50/16'
+pm rm -f -t 0 macip >/dev/null
 
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
