@@ -13,6 +13,61 @@ show() { printf '$ %s\n' "$*"; "$@" | sed 's/^/  /'; }
 sandbox_up
 step "sandbox: node namespace $SB_NODE (eno1 192.168.0.5/16), lan host $SB_LAN (192.168.0.1/16)"
 
+# wait_dad NAME: until NAME's IPv6 addresses are no longer tentative (3 s at most).
+wait_dad() {
+  local i
+  for i in $(seq 30); do
+    [ -z "$(in_ns "$1" ip -6 addr show tentative)" ] && return 0
+    sleep 0.1
+  done
+}
+# curl_from NAME URL: what NAME gets from URL.
+curl_from() { printf '$ curl %s  (from %s)\n' "$2" "$1"; in_ns "$1" curl -s -g --max-time 3 "$2" | sed 's/^/  /'; }
+
+# --- the headline: macvlan + static-ipam -> macvlan-host-route -> portmap-lite --
+step "the whole chain, net.d/30-macvlan-hostport.conflist: macvlan + static-ipam -> macvlan-host-route -> portmap-lite"
+step "the node forwards, as a Kubernetes node does (ip_forward=1, ipv6 all.forwarding=1)"
+in_ns node sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
+step "CAP_ARGS=<hostPort 8080 -> 80, tcp> cnitool add macvlan-hostport"
+hp=$(sandbox_pod hostport-web)
+CAP_ARGS='{"portMappings":[{"hostPort":8080,"containerPort":80,"protocol":"tcp"}]}' \
+  sandbox_cnitool "$netd" add macvlan-hostport "$hp"; echo
+step "a second pod of the chain, its addresses from CAP_ARGS ips, no port mappings"
+peer=$(sandbox_pod hostport-peer)
+CAP_ARGS='{"ips":["192.168.50.21/16","fd00:c0a8::50:21/64"]}' \
+  sandbox_cnitool "$netd" add macvlan-hostport "$peer" | grep -A1 '"address"' | sed 's/^/  /'
+step "on the node: host routes to the pods through eno1.host, which answers for the node's IPv6 address"
+show in_ns node ip route show proto 197
+show in_ns node ip -6 route show proto 197
+show in_ns node ip -br addr show dev eno1.host
+step "the pod's NAT rules (the pod's gateway is the lan router, so connections are masqueraded)"
+in_ns node iptables-save -t nat | grep -F 192.168.50.20 | sed 's/^/  /'
+in_ns node ip6tables-save -t nat | grep -F fd00:c0a8::50:20 | sed 's/^/  /'
+www0="$SB_DIR/www-hostport"
+mkdir -p "$www0" && echo "hello from the macvlan pod" > "$www0/index.html"
+ip netns exec "$SB_ID-hostport-web" busybox httpd -f -p 80 -h "$www0" </dev/null >/dev/null 2>&1 &
+wait_dad hostport-web; wait_dad hostport-peer
+sleep 0.3
+step "through the hostPort from everywhere"
+curl_from lan http://192.168.0.5:8080/
+curl_from lan "http://[fd00:c0a8::5]:8080/"
+curl_from hostport-peer http://192.168.0.5:8080/
+curl_from hostport-peer "http://[fd00:c0a8::5]:8080/"
+curl_from hostport-web http://192.168.0.5:8080/
+curl_from node http://127.0.0.1:8080/
+step "node and pod reach each other directly, IPv4 and IPv6"
+curl_from node http://192.168.50.20/
+curl_from node "http://[fd00:c0a8::50:20]/"
+show in_ns hostport-web ping -c 1 -W 1 fd00:c0a8::5
+step "cnitool del, without CAP_ARGS, in reverse order: portmap-lite, macvlan-host-route, macvlan"
+sandbox_cnitool "$netd" del macvlan-hostport "$hp"
+sandbox_cnitool "$netd" del macvlan-hostport "$peer"
+left=$( (in_ns node iptables-save; in_ns node ip6tables-save; in_ns node ip route show proto 197; in_ns node ip -6 route show proto 197) \
+  | grep -cE '192\.168\.50\.2[01]|fd00:c0a8::50:2[01]' || true)
+echo "rules and routes mentioning the pods after del: $left"
+[ "$left" -eq 0 ]
+show in_ns hostport-web ip -br link
+
 # --- static-ipam under macvlan (seeds 001 and 003) ---------------------------
 step "macvlan + static-ipam: cnitool add static-macvlan (net.d/10-static-macvlan.conflist)"
 pod=$(sandbox_pod web)

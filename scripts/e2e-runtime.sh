@@ -76,6 +76,17 @@ cat > "$T/net.d/macnet.conflist" <<CONF
  {"type":"macvlan-host-route","master":"eno1","stateDir":"$SB_DIR/macvlan-host-route"}]}
 CONF
 
+cat > "$T/net.d/machost.conflist" <<CONF
+{"cniVersion":"1.0.0","name":"machost","plugins":[
+ {"type":"macvlan","master":"eno1","mode":"bridge",
+  "ipam":{"type":"static-ipam","addresses":[{"address":"192.168.50.30/16","gateway":"192.168.0.1"},{"address":"fd00:c0a8::50:30/64","gateway":"fd00:c0a8::1"}],
+          "routes":[{"dst":"0.0.0.0/0"},{"dst":"::/0"}]}},
+ {"type":"macvlan-host-route","master":"eno1","stateDir":"$SB_DIR/macvlan-host-route"},
+ {"type":"portmap-lite","stateDir":"$SB_DIR/portmap-lite","capabilities":{"portMappings":true}}]}
+CONF
+# A hostPort reached from the lan is forwarded: on, as on a Kubernetes node.
+in_ns node sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
+
 # podman in the node namespace: nsenter keeps the machine's /sys and cgroup
 # mounts (ip netns exec would remount /sys); storage and state under $T.
 pm() {
@@ -92,15 +103,19 @@ pm_in() { # pm_in CONTAINER "CMD" TEST...: the container's CMD output passes TES
   pm exec "$c" /bin/busybox $cmd | "$@"
 }
 lite_chains() { in_ns node iptables-save -t nat | grep -c '^:CNI-LITE-DN-' || true; }
-# through_hostport: the lan host fetches the page from node:9090 (the
-# server may take a moment to start).
+# through_hostport [URL]: the lan host fetches the page from URL, by default
+# node:9090 (the server may take a moment to start).
 through_hostport() {
-  local i
+  local i url=${1:-http://192.168.0.5:9090/}
   for i in 1 2 3 4 5 6 7 8 9 10; do
-    in_ns lan curl -s --max-time 2 http://192.168.0.5:9090/ | grep -q 'hello from a podman container' && return 0
+    in_ns lan curl -s -g --max-time 2 "$url" | grep -q 'hello from a podman container' && return 0
     sleep 0.5
   done
   return 1
+}
+no_mention() { # no_mention PATTERN: neither the node's rules nor our routes mention PATTERN
+  ! (in_ns node iptables-save; in_ns node ip6tables-save; ip -n "$SB_NODE" route show proto 197; ip -n "$SB_NODE" -6 route show proto 197) |
+    grep -qE "$1"
 }
 node_pings() { in_ns node ping -c 2 -i 0.2 -W 2 "$1" >/dev/null; }
 lan_pings() { in_ns lan ping -c 2 -i 0.2 -W 2 "$1" >/dev/null; }
@@ -119,6 +134,14 @@ check "macvlan + static-ipam + macvlan-host-route: the node pings the container"
 check "macvlan-host-route: the host route is there" route_via_subdevice 192.168.1.30
 pm rm -f -t 0 mac >/dev/null
 check "macvlan-host-route: podman rm removes the route" no_host_routes
+
+# The whole chain: macvlan + static-ipam -> macvlan-host-route -> portmap-lite.
+run hostport machost -p 8080:80
+check "whole chain: a lan client reaches the container on node:8080" through_hostport http://192.168.0.5:8080/
+check "whole chain: a lan client reaches it on [node]:8080 over IPv6" through_hostport "http://[fd00:c0a8::5]:8080/"
+check "whole chain: the node pings the container over IPv6" node_pings fd00:c0a8::50:30
+pm rm -f -t 0 hostport >/dev/null
+check "whole chain: podman rm leaves no rule and no route for it" no_mention '192\.168\.50\.30|fd00:c0a8::50:30'
 
 # podman --ip/--ip6 pass bare addresses (CNI_ARGS IP=192.168.1.50,...):
 # static-ipam gives them the prefix and gateway of the configured subnet.

@@ -36,6 +36,17 @@ func (k Key) ID() string {
 	return hex.EncodeToString(sum[:])
 }
 
+// IsKeyID reports whether name has the form of a Key's ID, which tells an
+// attachment's record from other files a directory shared by several
+// plugins may hold (macvlan-host-route's route-<IP>, say).
+func IsKeyID(name string) bool {
+	if len(name) != sha256.Size*2 {
+		return false
+	}
+	_, err := hex.DecodeString(name)
+	return err == nil && strings.ToLower(name) == name
+}
+
 // In reports whether k is one of the attachments a GC request names as valid.
 func (k Key) In(valid []types.GCAttachment) bool {
 	for _, v := range valid {

@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/containernetworking/cni/pkg/types"
@@ -83,5 +84,21 @@ func TestStore(t *testing.T) {
 	}
 	if _, err := s.Load("broken", &got); err == nil {
 		t.Fatal("a corrupt record loaded without error")
+	}
+}
+
+func TestIsKeyID(t *testing.T) {
+	k := Key{Network: "n", ContainerID: "c", IfName: "eth0"}
+	for name, want := range map[string]bool{
+		k.ID():                  true,
+		strings.ToUpper(k.ID()): false,
+		"route-192.168.1.2":     false,
+		"answers-eno1.host":     false,
+		k.ID()[:63] + "g":       false,
+		k.ID()[:62]:             false,
+	} {
+		if got := IsKeyID(name); got != want {
+			t.Errorf("IsKeyID(%q) = %v, want %v", name, got, want)
+		}
 	}
 }

@@ -78,6 +78,32 @@ func ContainerAddrs(res *current.Result) []netip.Addr {
 	return out
 }
 
+// Gateway returns the container's next hop off its own subnet in the family
+// of ip: the gateway of a default route of that family in res, else the
+// gateway listed with ip; the zero Addr when res names neither.
+func Gateway(res *current.Result, ip netip.Addr) netip.Addr {
+	for _, r := range res.Routes {
+		if r == nil || r.GW == nil {
+			continue
+		}
+		dst, ok := Prefix(r.Dst)
+		gw, gwOK := netip.AddrFromSlice(r.GW)
+		if ok && gwOK && dst.Bits() == 0 && dst.Addr().Is4() == ip.Is4() {
+			return gw.Unmap()
+		}
+	}
+	for _, ipc := range res.IPs {
+		p, ok := Prefix(ipc.Address)
+		if !ok || p.Addr() != ip || ipc.Gateway == nil {
+			continue
+		}
+		if gw, ok := netip.AddrFromSlice(ipc.Gateway); ok {
+			return gw.Unmap()
+		}
+	}
+	return netip.Addr{}
+}
+
 // Prefix converts a result's address (IP with host bits, and mask) to a
 // netip.Prefix, unmapping IPv4 addresses stored in 16 bytes.
 func Prefix(ipn net.IPNet) (netip.Prefix, bool) {

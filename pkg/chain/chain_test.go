@@ -4,10 +4,12 @@ import (
 	"encoding/json"
 	"errors"
 	"net"
+	"net/netip"
 	"strings"
 	"testing"
 
 	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
 )
 
 func TestPrevResultAndContainerIPs(t *testing.T) {
@@ -116,4 +118,38 @@ func FuzzPrevResult(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestGateway(t *testing.T) {
+	res := func(text string) *current.Result {
+		t.Helper()
+		r, err := current.NewResult([]byte(text))
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := current.NewResultFromResult(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	tests := []struct {
+		name   string
+		result string
+		ip     string
+		want   string
+	}{
+		{"the address's gateway", `{"cniVersion":"1.0.0","ips":[{"address":"10.0.0.7/24","gateway":"10.0.0.1"}]}`, "10.0.0.7", "10.0.0.1"},
+		{"a default route's gw wins", `{"cniVersion":"1.0.0","ips":[{"address":"10.0.0.7/24","gateway":"10.0.0.1"}],"routes":[{"dst":"0.0.0.0/0","gw":"10.0.0.254"}]}`, "10.0.0.7", "10.0.0.254"},
+		{"a default route of the other family is not it", `{"cniVersion":"1.0.0","ips":[{"address":"10.0.0.7/24"}],"routes":[{"dst":"::/0","gw":"fd00::1"}]}`, "10.0.0.7", "invalid IP"},
+		{"a narrower route is not the default", `{"cniVersion":"1.0.0","ips":[{"address":"fd00::7/64","gateway":"fd00::1"}],"routes":[{"dst":"fd01::/64","gw":"fd00::9"}]}`, "fd00::7", "fd00::1"},
+		{"no gateway at all", `{"cniVersion":"1.0.0","ips":[{"address":"10.0.0.7/24"}],"routes":[{"dst":"0.0.0.0/0"}]}`, "10.0.0.7", "invalid IP"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := Gateway(res(tt.result), netip.MustParseAddr(tt.ip)).String(); got != tt.want {
+				t.Errorf("Gateway = %s, want %s", got, tt.want)
+			}
+		})
+	}
 }

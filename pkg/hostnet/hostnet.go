@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -113,14 +114,65 @@ func upIfDown(link netlink.Link) error {
 	return netlink.LinkSetUp(link)
 }
 
-// EnsureAddress puts addr on link as a host address (/32 or /128, no prefix
-// route, no DAD), so that the node answers ARP and NDP for it on link.
-func EnsureAddress(link netlink.Link, addr netip.Addr) error {
-	a := &netlink.Addr{IPNet: hostNet(addr), Flags: unix.IFA_F_NODAD | unix.IFA_F_NOPREFIXROUTE}
+// EnsureAddress puts addr on link with no prefix route and no DAD, so that
+// the node answers ARP and NDP for it on link without changing its routes.
+// A host prefix (/32, /128) is the usual; a wider one lets ARP answer with
+// arp_ignore 2, which wants the asker inside the address's subnet.
+func EnsureAddress(link netlink.Link, addr netip.Prefix) error {
+	a := &netlink.Addr{IPNet: prefixNet(addr), Flags: unix.IFA_F_NODAD | unix.IFA_F_NOPREFIXROUTE}
 	if err := netlink.AddrAdd(link, a); err != nil && !errors.Is(err, syscall.EEXIST) {
 		return fmt.Errorf("add address %s to %q: %w", addr, link.Attrs().Name, err)
 	}
 	return nil
+}
+
+// DelAddress removes addr from link; one already gone is success.
+func DelAddress(link netlink.Link, addr netip.Prefix) error {
+	err := netlink.AddrDel(link, &netlink.Addr{IPNet: prefixNet(addr)})
+	if err == nil || errors.Is(err, syscall.EADDRNOTAVAIL) || errors.Is(err, syscall.ENODEV) {
+		return nil
+	}
+	return fmt.Errorf("delete address %s from %q: %w", addr, link.Attrs().Name, err)
+}
+
+// GlobalAddresses lists link's addresses of global scope (IPv4 and IPv6,
+// private ranges and ULAs included), except those that failed DAD.
+func GlobalAddresses(link netlink.Link) ([]netip.Prefix, error) {
+	addrs, err := netlinksafe.AddrList(link, netlink.FAMILY_ALL)
+	if err != nil {
+		return nil, err
+	}
+	var out []netip.Prefix
+	for _, a := range addrs {
+		if a.Scope != int(netlink.SCOPE_UNIVERSE) || a.Flags&unix.IFA_F_DADFAILED != 0 || a.IPNet == nil {
+			continue
+		}
+		ip, ok := netip.AddrFromSlice(a.IP)
+		if !ok {
+			continue
+		}
+		ones, _ := a.Mask.Size()
+		out = append(out, netip.PrefixFrom(ip.Unmap(), ones))
+	}
+	return out, nil
+}
+
+// ARPIgnore is the arp_ignore in force on the link called name: the
+// greater of its own and "all", as the kernel applies them.
+func ARPIgnore(name string) (int, error) {
+	most := 0
+	for _, conf := range []string{"all", name} {
+		b, err := os.ReadFile("/proc/sys/net/ipv4/conf/" + conf + "/arp_ignore")
+		if err != nil {
+			return 0, err
+		}
+		v, err := strconv.Atoi(strings.TrimSpace(string(b)))
+		if err != nil {
+			return 0, fmt.Errorf("arp_ignore of %s: %w", conf, err)
+		}
+		most = max(most, v)
+	}
+	return most, nil
 }
 
 // HostRoute is the scope-link route to the single address ip through link.
@@ -202,8 +254,30 @@ func routesTo(ip netip.Addr) ([]netlink.Route, error) {
 	return netlinksafe.RouteListFiltered(family, &netlink.Route{Dst: hostNet(ip)}, netlink.RT_FILTER_DST)
 }
 
+func prefixNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
 func hostNet(ip netip.Addr) *net.IPNet {
 	return &net.IPNet{IP: ip.AsSlice(), Mask: net.CIDRMask(ip.BitLen(), ip.BitLen())}
+}
+
+// IsLocal reports whether ip is an address of the node (of any of its links).
+func IsLocal(ip netip.Addr) (bool, error) {
+	family := netlink.FAMILY_V4
+	if ip.Is6() {
+		family = netlink.FAMILY_V6
+	}
+	addrs, err := netlinksafe.AddrList(nil, family)
+	if err != nil {
+		return false, err
+	}
+	for _, a := range addrs {
+		if got, ok := netip.AddrFromSlice(a.IP); ok && got.Unmap() == ip {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // ErrNoRoute means the node has no route to an address.

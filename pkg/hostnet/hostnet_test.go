@@ -2,7 +2,9 @@ package hostnet
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -176,13 +178,69 @@ func TestHostRoutes(t *testing.T) {
 		inNode(t, func(t *testing.T) {
 			link, _ := EnsureMacvlanBridge("eno1.host", "eno1", 0)
 			for i := 0; i < 2; i++ {
-				if err := EnsureAddress(link, netip.MustParseAddr("fd00:c0a8::5")); err != nil {
+				if err := EnsureAddress(link, netip.MustParsePrefix("fd00:c0a8::5/128")); err != nil {
 					t.Fatal(err)
 				}
 			}
 			out := sandbox.MustRunHere(t, "ip", "-6", "addr", "show", "dev", "eno1.host")
 			if !strings.Contains(out, "fd00:c0a8::5/128") || !strings.Contains(out, "noprefixroute") {
 				t.Fatalf("addresses:\n%s", out)
+			}
+		})
+	})
+	t.Run("a copy of the master's address keeps its prefix length, adds no route and goes again", func(t *testing.T) {
+		inNode(t, func(t *testing.T) {
+			link, _ := EnsureMacvlanBridge("eno1.host", "eno1", 0)
+			master, _ := netlink.LinkByName("eno1")
+			for _, a := range []string{"192.168.0.5/16", "fd00:c0a8::5/64"} {
+				sandbox.MustRunHere(t, "ip", "addr", "add", a, "dev", "eno1", "nodad")
+			}
+			global, err := GlobalAddresses(master)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fmt.Sprint(global) != "[192.168.0.5/16 fd00:c0a8::5/64]" {
+				t.Fatalf("GlobalAddresses(eno1) = %v, want the two configured, no link-local", global)
+			}
+			routesBefore := sandbox.MustRunHere(t, "ip", "-6", "route", "show", "table", "main")
+			for _, p := range global {
+				if err := EnsureAddress(link, p); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if got, _ := GlobalAddresses(link); fmt.Sprint(got) != fmt.Sprint(global) {
+				t.Fatalf("GlobalAddresses(eno1.host) = %v, want %v", got, global)
+			}
+			if after := sandbox.MustRunHere(t, "ip", "-6", "route", "show", "table", "main"); after != routesBefore {
+				t.Fatalf("main table changed:\n%s\nwas:\n%s", after, routesBefore)
+			}
+			for i := 0; i < 2; i++ {
+				for _, p := range global {
+					if err := DelAddress(link, p); err != nil {
+						t.Fatalf("DelAddress #%d: %v", i+1, err)
+					}
+				}
+			}
+			if got, _ := GlobalAddresses(link); len(got) != 0 {
+				t.Fatalf("left on eno1.host: %v", got)
+			}
+			if got, _ := GlobalAddresses(master); fmt.Sprint(got) != fmt.Sprint(global) {
+				t.Fatalf("the master lost addresses: %v", got)
+			}
+		})
+	})
+	t.Run("arp_ignore is the greater of all and the link's", func(t *testing.T) {
+		inNode(t, func(t *testing.T) {
+			EnsureMacvlanBridge("eno1.host", "eno1", 0)
+			for _, c := range []struct {
+				all, dev string
+				want     int
+			}{{"0", "0", 0}, {"0", "1", 1}, {"2", "1", 2}} {
+				os.WriteFile("/proc/sys/net/ipv4/conf/all/arp_ignore", []byte(c.all), 0o644)
+				os.WriteFile("/proc/sys/net/ipv4/conf/eno1.host/arp_ignore", []byte(c.dev), 0o644)
+				if got, err := ARPIgnore("eno1.host"); err != nil || got != c.want {
+					t.Errorf("all=%s dev=%s: ARPIgnore = %d, %v; want %d", c.all, c.dev, got, err, c.want)
+				}
 			}
 		})
 	})

@@ -166,3 +166,22 @@ func linkUp(name string) error {
 	}
 	return netlink.LinkSetUp(link)
 }
+
+// EnableForwarding turns IPv4 and IPv6 forwarding on in the node, as a
+// Kubernetes node has them: a hostPort reached from another host is a
+// forwarded packet. (bridge with isGateway turns IPv4 on by itself; nothing
+// in a macvlan chain does, as no plugin should flip it for a whole node.)
+func (sb *Sandbox) EnableForwarding(t testing.TB) {
+	t.Helper()
+	err := sb.Node.Do(func(ns.NetNS) error {
+		for _, path := range []string{"/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"} {
+			if err := os.WriteFile(path, []byte("1"), 0o644); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("node forwarding: %v", err)
+	}
+}

@@ -204,7 +204,7 @@ func TestDockinBridge(t *testing.T) {
 
 // TestFailedADDLeavesNothing: a bad per-pod address fails with the CNI
 // error of static-ipam, and after the DEL a runtime sends for a failed ADD
-// nothing is left. (The reference macvlan v1.9.1 does not roll its link back
+// nothing is left. (The reference macvlan (v1.9.1, still in v1.10.0) does not roll its link back
 // itself when its IPAM fails: cmdAdd shadows err, so its deferred cleanup
 // never runs. The DEL is what removes it.)
 func TestFailedADDLeavesNothing(t *testing.T) {
@@ -217,7 +217,8 @@ func TestFailedADDLeavesNothing(t *testing.T) {
 		args    [][2]string
 		wantErr string
 	}{
-		{"address not CIDR", [][2]string{{"IP", "192.168.3.7"}}, `CNI_ARGS IP "192.168.3.7"`},
+		{"a bare address in no configured subnet", [][2]string{{"IP", "10.9.3.7"}}, `CNI_ARGS IP "10.9.3.7"`},
+		{"not an address", [][2]string{{"IP", "192.168.3.7/33"}}, `CNI_ARGS IP "192.168.3.7/33"`},
 		{"gateway in no subnet", [][2]string{{"IP", "192.168.3.7/24"}, {"GATEWAY", "10.0.0.1"}}, `CNI_ARGS GATEWAY "10.0.0.1"`},
 	}
 	for i, tt := range tests {

@@ -4,9 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/vishvananda/netlink"
 
 	"github.com/cnichain/plugins/pkg/attachstate"
 	"github.com/cnichain/plugins/pkg/chain"
@@ -23,6 +25,10 @@ type owner struct {
 }
 
 const recordPrefix = "route-"
+
+// answersRecord lists the copies of master addresses put on a sub-device,
+// so that a later ADD can take away those the master no longer has.
+func answersRecord(bridge string) string { return "answers-" + bridge }
 
 const prevHint = "chain macvlan-host-route after macvlan, which yields the pod's addresses"
 
@@ -67,13 +73,10 @@ func Add(args *skel.CmdArgs) (err error) {
 			log.Error("add", "error", err)
 		}
 	}()
-	for _, a := range cfg.HostAddresses {
-		if err := hostnet.EnsureAddress(link, a); err != nil {
-			return cnierr.Internal("hostAddresses", err)
-		}
-	}
-
 	store := attachstate.Store{Dir: cfg.StateDir}
+	if err := answerForNode(cfg, link, store); err != nil {
+		return err
+	}
 	rec := owner{Key: keyOf(cfg, args), Bridge: cfg.Bridge}
 	var done []netip.Addr
 	defer func() {
@@ -95,6 +98,64 @@ func Add(args *skel.CmdArgs) (err error) {
 		log.Info("route added", "ip", ip, "bridge", cfg.Bridge)
 	}
 	return chain.Print(prev, cfg.CNIVersion)
+}
+
+// answerForNode makes the sub-device answer for the node's addresses that
+// pods talk to: hostAddresses when set, else copies of the master's that
+// Answered picks, brought up to date (added and taken away) on every ADD.
+// It changes addresses of the sub-device only, which is ours.
+func answerForNode(cfg *Config, link netlink.Link, store attachstate.Store) error {
+	want, err := nodeAnswers(cfg)
+	if err != nil {
+		return err
+	}
+	var had []netip.Prefix
+	if len(cfg.HostAddresses) == 0 {
+		// Copies of the master's: the record says which the last ADD made.
+		if _, err := store.Load(answersRecord(cfg.Bridge), &had); err != nil {
+			return cnierr.Internal("state "+cfg.StateDir, err)
+		}
+		if err := store.Save(answersRecord(cfg.Bridge), want); err != nil {
+			return cnierr.Internal("state "+cfg.StateDir, err)
+		}
+	}
+	for _, p := range had {
+		if !slices.Contains(want, p) {
+			if err := hostnet.DelAddress(link, p); err != nil {
+				return cnierr.Internal("bridge "+cfg.Bridge, err)
+			}
+		}
+	}
+	for _, p := range want {
+		if err := hostnet.EnsureAddress(link, p); err != nil {
+			return cnierr.Internal("bridge "+cfg.Bridge, err)
+		}
+	}
+	return nil
+}
+
+// nodeAnswers are the addresses the sub-device must answer for now.
+func nodeAnswers(cfg *Config) ([]netip.Prefix, error) {
+	if len(cfg.HostAddresses) > 0 {
+		out := make([]netip.Prefix, len(cfg.HostAddresses))
+		for i, a := range cfg.HostAddresses {
+			out[i] = netip.PrefixFrom(a, a.BitLen())
+		}
+		return out, nil
+	}
+	master, err := hostnet.Master(cfg.Master)
+	if err != nil {
+		return nil, linkError(cfg, err)
+	}
+	addrs, err := hostnet.GlobalAddresses(master)
+	if err != nil {
+		return nil, cnierr.Internal("addresses of "+cfg.Master, err)
+	}
+	arpIgnore, err := hostnet.ARPIgnore(cfg.Bridge)
+	if err != nil {
+		return nil, cnierr.Internal("arp_ignore", err)
+	}
+	return Answered(addrs, arpIgnore), nil
 }
 
 // Del removes this attachment's host routes and their records. It succeeds
@@ -157,6 +218,19 @@ func Check(args *skel.CmdArgs) error {
 	if err != nil {
 		return cnierr.CheckFailed("bridge %q: %v", cfg.Bridge, err)
 	}
+	want, err := nodeAnswers(cfg)
+	if err != nil {
+		return err
+	}
+	have, err := hostnet.GlobalAddresses(link)
+	if err != nil {
+		return cnierr.Internal("addresses of "+cfg.Bridge, err)
+	}
+	for _, p := range want {
+		if !slices.Contains(have, p) {
+			return cnierr.CheckFailed("bridge %q does not answer for the node's address %s: pods cannot reach the node at it", cfg.Bridge, p.Addr())
+		}
+	}
 	for _, ip := range RouteTargets(chain.ContainerIPs(prev)) {
 		ok, err := hostnet.HasHostRoute(link.Attrs().Index, ip)
 		if err != nil {
@@ -197,6 +271,10 @@ func GC(args *skel.CmdArgs) error {
 	var errs []error
 	claimed := map[string]bool{}
 	for _, name := range names {
+		ip, ok := recordAddr(name)
+		if !ok {
+			continue // not a route's record
+		}
 		var rec owner
 		if _, err := store.Load(name, &rec); err != nil {
 			errs = append(errs, err)
@@ -204,10 +282,6 @@ func GC(args *skel.CmdArgs) error {
 		}
 		if rec.Network != cfg.Name || rec.Bridge != cfg.Bridge || rec.Key.In(cfg.ValidAttachments) {
 			claimed[name] = true
-			continue
-		}
-		ip, ok := recordAddr(name)
-		if !ok {
 			continue
 		}
 		if link != nil {
@@ -253,13 +327,15 @@ func ownedBy(store attachstate.Store, key attachstate.Key) ([]netip.Addr, error)
 	}
 	var out []netip.Addr
 	for _, name := range names {
+		ip, ok := recordAddr(name)
+		if !ok {
+			continue
+		}
 		var rec owner
 		if found, err := store.Load(name, &rec); err != nil || !found || rec.Key != key {
 			continue
 		}
-		if ip, ok := recordAddr(name); ok {
-			out = append(out, ip)
-		}
+		out = append(out, ip)
 	}
 	return out, nil
 }

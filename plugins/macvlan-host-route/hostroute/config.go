@@ -29,8 +29,9 @@ type Config struct {
 	Bridge string `json:"bridge"`
 	// MTU of the sub-device when we create it; 0 takes the master's.
 	MTU int `json:"mtu"`
-	// HostAddresses are node addresses put on the sub-device (as /32, /128)
-	// so pods reach the node at them; IPv6 needs this (see README).
+	// HostAddresses, when set, are the node addresses put on the sub-device
+	// (as /32, /128) so pods reach the node at them, instead of the copies
+	// of the master's that Answered picks.
 	HostAddresses []netip.Addr `json:"-"`
 	RawHostAddrs  []string     `json:"hostAddresses"`
 	// StateDir is where route ownership is recorded.
@@ -97,6 +98,24 @@ func RouteTargets(addrs []netip.Prefix) []netip.Addr {
 	for _, p := range addrs {
 		if a := p.Addr(); !slices.Contains(out, a) {
 			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// Answered picks which of the master's addresses the sub-device must answer
+// ARP or NDP for, so that pods reach the node at them. A pod's macvlan hears
+// only the sub-device, never the master, and the kernel answers a neighbour
+// solicitation only for addresses of the interface it arrived on: so every
+// global IPv6 address. ARP answers for any address of the node on any
+// interface, unless arp_ignore (1 or more) restricts it to the receiving
+// interface's: then the IPv4 addresses too. Each keeps its prefix length,
+// which arp_ignore 2 wants for the asker's subnet.
+func Answered(master []netip.Prefix, arpIgnore int) []netip.Prefix {
+	var out []netip.Prefix
+	for _, p := range master {
+		if p.Addr().Is6() || arpIgnore > 0 {
+			out = append(out, p)
 		}
 	}
 	return out

@@ -2,6 +2,7 @@ package hostroute
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -128,5 +129,25 @@ func BenchmarkParse(b *testing.B) {
 		if _, err := Parse(conf); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+func TestAnswered(t *testing.T) {
+	master := []netip.Prefix{netip.MustParsePrefix("192.168.50.2/24"), netip.MustParsePrefix("fd50::2/64"), netip.MustParsePrefix("2001:db8::2/64")}
+	tests := []struct {
+		name      string
+		arpIgnore int
+		want      string
+	}{
+		{"arp_ignore 0: ARP answers anyway, NDP needs every IPv6 address", 0, "[fd50::2/64 2001:db8::2/64]"},
+		{"arp_ignore 1: the IPv4 address too", 1, "[192.168.50.2/24 fd50::2/64 2001:db8::2/64]"},
+		{"arp_ignore 2: the IPv4 address with its subnet", 2, "[192.168.50.2/24 fd50::2/64 2001:db8::2/64]"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := fmt.Sprint(Answered(master, tt.arpIgnore)); got != tt.want {
+				t.Errorf("Answered = %s, want %s", got, tt.want)
+			}
+		})
 	}
 }

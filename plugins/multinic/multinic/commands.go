@@ -245,6 +245,9 @@ func GC(args *skel.CmdArgs) error {
 	}
 	var errs []error
 	for _, name := range names {
+		if !attachstate.IsKeyID(name) {
+			continue // another plugin's file, in a shared stateDir
+		}
 		var rec record
 		if found, err := a.store.Load(name, &rec); err != nil || !found {
 			errs = append(errs, err)

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/containernetworking/cni/pkg/skel"
+	current "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/cnichain/plugins/pkg/attachstate"
 	"github.com/cnichain/plugins/pkg/chain"
@@ -23,6 +24,9 @@ const prevHint = "chain portmap-lite after a plugin that yields the container's 
 type record struct {
 	attachstate.Key
 	Plan
+	// Targets are the pod addresses with what ADD found out about them,
+	// so that CHECK rebuilds the same plan without asking the node again.
+	Targets []Target `json:"targets,omitempty"`
 	// Backend is the one that installed the rules; DEL uses it whatever
 	// the configuration says now.
 	Backend string `json:"backend"`
@@ -63,15 +67,15 @@ func Add(args *skel.CmdArgs) (err error) {
 	if len(cfg.Mappings) == 0 {
 		return chain.Print(prev, cfg.CNIVersion)
 	}
-	ips := chain.ContainerAddrs(prev)
-	if len(ips) == 0 {
-		return cnierr.InvalidConfig("prevResult.ips", "[]", "no container address to forward to")
+	targets, err := findTargets(cfg, prev)
+	if err != nil {
+		return err
 	}
-	plan, err := Build(cfg, key, ips)
+	plan, err := Build(cfg, key, targets)
 	if err != nil {
 		return cnierr.InvalidConfig("runtimeConfig.portMappings", "hostIP", err.Error())
 	}
-	rec := record{Key: key, Plan: *plan, Backend: cfg.Backend}
+	rec := record{Key: key, Plan: *plan, Targets: targets, Backend: cfg.Backend}
 	if err := store.Save(key.ID(), rec); err != nil {
 		return cnierr.Internal("state "+cfg.StateDir, err)
 	}
@@ -104,6 +108,30 @@ func Add(args *skel.CmdArgs) (err error) {
 		log.Info("installed", "family", fp.Family, "backend", cfg.Backend, "chain", fp.DNATChain, "podIP", fp.PodIP, "mappings", len(fp.Maps))
 	}
 	return chain.Print(prev, cfg.CNIVersion)
+}
+
+// findTargets are the container addresses of prev and, unless masqAll is
+// set, whether each one's gateway is an address of this node.
+func findTargets(cfg *Config, prev *current.Result) ([]Target, error) {
+	ips := chain.ContainerAddrs(prev)
+	if len(ips) == 0 {
+		return nil, cnierr.InvalidConfig("prevResult.ips", "[]", "no container address to forward to")
+	}
+	targets := make([]Target, len(ips))
+	for i, ip := range ips {
+		targets[i].IP = ip
+		if cfg.MasqAll != nil {
+			continue
+		}
+		if gw := chain.Gateway(prev, ip); gw.IsValid() {
+			local, err := hostnet.IsLocal(gw)
+			if err != nil {
+				return nil, cnierr.Internal("list the node's addresses", err)
+			}
+			targets[i].RepliesViaNode = local
+		}
+	}
+	return targets, nil
 }
 
 // Del removes exactly what the attachment's ADD installed, found by its
@@ -159,7 +187,13 @@ func Check(args *skel.CmdArgs) error {
 	}
 	plan := &rec.Plan
 	if len(cfg.Mappings) > 0 {
-		if plan, err = Build(cfg, key, chain.ContainerAddrs(prev)); err != nil {
+		targets := rec.Targets
+		if !found || len(targets) == 0 {
+			if targets, err = findTargets(cfg, prev); err != nil {
+				return err
+			}
+		}
+		if plan, err = Build(cfg, key, targets); err != nil {
 			return cnierr.InvalidConfig("runtimeConfig.portMappings", "hostIP", err.Error())
 		}
 	} else if !found {
@@ -200,6 +234,9 @@ func GC(args *skel.CmdArgs) error {
 	}
 	accounted := map[string]bool{}
 	for _, name := range names {
+		if !attachstate.IsKeyID(name) {
+			continue // another plugin's file, in a shared stateDir
+		}
 		var rec record
 		if found, err := store.Load(name, &rec); err != nil || !found {
 			errs = append(errs, err)

@@ -29,8 +29,9 @@ type Config struct {
 	types.PluginConf
 	// SNAT masquerades hairpin and localhost traffic to mapped ports (default true).
 	SNAT *bool `json:"snat"`
-	// MasqAll masquerades all traffic to mapped ports, not only hairpin and localhost.
-	MasqAll bool `json:"masqAll"`
+	// MasqAll masquerades all traffic to mapped ports, not only hairpin and
+	// localhost; unset, ADD decides per pod address (see MasqueradeAll).
+	MasqAll *bool `json:"masqAll"`
 	// ConditionsV4/V6 are extra iptables matches on the jump into the
 	// attachment's DNAT chain, as in the reference portmap.
 	ConditionsV4 *[]string `json:"conditionsV4"`

@@ -72,15 +72,39 @@ func IsAttachmentChain(chain string) (idPrefix string, ok bool) {
 	return "", false
 }
 
+// Target is a container address to forward mapped ports to, and what ADD
+// found out about the way back: whether the pod's replies to a client off
+// its own link pass through the node on their own, because its gateway is
+// an address of the node (bridge with isGateway, ptp). Behind macvlan or
+// ipvlan they do not: the gateway is a router of the lan, or there is none.
+type Target struct {
+	IP             netip.Addr `json:"ip"`
+	RepliesViaNode bool       `json:"repliesViaNode"`
+}
+
+// MasqueradeAll decides whether every connection forwarded to a target is
+// masqueraded, not only hairpin and localhost ones. An explicit masqAll
+// wins. Otherwise only where the pod's replies would bypass the node: there
+// the client would get an answer from the pod's own address, not from the
+// node's it connected to, and drop it. The cost, said in the README: such
+// pods see the node's address as the client's.
+func MasqueradeAll(explicit *bool, t Target) bool {
+	if explicit != nil {
+		return *explicit
+	}
+	return !t.RepliesViaNode
+}
+
 // Build plans the rules of cfg's mappings for the attachment k, whose
-// container addresses are podIPs (the first of each family is used, as by
+// container addresses are targets (the first of each family is used, as by
 // the reference portmap). It fails on a mapping whose hostIP's family the
 // container has no address in.
-func Build(cfg *Config, k attachstate.Key, podIPs []netip.Addr) (*Plan, error) {
+func Build(cfg *Config, k attachstate.Key, targets []Target) (*Plan, error) {
 	plan := &Plan{}
 	comment := trimComment(fmt.Sprintf("name: %q id: %q", cfg.Name, k.ContainerID))
 	for _, fam := range []iptbatch.Family{iptbatch.IPv4, iptbatch.IPv6} {
-		pod, ok := first(podIPs, fam)
+		target, ok := first(targets, fam)
+		pod := target.IP
 		var maps []Mapping
 		for _, m := range cfg.Mappings {
 			if m.HostIP.IsValid() && familyOf(m.HostIP) != fam {
@@ -97,7 +121,8 @@ func Build(cfg *Config, k attachstate.Key, podIPs []netip.Addr) (*Plan, error) {
 		if len(maps) == 0 {
 			continue
 		}
-		fp := FamilyPlan{Family: fam, PodIP: pod, DNATChain: DNATChainName(k), Maps: maps, MasqAll: cfg.MasqAll, Comment: comment}
+		masqAll := MasqueradeAll(cfg.MasqAll, target)
+		fp := FamilyPlan{Family: fam, PodIP: pod, DNATChain: DNATChainName(k), Maps: maps, MasqAll: masqAll, Comment: comment}
 		conditions := cfg.ConditionsV4
 		if fam == iptbatch.IPv6 {
 			conditions = cfg.ConditionsV6
@@ -108,7 +133,7 @@ func Build(cfg *Config, k attachstate.Key, podIPs []netip.Addr) (*Plan, error) {
 		}
 		if *cfg.SNAT {
 			fp.SNATChain = SNATChainName(k)
-			fp.SNAT, fp.Localnet = snatRules(maps, pod, cfg.MasqAll, comment)
+			fp.SNAT, fp.Localnet = snatRules(maps, pod, masqAll, comment)
 			fp.Jumps = append(fp.Jumps, Jump{SNATChain, iptbatch.Rule{"-d", hostPrefix(pod), "-m", "comment", "--comment", comment, "-j", fp.SNATChain}})
 		}
 		plan.Families = append(plan.Families, fp)
@@ -285,13 +310,13 @@ func SharedBatch(saved iptbatch.Saved) *iptbatch.Batch {
 	return b
 }
 
-func first(ips []netip.Addr, fam iptbatch.Family) (netip.Addr, bool) {
-	for _, ip := range ips {
-		if familyOf(ip) == fam {
-			return ip, true
+func first(targets []Target, fam iptbatch.Family) (Target, bool) {
+	for _, t := range targets {
+		if familyOf(t.IP) == fam {
+			return t, true
 		}
 	}
-	return netip.Addr{}, false
+	return Target{}, false
 }
 
 func familyOf(ip netip.Addr) iptbatch.Family {

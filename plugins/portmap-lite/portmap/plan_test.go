@@ -24,10 +24,20 @@ func mustParse(t *testing.T, extra, mappings string) *Config {
 	return cfg
 }
 
-func addrs(s ...string) []netip.Addr {
-	var out []netip.Addr
+// addrs are pods behind a bridge with isGateway: replies come back through the node.
+func addrs(s ...string) []Target {
+	var out []Target
 	for _, a := range s {
-		out = append(out, netip.MustParseAddr(a))
+		out = append(out, Target{IP: netip.MustParseAddr(a), RepliesViaNode: true})
+	}
+	return out
+}
+
+// macvlanPod is a pod whose gateway is not the node: replies bypass it.
+func macvlanPod(s ...string) []Target {
+	out := addrs(s...)
+	for i := range out {
+		out[i].RepliesViaNode = false
 	}
 	return out
 }
@@ -104,7 +114,7 @@ func TestBuildFamiliesAndOptions(t *testing.T) {
 		name     string
 		extra    string
 		mappings string
-		pod      []netip.Addr
+		pod      []Target
 		check    func(t *testing.T, p *Plan)
 		wantErr  string
 	}{
@@ -164,6 +174,29 @@ func TestBuildFamiliesAndOptions(t *testing.T) {
 			check: func(t *testing.T, p *Plan) {
 				if snat := p.Families[0].SNAT; len(snat) != 1 || snat[0][0] != "-d" {
 					t.Fatalf("SNAT = %v", snat)
+				}
+			},
+		},
+		{
+			name:     "a pod whose replies bypass the node (macvlan): every connection is masqueraded, per family",
+			mappings: `[{"hostPort":8080,"containerPort":80}]`,
+			pod:      append(macvlanPod("192.168.50.20"), addrs("fd50::20")...),
+			check: func(t *testing.T, p *Plan) {
+				v4, v6 := p.Families[0], p.Families[1]
+				if !v4.MasqAll || len(v4.SNAT) != 1 || v4.SNAT[0][0] != "-d" {
+					t.Fatalf("IPv4: masqAll %v, SNAT %v", v4.MasqAll, v4.SNAT)
+				}
+				if v6.MasqAll || len(v6.SNAT) != 1 || v6.SNAT[0][0] != "-s" {
+					t.Fatalf("IPv6: masqAll %v, SNAT %v; want hairpin only", v6.MasqAll, v6.SNAT)
+				}
+			},
+		},
+		{
+			name: "masqAll false keeps client addresses even behind macvlan", extra: `,"masqAll":false`,
+			mappings: `[{"hostPort":8080,"containerPort":80}]`, pod: macvlanPod("192.168.50.20"),
+			check: func(t *testing.T, p *Plan) {
+				if fp := p.Families[0]; fp.MasqAll || len(fp.SNAT) != 2 {
+					t.Fatalf("masqAll %v, SNAT %v; want hairpin and localhost only", fp.MasqAll, fp.SNAT)
 				}
 			},
 		},
@@ -333,6 +366,28 @@ func BenchmarkBuildAndRender(b *testing.B) {
 				for i := range plan.Families {
 					_ = plan.Families[i].AddBatch().Text()
 				}
+			}
+		})
+	}
+}
+
+func TestMasqueradeAll(t *testing.T) {
+	yes, no := true, false
+	tests := []struct {
+		name     string
+		explicit *bool
+		viaNode  bool
+		want     bool
+	}{
+		{"bridge with isGateway: the node is the gateway", nil, true, false},
+		{"macvlan: the gateway is a lan router", nil, false, true},
+		{"masqAll true wins", &yes, true, true},
+		{"masqAll false wins", &no, false, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := MasqueradeAll(tt.explicit, Target{RepliesViaNode: tt.viaNode}); got != tt.want {
+				t.Errorf("MasqueradeAll = %v, want %v", got, tt.want)
 			}
 		})
 	}
