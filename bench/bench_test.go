@@ -38,6 +38,7 @@ func TestBench(t *testing.T) {
 
 	benchIPAM(t, r, rounds)
 	benchHostRoute(t, r, rounds)
+	benchWholeChain(t, r, rounds)
 	benchPortmap(t, r, rounds, levels)
 	benchThroughput(t, r, envInt("CNICHAIN_BENCH_THROUGHPUT_PODS", 200), 16)
 
@@ -56,12 +57,14 @@ type chainCase struct {
 	rtm   *sandbox.Runtime
 	list  *libcni.NetworkConfigList
 	pod   ns.NetNS
+	caps  map[string]any // the runtime's capability arguments, if any
 	add   series
 	del   series
 }
 
 func (c *chainCase) round(t *testing.T, i int) {
 	att := sandbox.Attachment(c.pod, fmt.Sprintf("%s-%d", c.label, i), "eth0")
+	att.CapabilityArgs = c.caps
 	d, err := timed(func() error { _, err := c.rtm.Add(c.list, att); return err })
 	if err != nil {
 		t.Fatalf("%s ADD: %v", c.label, err)
@@ -126,6 +129,83 @@ func benchHostRoute(t *testing.T, r *report, rounds int) {
 	r.loopback = loAdd.median()
 	ratio := float64(hrAdd.median()) / float64(loAdd.median())
 	r.check("macvlan-host-route ADD within 1.5x of loopback's ADD", ratio <= 1.5, fmt.Sprintf("%.2fx", ratio))
+}
+
+// benchWholeChain: the headline chain (macvlan + static-ipam ->
+// macvlan-host-route -> portmap-lite) against what a user of the reference
+// plugins would write for a hostPort on a macvlan pod (macvlan + static ->
+// portmap with masqAll), one pod at a time, then 16 pods at once.
+func benchWholeChain(t *testing.T, r *report, rounds int) {
+	sb := sandbox.New(t)
+	sb.EnableForwarding(t)
+	ipam := func(typ string) string {
+		return fmt.Sprintf(`"ipam":{"type":%q,"addresses":[{"address":"192.168.7.10/16","gateway":"192.168.0.1"},{"address":"fd00:c0a8::7:10/64","gateway":"fd00:c0a8::1"}],
+			"routes":[{"dst":"0.0.0.0/0"},{"dst":"::/0"}]}`, typ)
+	}
+	ours := newChainCase(t, sb, "whole", `{"cniVersion":"1.1.0","name":"whole","plugins":[
+		{"type":"macvlan","master":"eno1","mode":"bridge","capabilities":{"ips":true},`+ipam("static-ipam")+`},
+		{"type":"macvlan-host-route","master":"eno1"},
+		{"type":"portmap-lite","capabilities":{"portMappings":true}}]}`)
+	ref := newChainCase(t, sb, "whole-ref", `{"cniVersion":"1.1.0","name":"whole-ref","plugins":[
+		{"type":"macvlan","master":"eno1","mode":"bridge","capabilities":{"ips":true},`+ipam("static")+`},
+		{"type":"portmap","masqAll":true,"capabilities":{"portMappings":true}}]}`)
+	ours.caps = map[string]any{"portMappings": []map[string]any{{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}}}
+	ref.caps = map[string]any{"portMappings": []map[string]any{{"hostPort": 8081, "containerPort": 80, "protocol": "tcp"}}}
+	for i := 0; i < rounds; i++ {
+		ours.round(t, i)
+		ref.round(t, i)
+	}
+	const s = "5. the whole chain: macvlan + static-ipam -> macvlan-host-route -> portmap-lite vs macvlan + static -> portmap (masqAll)"
+	r.rows = append(r.rows,
+		row{section: s, name: "ADD, 1 mapping", ours: &ours.add, ref: &ref.add},
+		row{section: s, name: "DEL, 1 mapping", ours: &ours.del, ref: &ref.del})
+	const parallel = 16
+	bursts := max(3, rounds/5)
+	var oursBurst, refBurst series
+	for b := 0; b < bursts; b++ {
+		for _, c := range []struct {
+			cc  *chainCase
+			out *series
+			v4  int
+		}{{ours, &oursBurst, 70}, {ref, &refBurst, 71}} {
+			atts := make([]*libcni.RuntimeConf, parallel)
+			for i := range atts {
+				atts[i] = sandbox.Attachment(sb.NewPod(t), fmt.Sprintf("%s-burst-%d-%d", c.cc.label, b, i), "eth0")
+				atts[i].CapabilityArgs = map[string]any{
+					"ips":          []string{fmt.Sprintf("192.168.%d.%d/16", c.v4, 10+i), fmt.Sprintf("fd00:c0a8::%d:%x/64", c.v4, 10+i)},
+					"portMappings": []map[string]any{{"hostPort": 20000 + 100*c.v4 + i, "containerPort": 80, "protocol": "tcp"}},
+				}
+			}
+			c.out.d = append(c.out.d, burst(t, atts, func(a *libcni.RuntimeConf) error { _, err := c.cc.rtm.Add(c.cc.list, a); return err })...)
+			burst(t, atts, func(a *libcni.RuntimeConf) error { return c.cc.rtm.Del(c.cc.list, a) })
+		}
+	}
+	r.rows = append(r.rows, row{section: s, name: fmt.Sprintf("ADD, %d pods at once, median", parallel), ours: &oursBurst, ref: &refBurst})
+	p99 := func(s *series) string { return ms(s.quantile(0.99)) }
+	r.notes = append(r.notes, fmt.Sprintf("The whole chain, ADD of %d pods at once (%d bursts, %d samples each): p50 / p99 ours %s / %s ms, reference %s / %s ms.",
+		parallel, bursts, len(oursBurst.d), ms(oursBurst.median()), p99(&oursBurst), ms(refBurst.median()), p99(&refBurst)), "")
+}
+
+// burst runs fn for every attachment at once and returns each one's time.
+func burst(t *testing.T, atts []*libcni.RuntimeConf, fn func(*libcni.RuntimeConf) error) []time.Duration {
+	t.Helper()
+	out := make([]time.Duration, len(atts))
+	errs := make([]error, len(atts))
+	var wg sync.WaitGroup
+	for i, a := range atts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out[i], errs[i] = timed(func() error { return fn(a) })
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	return out
 }
 
 func mustTime(t *testing.T, fn func() error) time.Duration {

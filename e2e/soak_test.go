@@ -85,6 +85,28 @@ var soakChains = []soakChain{
 		},
 	},
 	{
+		file: wholeChain, // macvlan + static-ipam -> macvlan-host-route -> portmap-lite
+		setup: func(t *testing.T, sb *sandbox.Sandbox, text string) string {
+			sb.EnableForwarding(t)
+			return text
+		},
+		caps: func(i int) map[string]any {
+			return map[string]any{
+				"ips":          []string{fmt.Sprintf("192.168.%d.%d/16", 60+i/200, 2+i%200), fmt.Sprintf("fd00:c0a8::60:%x/64", 2+i)},
+				"portMappings": []map[string]any{{"hostPort": 41000 + i, "containerPort": 80, "protocol": "tcp"}},
+			}
+		},
+		works: func(t *testing.T, sb *sandbox.Sandbox, pod ns.NetNS, i int, _ netip.Addr) error {
+			want := fmt.Sprintf("pod %d", i)
+			sandbox.ServeTCP(t, pod, 80, want)
+			got, err := sandbox.DialTCP(sb.LAN, netip.AddrPortFrom(sandbox.NodeIPv4.Addr(), uint16(41000+i)))
+			if err == nil && got != want {
+				err = fmt.Errorf("hostPort %d answered %q, want %q", 41000+i, got, want)
+			}
+			return err
+		},
+	},
+	{
 		file: "10-static-macvlan.conflist", // macvlan + static-ipam, addresses per pod
 		caps: func(i int) map[string]any {
 			return map[string]any{"ips": []string{fmt.Sprintf("192.168.%d.%d/16", 100+i/200, 2+i%200)}}
