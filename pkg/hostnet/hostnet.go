@@ -17,6 +17,7 @@ import (
 	"syscall"
 
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
+	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -180,11 +181,16 @@ func HostRoute(linkIndex int, ip netip.Addr) *netlink.Route {
 	return &netlink.Route{LinkIndex: linkIndex, Dst: hostNet(ip), Scope: netlink.SCOPE_LINK, Protocol: RouteProtocol}
 }
 
-// AddHostRoute adds the route to ip through link. A route that is already
-// there through link is success; one through another link is an error, not
+// AddHostRoute adds the route to ip through link, with src as the node's
+// preferred source address when valid. A route that is already there
+// through link is success; one through another link is an error, not
 // something to overwrite.
-func AddHostRoute(link netlink.Link, ip netip.Addr) error {
-	err := netlink.RouteAdd(HostRoute(link.Attrs().Index, ip))
+func AddHostRoute(link netlink.Link, ip, src netip.Addr) error {
+	route := HostRoute(link.Attrs().Index, ip)
+	if src.IsValid() {
+		route.Src = src.AsSlice()
+	}
+	err := netlink.RouteAdd(route)
 	if err == nil || !errors.Is(err, syscall.EEXIST) {
 		return err
 	}
@@ -278,6 +284,74 @@ func IsLocal(ip netip.Addr) (bool, error) {
 		}
 	}
 	return false, nil
+}
+
+// DefaultRouteLink is the name of the link of the node's first default
+// route (IPv4 or IPv6, as listed): the master the reference macvlan takes
+// when its configuration names none.
+func DefaultRouteLink() (string, error) {
+	routes, err := netlinksafe.RouteList(nil, netlink.FAMILY_ALL)
+	if err != nil {
+		return "", err
+	}
+	for _, r := range routes {
+		if r.Dst != nil {
+			if ones, _ := r.Dst.Mask.Size(); ones != 0 || !r.Dst.IP.IsUnspecified() {
+				continue
+			}
+		}
+		link, err := netlink.LinkByIndex(r.LinkIndex)
+		if err != nil {
+			return "", err
+		}
+		return link.Attrs().Name, nil
+	}
+	return "", errors.New("no default route")
+}
+
+// LinkIndex is the index of the link called name, 0 when there is none
+// (or no name).
+func LinkIndex(name string) int {
+	if name == "" {
+		return 0
+	}
+	link, err := netlinksafe.LinkByName(name)
+	if err != nil {
+		return 0
+	}
+	return link.Attrs().Index
+}
+
+// PodLink is a container's interface as the node sees it.
+type PodLink struct {
+	Name string
+	Kind string // "macvlan", "veth", "ipvlan", ...
+	// Mode and ParentIndex (the node's index of the link it sits on) are
+	// a macvlan's.
+	Mode        netlink.MacvlanMode
+	ParentIndex int
+}
+
+// InspectPodLink describes the interface ifname in the network namespace
+// at netnsPath; nil, nil when there is no such interface.
+func InspectPodLink(netnsPath, ifname string) (*PodLink, error) {
+	var out *PodLink
+	err := ns.WithNetNSPath(netnsPath, func(ns.NetNS) error {
+		link, err := netlinksafe.LinkByName(ifname)
+		var notFound netlink.LinkNotFoundError
+		if errors.As(err, &notFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		out = &PodLink{Name: ifname, Kind: link.Type(), ParentIndex: link.Attrs().ParentIndex}
+		if mv, ok := link.(*netlink.Macvlan); ok {
+			out.Mode = mv.Mode
+		}
+		return nil
+	})
+	return out, err
 }
 
 // ErrNoRoute means the node has no route to an address.

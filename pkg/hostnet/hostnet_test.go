@@ -136,7 +136,7 @@ func TestHostRoutes(t *testing.T) {
 					t.Fatal(err)
 				}
 				for i := 0; i < 2; i++ {
-					if err := AddHostRoute(link, addr); err != nil {
+					if err := AddHostRoute(link, addr, netip.Addr{}); err != nil {
 						t.Fatalf("AddHostRoute #%d: %v", i+1, err)
 					}
 				}
@@ -169,7 +169,7 @@ func TestHostRoutes(t *testing.T) {
 			if err := netlink.RouteAdd(HostRoute(master.Attrs().Index, addr)); err != nil {
 				t.Fatal(err)
 			}
-			if err := AddHostRoute(link, addr); err == nil || !strings.Contains(err.Error(), "through another link") {
+			if err := AddHostRoute(link, addr, netip.Addr{}); err == nil || !strings.Contains(err.Error(), "through another link") {
 				t.Fatalf("err = %v, want a refusal", err)
 			}
 		})

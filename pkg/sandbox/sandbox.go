@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -183,5 +184,53 @@ func (sb *Sandbox) EnableForwarding(t testing.TB) {
 	})
 	if err != nil {
 		t.Fatalf("node forwarding: %v", err)
+	}
+}
+
+// AddVLAN puts VLAN id on the wire between node and lan: eno1.<id> in the
+// node with nodeAddr, eth0.<id> in the lan with lanAddr, both up. It
+// returns the node's link name.
+func (sb *Sandbox) AddVLAN(t testing.TB, id int, nodeAddr, lanAddr netip.Prefix) string {
+	t.Helper()
+	for _, end := range []struct {
+		netns  ns.NetNS
+		parent string
+		addr   netip.Prefix
+	}{{sb.Node, Uplink, nodeAddr}, {sb.LAN, "eth0", lanAddr}} {
+		name := fmt.Sprintf("%s.%d", end.parent, id)
+		MustRun(t, end.netns, "ip", "link", "add", "link", end.parent, "name", name, "type", "vlan", "id", fmt.Sprint(id))
+		MustRun(t, end.netns, "ip", "addr", "add", end.addr.String(), "dev", name, "nodad")
+		MustRun(t, end.netns, "ip", "link", "set", name, "up")
+	}
+	return fmt.Sprintf("%s.%d", Uplink, id)
+}
+
+// AddUplink adds a second wire between node and lan: a veth with name in
+// the node (nodeAddr) and lanName in the lan (lanAddr), both up.
+func (sb *Sandbox) AddUplink(t testing.TB, name, lanName string, nodeAddr, lanAddr netip.Prefix) {
+	t.Helper()
+	MustRun(t, sb.Node, "ip", "link", "add", name, "type", "veth", "peer", "name", lanName, "netns", sb.LAN.Path())
+	for _, end := range []struct {
+		netns ns.NetNS
+		link  string
+		addr  netip.Prefix
+	}{{sb.Node, name, nodeAddr}, {sb.LAN, lanName, lanAddr}} {
+		MustRun(t, end.netns, "ip", "addr", "add", end.addr.String(), "dev", end.link, "nodad")
+		MustRun(t, end.netns, "ip", "link", "set", end.link, "up")
+	}
+}
+
+// RequireLinkKind skips the test when the kernel cannot make links of kind
+// (vlan, ipvlan, dummy: some kernels are built without them), saying so.
+func RequireLinkKind(t testing.TB, kind string, args ...string) {
+	t.Helper()
+	probe := NewNS(t)
+	cmd := append([]string{"link", "add", "probe0", "type", kind}, args...)
+	if kind == "vlan" || kind == "ipvlan" || kind == "macvlan" {
+		MustRun(t, probe, "ip", "link", "add", "probe-parent", "type", "veth", "peer", "name", "probe-peer")
+		cmd = append([]string{"link", "add", "link", "probe-parent", "probe0", "type", kind}, args...)
+	}
+	if out, err := Run(probe, nil, "ip", cmd...); err != nil {
+		t.Skipf("this kernel cannot make a %s link (%v: %s); the test needs one", kind, err, strings.TrimSpace(out))
 	}
 }

@@ -225,8 +225,9 @@ func TestTraffic(t *testing.T) {
 				if err := rtm.Del(list, att); err != nil {
 					t.Fatal(err)
 				}
-				// The reference flushes on ADD only (plugins#123): a new pod on the port would get a dead flow.
-				if n := udpFlows(t, sb, 5353); plugin != "portmap" && n != 0 {
+				// A new pod on the port would get a dead flow (plugins#123); the
+				// reference flushes on DEL too since v1.10.0.
+				if n := udpFlows(t, sb, 5353); n != 0 {
 					t.Errorf("%d UDP conntrack entries to hostPort 5353 survive DEL", n)
 				}
 				if after := natState(t, sb); after != before {

@@ -62,6 +62,20 @@ func Add(args *skel.CmdArgs) (err error) {
 	if len(targets) == 0 {
 		return cnierr.InvalidConfig("prevResult.ips", "[]", "no container address to route to; chain this plugin after macvlan with an IPAM")
 	}
+	if err := settleMaster(cfg); err != nil {
+		return err
+	}
+	master, err := hostnet.Master(cfg.Master)
+	if err != nil {
+		return linkError(cfg, err)
+	}
+	pod, err := hostnet.InspectPodLink(args.Netns, args.IfName)
+	if err != nil {
+		return cnierr.Internal("the pod's "+args.IfName, err)
+	}
+	if err := PodLinkProblem(pod, cfg.Master, master.Attrs().Index); err != nil {
+		return err
+	}
 	link, err := hostnet.EnsureMacvlanBridge(cfg.Bridge, cfg.Master, cfg.MTU)
 	if err != nil {
 		return linkError(cfg, err)
@@ -73,8 +87,12 @@ func Add(args *skel.CmdArgs) (err error) {
 			log.Error("add", "error", err)
 		}
 	}()
+	masterAddrs, err := hostnet.GlobalAddresses(master)
+	if err != nil {
+		return cnierr.Internal("addresses of "+cfg.Master, err)
+	}
 	store := attachstate.Store{Dir: cfg.StateDir}
-	if err := answerForNode(cfg, link, store); err != nil {
+	if err := answerForNode(cfg, link, masterAddrs, store); err != nil {
 		return err
 	}
 	rec := owner{Key: keyOf(cfg, args), Bridge: cfg.Bridge}
@@ -92,7 +110,7 @@ func Add(args *skel.CmdArgs) (err error) {
 			return cnierr.Internal("state "+cfg.StateDir, err)
 		}
 		done = append(done, ip)
-		if err := hostnet.AddHostRoute(link, ip); err != nil {
+		if err := hostnet.AddHostRoute(link, ip, PreferredSource(masterAddrs, ip)); err != nil {
 			return cnierr.Internal(fmt.Sprintf("host route to %s via %s", ip, cfg.Bridge), err)
 		}
 		log.Info("route added", "ip", ip, "bridge", cfg.Bridge)
@@ -104,8 +122,8 @@ func Add(args *skel.CmdArgs) (err error) {
 // pods talk to: hostAddresses when set, else copies of the master's that
 // Answered picks, brought up to date (added and taken away) on every ADD.
 // It changes addresses of the sub-device only, which is ours.
-func answerForNode(cfg *Config, link netlink.Link, store attachstate.Store) error {
-	want, err := nodeAnswers(cfg)
+func answerForNode(cfg *Config, link netlink.Link, masterAddrs []netip.Prefix, store attachstate.Store) error {
+	want, err := nodeAnswers(cfg, masterAddrs)
 	if err != nil {
 		return err
 	}
@@ -134,8 +152,9 @@ func answerForNode(cfg *Config, link netlink.Link, store attachstate.Store) erro
 	return nil
 }
 
-// nodeAnswers are the addresses the sub-device must answer for now.
-func nodeAnswers(cfg *Config) ([]netip.Prefix, error) {
+// nodeAnswers are the addresses the sub-device must answer for now, given
+// the master's.
+func nodeAnswers(cfg *Config, masterAddrs []netip.Prefix) ([]netip.Prefix, error) {
 	if len(cfg.HostAddresses) > 0 {
 		out := make([]netip.Prefix, len(cfg.HostAddresses))
 		for i, a := range cfg.HostAddresses {
@@ -143,19 +162,11 @@ func nodeAnswers(cfg *Config) ([]netip.Prefix, error) {
 		}
 		return out, nil
 	}
-	master, err := hostnet.Master(cfg.Master)
-	if err != nil {
-		return nil, linkError(cfg, err)
-	}
-	addrs, err := hostnet.GlobalAddresses(master)
-	if err != nil {
-		return nil, cnierr.Internal("addresses of "+cfg.Master, err)
-	}
 	arpIgnore, err := hostnet.ARPIgnore(cfg.Bridge)
 	if err != nil {
 		return nil, cnierr.Internal("arp_ignore", err)
 	}
-	return Answered(addrs, arpIgnore), nil
+	return Answered(masterAddrs, arpIgnore), nil
 }
 
 // Del removes this attachment's host routes and their records. It succeeds
@@ -177,9 +188,11 @@ func Del(args *skel.CmdArgs) error {
 	} else if targets, err = ownedBy(store, key); err != nil {
 		return cnierr.Internal("state "+cfg.StateDir, err)
 	}
-	linkIndex := 0
-	if link, err := hostnet.MacvlanBridge(cfg.Bridge, cfg.Master); err == nil {
-		linkIndex = link.Attrs().Index
+	// Each route goes through the sub-device its record names; without a
+	// record, the configured one (when the master can still be told).
+	fallback := ""
+	if settleMaster(cfg) == nil {
+		fallback = cfg.Bridge
 	}
 	for _, ip := range targets {
 		var rec owner
@@ -190,17 +203,33 @@ func Del(args *skel.CmdArgs) error {
 		if found && rec.Key != key {
 			continue
 		}
-		if linkIndex != 0 {
-			if err := hostnet.DelHostRoute(linkIndex, ip); err != nil {
+		bridge := fallback
+		if found {
+			bridge = rec.Bridge
+		}
+		if index := hostnet.LinkIndex(bridge); index != 0 {
+			if err := hostnet.DelHostRoute(index, ip); err != nil {
 				return cnierr.Internal("host route", err)
 			}
 		}
 		if err := store.Delete(recordName(ip)); err != nil {
 			return cnierr.Internal("state "+cfg.StateDir, err)
 		}
-		log.Info("route removed", "ip", ip, "bridge", cfg.Bridge)
+		log.Info("route removed", "ip", ip, "bridge", bridge)
 	}
 	return nil
+}
+
+// settleMaster finds the master a configuration left out, by macvlan's rule.
+func settleMaster(cfg *Config) error {
+	if cfg.Master != "" {
+		return nil
+	}
+	name, err := hostnet.DefaultRouteLink()
+	if err != nil {
+		return cnierr.InvalidConfig("master", "", "left out, and the node's default route, which names it then (as for macvlan), is not there: "+err.Error())
+	}
+	return cfg.WithMaster(name)
 }
 
 // Check fails when the sub-device is missing or wrong, or a pod address of
@@ -214,11 +243,22 @@ func Check(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
+	if err := settleMaster(cfg); err != nil {
+		return err
+	}
 	link, err := hostnet.MacvlanBridge(cfg.Bridge, cfg.Master)
 	if err != nil {
 		return cnierr.CheckFailed("bridge %q: %v", cfg.Bridge, err)
 	}
-	want, err := nodeAnswers(cfg)
+	master, err := hostnet.Master(cfg.Master)
+	if err != nil {
+		return linkError(cfg, err)
+	}
+	masterAddrs, err := hostnet.GlobalAddresses(master)
+	if err != nil {
+		return cnierr.Internal("addresses of "+cfg.Master, err)
+	}
+	want, err := nodeAnswers(cfg, masterAddrs)
 	if err != nil {
 		return err
 	}
@@ -251,9 +291,10 @@ func GC(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	link, err := hostnet.MacvlanBridge(cfg.Bridge, cfg.Master)
-	if err != nil {
-		link = nil // nothing routes through a missing sub-device; still drop stale records
+	var link netlink.Link
+	if settleMaster(cfg) == nil {
+		// A missing sub-device routes nothing; stale records still go.
+		link, _ = hostnet.MacvlanBridge(cfg.Bridge, cfg.Master)
 	}
 	// Routes first, records second: an ADD writes its record before its
 	// route, so every route listed here has its record by the time we read.
@@ -280,12 +321,12 @@ func GC(args *skel.CmdArgs) error {
 			errs = append(errs, err)
 			continue
 		}
-		if rec.Network != cfg.Name || rec.Bridge != cfg.Bridge || rec.Key.In(cfg.ValidAttachments) {
+		if rec.Network != cfg.Name || rec.Key.In(cfg.ValidAttachments) {
 			claimed[name] = true
 			continue
 		}
-		if link != nil {
-			if err := hostnet.DelHostRoute(link.Attrs().Index, ip); err != nil {
+		if index := hostnet.LinkIndex(rec.Bridge); index != 0 {
+			if err := hostnet.DelHostRoute(index, ip); err != nil {
 				errs = append(errs, err)
 				continue
 			}
@@ -311,6 +352,9 @@ func Status(args *skel.CmdArgs) error {
 	cfg, err := Parse(args.StdinData)
 	if err != nil {
 		return err
+	}
+	if err := settleMaster(cfg); err != nil {
+		return cnierr.Unavailable("master: %v", err)
 	}
 	if _, err := hostnet.Master(cfg.Master); err != nil {
 		return cnierr.Unavailable("master %q: %v", cfg.Master, err)

@@ -9,9 +9,11 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/cni/pkg/utils"
+	"github.com/vishvananda/netlink"
 
 	"github.com/cnichain/plugins/pkg/cnierr"
 	"github.com/cnichain/plugins/pkg/cnilog"
+	"github.com/cnichain/plugins/pkg/hostnet"
 )
 
 // DefaultStateDir holds the records of which attachment owns which route.
@@ -23,7 +25,8 @@ const bridgeSuffix = ".host"
 // Config is a validated macvlan-host-route configuration.
 type Config struct {
 	types.PluginConf
-	// Master is the uplink the pods' macvlans sit on.
+	// Master is the uplink the pods' macvlans sit on; left out, the link of
+	// the node's default route (see WithMaster).
 	Master string `json:"master"`
 	// Bridge is the node's bridge-mode macvlan sub-device of Master.
 	Bridge string `json:"bridge"`
@@ -47,20 +50,18 @@ func Parse(stdin []byte) (*Config, error) {
 	if err := json.Unmarshal(stdin, &cfg); err != nil {
 		return nil, cnierr.Decode("network configuration", err)
 	}
-	if cfg.Master == "" {
-		return nil, cnierr.MissingConfig("master", "name the uplink the macvlan pods use, e.g. \"eno1\"")
+	if cfg.Master != "" {
+		if err := utils.ValidateInterfaceName(cfg.Master); err != nil {
+			return nil, cnierr.InvalidConfig("master", cfg.Master, err.Msg)
+		}
 	}
-	if err := utils.ValidateInterfaceName(cfg.Master); err != nil {
-		return nil, cnierr.InvalidConfig("master", cfg.Master, err.Msg)
+	if cfg.Bridge != "" {
+		if err := utils.ValidateInterfaceName(cfg.Bridge); err != nil {
+			return nil, cnierr.InvalidConfig("bridge", cfg.Bridge, err.Msg)
+		}
 	}
-	if cfg.Bridge == "" {
-		cfg.Bridge = DefaultBridge(cfg.Master)
-	}
-	if err := utils.ValidateInterfaceName(cfg.Bridge); err != nil {
-		return nil, cnierr.InvalidConfig("bridge", cfg.Bridge, err.Msg)
-	}
-	if cfg.Bridge == cfg.Master {
-		return nil, cnierr.InvalidConfig("bridge", cfg.Bridge, "must differ from master")
+	if err := cfg.WithMaster(cfg.Master); err != nil {
+		return nil, err
 	}
 	if cfg.MTU != 0 && (cfg.MTU < 68 || cfg.MTU > 65535) {
 		return nil, cnierr.InvalidConfig("mtu", cfg.MTU, "outside 68-65535")
@@ -79,6 +80,23 @@ func Parse(stdin []byte) (*Config, error) {
 		return nil, err
 	}
 	return &cfg, nil
+}
+
+// WithMaster settles the master (when Parse found none, the link of the
+// node's default route, as macvlan picks it) and, unless configured, the
+// sub-device named after it. An empty master leaves both for later.
+func (cfg *Config) WithMaster(master string) error {
+	cfg.Master = master
+	if master == "" {
+		return nil
+	}
+	if cfg.Bridge == "" {
+		cfg.Bridge = DefaultBridge(master)
+	}
+	if cfg.Bridge == cfg.Master {
+		return cnierr.InvalidConfig("bridge", cfg.Bridge, "must differ from master")
+	}
+	return nil
 }
 
 // DefaultBridge is "<master>.host", with the master's name cut so the whole
@@ -103,6 +121,20 @@ func RouteTargets(addrs []netip.Prefix) []netip.Addr {
 	return out
 }
 
+// PreferredSource is the node's address to send from to the pod address ip:
+// the master's address whose subnet holds ip, so that the pod answers it
+// on its own link; the zero Addr when none does (the kernel then picks).
+// Without it a node with several uplinks may send from another uplink's
+// address, which the pod can only answer through its gateway.
+func PreferredSource(master []netip.Prefix, ip netip.Addr) netip.Addr {
+	for _, p := range master {
+		if p.Masked().Contains(ip) {
+			return p.Addr()
+		}
+	}
+	return netip.Addr{}
+}
+
 // Answered picks which of the master's addresses the sub-device must answer
 // ARP or NDP for, so that pods reach the node at them. A pod's macvlan hears
 // only the sub-device, never the master, and the kernel answers a neighbour
@@ -119,4 +151,37 @@ func Answered(master []netip.Prefix, arpIgnore int) []netip.Prefix {
 		}
 	}
 	return out
+}
+
+// modeNames are macvlan's words for its modes, as its "mode" key takes them.
+var modeNames = map[netlink.MacvlanMode]string{
+	netlink.MACVLAN_MODE_PRIVATE: "private", netlink.MACVLAN_MODE_VEPA: "vepa",
+	netlink.MACVLAN_MODE_BRIDGE: "bridge", netlink.MACVLAN_MODE_PASSTHRU: "passthru",
+	netlink.MACVLAN_MODE_SOURCE: "source",
+}
+
+// PodLinkProblem says why the node's bridge-mode sub-device of master (at
+// masterIndex) could not reach the pod's interface p, or nil when it can:
+// a route through it would lead nowhere. Only a bridge-mode macvlan of the
+// same master exchanges frames with the sub-device inside the kernel; vepa
+// sends them to the wire, private drops them, passthru owns the master.
+func PodLinkProblem(p *hostnet.PodLink, master string, masterIndex int) error {
+	switch {
+	case p == nil:
+		return nil // not there to look at (a runtime that names no interface): trust the chain
+	case p.Kind != "macvlan":
+		return cnierr.InvalidConfig("master", master,
+			fmt.Sprintf("the pod's %s is a %s, not a macvlan: chain macvlan-host-route after macvlan", p.Name, p.Kind))
+	case p.Mode != netlink.MACVLAN_MODE_BRIDGE:
+		mode := modeNames[p.Mode]
+		if mode == "" {
+			mode = fmt.Sprint(int(p.Mode))
+		}
+		return cnierr.InvalidConfig("mode", mode, fmt.Sprintf(
+			"the pod's macvlan %s is not in bridge mode, so the node's bridge-mode sub-device cannot reach it; set \"mode\": \"bridge\" in macvlan", p.Name))
+	case p.ParentIndex != masterIndex:
+		return cnierr.InvalidConfig("master", master, fmt.Sprintf(
+			"the pod's macvlan %s sits on another link (index %d, %q is %d): set the same master in both plugins", p.Name, p.ParentIndex, master, masterIndex))
+	}
+	return nil
 }

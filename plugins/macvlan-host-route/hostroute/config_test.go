@@ -8,6 +8,9 @@ import (
 	"testing"
 
 	"github.com/containernetworking/cni/pkg/types"
+	"github.com/vishvananda/netlink"
+
+	"github.com/cnichain/plugins/pkg/hostnet"
 )
 
 func TestParse(t *testing.T) {
@@ -49,7 +52,19 @@ func TestParse(t *testing.T) {
 			},
 		},
 		{name: "not JSON", conf: `{`, wantCode: types.ErrDecodingFailure, wantMsg: "network configuration: cannot decode"},
-		{name: "master missing", conf: `{"name":"n"}`, wantCode: types.ErrInvalidNetworkConfig, wantMsg: "master: missing"},
+		{
+			name: "master left out: settled later from the default route, as macvlan does",
+			conf: `{"name":"n"}`,
+			want: func(c *Config) string {
+				if c.Master != "" || c.Bridge != "" {
+					return "want master and bridge left for later"
+				}
+				if err := c.WithMaster("ens3"); err != nil || c.Bridge != "ens3.host" {
+					return fmt.Sprintf("WithMaster(ens3): bridge %q, %v", c.Bridge, err)
+				}
+				return ""
+			},
+		},
 		{name: "master with a slash", conf: `{"name":"n","master":"a/b"}`, wantCode: types.ErrInvalidNetworkConfig, wantMsg: `master "a/b"`},
 		{name: "bridge too long", conf: `{"name":"n","master":"eno1","bridge":"a-very-long-name-0"}`, wantCode: types.ErrInvalidNetworkConfig, wantMsg: `bridge "a-very-long-name-0"`},
 		{name: "bridge is the master", conf: `{"name":"n","master":"eno1","bridge":"eno1"}`, wantCode: types.ErrInvalidNetworkConfig, wantMsg: `bridge "eno1": must differ from master`},
@@ -111,6 +126,9 @@ func FuzzParse(f *testing.F) {
 			}
 			return
 		}
+		if cfg.Master == "" && cfg.WithMaster("eth0") != nil {
+			return // a bridge named eth0: refused once the master is known
+		}
 		if cfg.Bridge == "" || len(cfg.Bridge) > 15 || cfg.Bridge == cfg.Master || cfg.StateDir == "" {
 			t.Fatalf("accepted config with bridge %q master %q stateDir %q", cfg.Bridge, cfg.Master, cfg.StateDir)
 		}
@@ -149,5 +167,54 @@ func TestAnswered(t *testing.T) {
 				t.Errorf("Answered = %s, want %s", got, tt.want)
 			}
 		})
+	}
+}
+
+func TestPodLinkProblem(t *testing.T) {
+	macvlan := func(mode netlink.MacvlanMode, parent int) *hostnet.PodLink {
+		return &hostnet.PodLink{Name: "eth0", Kind: "macvlan", Mode: mode, ParentIndex: parent}
+	}
+	tests := []struct {
+		name    string
+		pod     *hostnet.PodLink
+		wantMsg string // "" for no problem
+	}{
+		{"a bridge-mode macvlan of the master", macvlan(netlink.MACVLAN_MODE_BRIDGE, 2), ""},
+		{"no interface to look at", nil, ""},
+		{"vepa", macvlan(netlink.MACVLAN_MODE_VEPA, 2), `mode "vepa": the pod's macvlan eth0 is not in bridge mode`},
+		{"private", macvlan(netlink.MACVLAN_MODE_PRIVATE, 2), `mode "private"`},
+		{"passthru", macvlan(netlink.MACVLAN_MODE_PASSTHRU, 2), `mode "passthru"`},
+		{"another master", macvlan(netlink.MACVLAN_MODE_BRIDGE, 7), `master "eno1": the pod's macvlan eth0 sits on another link (index 7, "eno1" is 2)`},
+		{"not a macvlan", &hostnet.PodLink{Name: "eth0", Kind: "veth"}, `master "eno1": the pod's eth0 is a veth, not a macvlan`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := PodLinkProblem(tt.pod, "eno1", 2)
+			if tt.wantMsg == "" {
+				if err != nil {
+					t.Fatalf("PodLinkProblem = %v, want none", err)
+				}
+				return
+			}
+			var cniErr *types.Error
+			if !errors.As(err, &cniErr) || cniErr.Code != types.ErrInvalidNetworkConfig || !strings.Contains(cniErr.Msg, tt.wantMsg) {
+				t.Fatalf("PodLinkProblem = %v, want code 7 containing %q", err, tt.wantMsg)
+			}
+		})
+	}
+}
+
+func TestPreferredSource(t *testing.T) {
+	master := []netip.Prefix{netip.MustParsePrefix("192.168.100.5/24"), netip.MustParsePrefix("10.0.0.5/8"), netip.MustParsePrefix("fd00::5/64")}
+	for ip, want := range map[string]string{
+		"192.168.100.20": "192.168.100.5",
+		"10.9.9.9":       "10.0.0.5",
+		"fd00::20":       "fd00::5",
+		"172.16.0.9":     "invalid IP",
+		"fd01::20":       "invalid IP",
+	} {
+		if got := PreferredSource(master, netip.MustParseAddr(ip)).String(); got != want {
+			t.Errorf("PreferredSource(%s) = %s, want %s", ip, got, want)
+		}
 	}
 }
