@@ -243,3 +243,75 @@ func TestWholeChainCnitool(t *testing.T) {
 		t.Fatalf("node after cnitool del:\n%s\nbefore:\n%s", after, before)
 	}
 }
+
+// TestSecondAttachment is a Multus-style pod: the same pod on two networks
+// of the whole chain (eth0 and net1), deleted in either order; each
+// network's routes and rules are its own.
+func TestSecondAttachment(t *testing.T) {
+	for _, order := range []string{"eth0 first", "net1 first"} {
+		t.Run(order, func(t *testing.T) {
+			sb := sandbox.New(t)
+			sb.EnableForwarding(t)
+			rtm := sb.Runtime(t)
+			first := wholeChainList(t, sb, "")
+			second := sandbox.ListFromJSON(t, strings.NewReplacer(
+				`"name":"macvlan-hostport"`, `"name":"macvlan-hostport-b"`,
+				"192.168.50.20", "192.168.51.20", "fd00:c0a8::50:20", "fd00:c0a8::51:20").Replace(string(first.Bytes)))
+			ports := func(p int) map[string]any {
+				return map[string]any{"portMappings": []map[string]any{{"hostPort": p, "containerPort": 80, "protocol": "tcp"}}}
+			}
+			// Warm up both networks: what stays by design appears now.
+			warm := sb.NewPod(t)
+			for i, list := range []*libcni.NetworkConfigList{first, second} {
+				att := sandbox.Attachment(warm, "warm", []string{"eth0", "net1"}[i])
+				att.CapabilityArgs = ports(8080 + i)
+				mustAdd(t, rtm, list, att)
+				mustDel(t, rtm, list, att)
+			}
+			before := sb.Snapshot(t)
+
+			pod := sb.NewPod(t)
+			atts := []*libcni.RuntimeConf{sandbox.Attachment(pod, "multi", "eth0"), sandbox.Attachment(pod, "multi", "net1")}
+			lists := []*libcni.NetworkConfigList{first, second}
+			for i := range atts {
+				atts[i].CapabilityArgs = ports(8080 + i)
+				mustAdd(t, rtm, lists[i], atts[i])
+				t.Cleanup(func() { _ = rtm.Del(lists[i], atts[i]) })
+			}
+			sandbox.WaitDAD(t, pod)
+			sandbox.ServeTCP(t, pod, 80, "hello from the pod")
+			reach := func(port uint16) error {
+				got, err := sandbox.DialTCP(sb.LAN, netip.AddrPortFrom(sandbox.NodeIPv4.Addr(), port))
+				if err == nil && got != "hello from the pod" {
+					err = fmt.Errorf("got %q", got)
+				}
+				return err
+			}
+			for i := range atts {
+				if err := reach(uint16(8080 + i)); err != nil {
+					t.Fatalf("hostPort %d: %v", 8080+i, err)
+				}
+			}
+			gone, kept := 0, 1
+			if order == "net1 first" {
+				gone, kept = 1, 0
+			}
+			atts[gone].CapabilityArgs = nil
+			mustDel(t, rtm, lists[gone], atts[gone])
+			if err := reach(uint16(8080 + kept)); err != nil {
+				t.Fatalf("the kept attachment's hostPort %d after the other's DEL: %v", 8080+kept, err)
+			}
+			if err := reach(uint16(8080 + gone)); err == nil {
+				t.Fatalf("hostPort %d still answers after its attachment's DEL", 8080+gone)
+			}
+			if err := rtm.Check(lists[kept], atts[kept]); err != nil {
+				t.Fatalf("CHECK of the kept attachment: %v", err)
+			}
+			atts[kept].CapabilityArgs = nil
+			mustDel(t, rtm, lists[kept], atts[kept])
+			if after := sb.Snapshot(t); after != before {
+				t.Fatalf("node after both DELs:\n%s\nbefore:\n%s", after, before)
+			}
+		})
+	}
+}
