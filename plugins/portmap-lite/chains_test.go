@@ -1,0 +1,126 @@
+package main
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+
+	"github.com/cnichain/plugins/pkg/sandbox"
+)
+
+// TestAfterOtherMainPlugins: portmap-lite after ptp (with and without its
+// ipMasq) and after a bridge whose gateway is a router outside the node.
+// The hostPort answers the lan and the node; the masquerade decision
+// (masqAll unset) keeps client addresses where replies come back through
+// the node on their own, and masquerades where they would not.
+func TestAfterOtherMainPlugins(t *testing.T) {
+	const ipam = `"ipam":{"type":"static-ipam","addresses":[{"address":"%s/24","gateway":"%s"}],"routes":[{"dst":"0.0.0.0/0"}]}`
+	tests := []struct {
+		name    string
+		setup   func(t *testing.T, sb *sandbox.Sandbox)
+		main    string
+		pod     string
+		masqAll bool // what the decision must be
+	}{
+		{
+			name: "ptp with ipMasq", pod: "10.96.0.2", masqAll: false,
+			main: `{"type":"ptp","ipMasq":true,` + fmt.Sprintf(ipam, "10.96.0.2", "10.96.0.1") + `}`,
+		},
+		{
+			name: "ptp without ipMasq", pod: "10.96.1.2", masqAll: false,
+			main: `{"type":"ptp","ipMasq":false,` + fmt.Sprintf(ipam, "10.96.1.2", "10.96.1.1") + `}`,
+		},
+		{
+			// The operator's bridge: the node has an address on it, and the
+			// pods' gateway is a router namespace on the same bridge.
+			name: "bridge without isGateway, the gateway a router outside the node", pod: "10.95.0.2", masqAll: true,
+			setup: func(t *testing.T, sb *sandbox.Sandbox) {
+				router := sb.NewPod(t)
+				sandbox.MustRun(t, sb.Node, "ip", "link", "add", "gwbr0", "type", "bridge")
+				sandbox.MustRun(t, sb.Node, "ip", "addr", "add", "10.95.0.254/24", "dev", "gwbr0")
+				sandbox.MustRun(t, sb.Node, "ip", "link", "set", "gwbr0", "up")
+				sandbox.MustRun(t, sb.Node, "ip", "link", "add", "rt0", "type", "veth", "peer", "name", "eth0", "netns", router.Path())
+				sandbox.MustRun(t, sb.Node, "ip", "link", "set", "rt0", "master", "gwbr0", "up")
+				sandbox.MustRun(t, router, "ip", "addr", "add", "10.95.0.1/24", "dev", "eth0")
+				sandbox.MustRun(t, router, "ip", "link", "set", "eth0", "up")
+			},
+			main: `{"type":"bridge","bridge":"gwbr0","isGateway":false,` + fmt.Sprintf(ipam, "10.95.0.2", "10.95.0.1") + `}`,
+		},
+	}
+	for _, tt := range tests {
+		for _, backend := range []string{"iptables", "nftables"} {
+			t.Run(tt.name+"/"+backend, func(t *testing.T) {
+				sb := sandbox.New(t)
+				sb.EnableForwarding(t)
+				if tt.setup != nil {
+					tt.setup(t, sb)
+				}
+				rtm := sb.Runtime(t)
+				list := sb.Localize(t, sandbox.ListFromJSON(t, fmt.Sprintf(`{"cniVersion":"1.1.0","name":"after","plugins":[%s,
+					{"type":"portmap-lite","backend":%q,"capabilities":{"portMappings":true}}]}`, tt.main, backend)))
+				pod := sb.NewPod(t)
+				att := sandbox.Attachment(pod, "after", "eth0")
+				att.CapabilityArgs = map[string]any{"portMappings": []map[string]any{{"hostPort": 9090, "containerPort": 80, "protocol": "tcp"}}}
+				if _, err := rtm.Add(list, att); err != nil {
+					t.Fatalf("ADD: %v", err)
+				}
+				t.Cleanup(func() { _ = rtm.Del(list, att) })
+				sandbox.ServeTCP(t, pod, 80, "hello from the pod")
+				for _, from := range []struct {
+					name string
+					ns   ns.NetNS
+					to   string
+				}{{"the lan", sb.LAN, "192.168.0.5:9090"}, {"the node", sb.Node, "192.168.0.5:9090"}, {"the node on 127.0.0.1", sb.Node, "127.0.0.1:9090"}} {
+					got, err := sandbox.DialTCP(from.ns, netip.MustParseAddrPort(from.to))
+					if err != nil || got != "hello from the pod" {
+						t.Errorf("hostPort from %s: %q, %v", from.name, got, err)
+					}
+				}
+				record := sandbox.MustRun(t, sb.Node, "sh", "-c", "cat "+sb.Dir+"/state/portmap-lite/*")
+				if want := fmt.Sprintf(`"masqAll":%v`, tt.masqAll); tt.masqAll != strings.Contains(record, `"masqAll":true`) {
+					t.Errorf("the record does not say %s:\n%s", want, record)
+				}
+				if err := rtm.Check(list, att); err != nil {
+					t.Fatalf("CHECK: %v", err)
+				}
+				if err := rtm.Del(list, att); err != nil {
+					t.Fatalf("DEL: %v", err)
+				}
+				if got, err := sandbox.DialTCP(sb.LAN, netip.MustParseAddrPort("192.168.0.5:9090")); err == nil {
+					t.Fatalf("the hostPort still answers after DEL: %q", got)
+				}
+			})
+		}
+	}
+}
+
+// TestMasqAllFalseBehindARouter shows what the decision is for: with
+// masqAll forced off, a pod whose gateway is not the node answers a lan
+// client from its own address, around the node, and the client never gets
+// the answer.
+func TestMasqAllFalseBehindARouter(t *testing.T) {
+	sb := sandbox.New(t)
+	sb.EnableForwarding(t)
+	list := sb.Localize(t, sandbox.ListFromJSON(t, `{"cniVersion":"1.1.0","name":"nomasq","plugins":[
+		{"type":"macvlan","master":"eno1","ipam":{"type":"static-ipam","addresses":[{"address":"192.168.50.30/16","gateway":"192.168.0.1"}],"routes":[{"dst":"0.0.0.0/0"}]}},
+		{"type":"macvlan-host-route","master":"eno1"},
+		{"type":"portmap-lite","masqAll":false,"capabilities":{"portMappings":true}}]}`))
+	rtm := sb.Runtime(t)
+	pod := sb.NewPod(t)
+	att := sandbox.Attachment(pod, "nomasq", "eth0")
+	att.CapabilityArgs = map[string]any{"portMappings": []map[string]any{{"hostPort": 9090, "containerPort": 80, "protocol": "tcp"}}}
+	if _, err := rtm.Add(list, att); err != nil {
+		t.Fatalf("ADD: %v", err)
+	}
+	t.Cleanup(func() { _ = rtm.Del(list, att) })
+	sandbox.ServeTCP(t, pod, 80, "hello from the pod")
+	if got, err := sandbox.DialTCP(sb.LAN, netip.MustParseAddrPort("192.168.0.5:9090")); err == nil {
+		t.Fatalf("the lan got %q with masqAll false: the decision would not matter", got)
+	}
+	if got, err := sandbox.DialTCP(sb.Node, netip.MustParseAddrPort("192.168.0.5:9090")); err != nil || got != "hello from the pod" {
+		t.Fatalf("from the node: %q, %v", got, err)
+	}
+}
