@@ -38,8 +38,8 @@ func TestBench(t *testing.T) {
 
 	benchIPAM(t, r, rounds)
 	benchHostRoute(t, r, rounds)
-	benchWholeChain(t, r, rounds)
 	benchPortmap(t, r, rounds, levels)
+	benchWholeChain(t, r, rounds)
 	benchThroughput(t, r, envInt("CNICHAIN_BENCH_THROUGHPUT_PODS", 200), 16)
 
 	out := os.Getenv("CNICHAIN_BENCH_OUT")
