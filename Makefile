@@ -79,9 +79,12 @@ dist:
 	rm -rf dist/stage
 	@echo "$(DISTTGZ)"
 
+# The plugins, and the systemd units that restore their rules and routes
+# after a firewall reload (enable them with systemctl; see the README).
 install: build
-	install -d $(DESTDIR)/opt/cni/bin
+	install -d $(DESTDIR)/opt/cni/bin $(DESTDIR)/etc/systemd/system
 	for p in $(PLUGINS); do install -m 0755 $(BIN)/$$p $(DESTDIR)/opt/cni/bin/$$p; done
+	install -m 0644 scripts/systemd/*.service $(DESTDIR)/etc/systemd/system/
 
 clean:
 	rm -rf $(BIN) dist

@@ -50,15 +50,7 @@ var soakChains = []soakChain{
 		caps: func(i int) map[string]any {
 			return map[string]any{"portMappings": []map[string]any{{"hostPort": 40000 + i, "containerPort": 80, "protocol": "tcp"}}}
 		},
-		works: func(t *testing.T, sb *sandbox.Sandbox, pod ns.NetNS, i int, _ netip.Addr) error {
-			want := fmt.Sprintf("pod %d", i)
-			sandbox.ServeTCP(t, pod, 80, want)
-			got, err := sandbox.DialTCP(sb.LAN, netip.AddrPortFrom(sandbox.NodeIPv4.Addr(), uint16(40000+i)))
-			if err == nil && got != want {
-				err = fmt.Errorf("hostPort %d answered %q, want %q", 40000+i, got, want)
-			}
-			return err
-		},
+		works: hostPortWorks(40000),
 	},
 	{
 		file: "20-dockin.conf", // the Dockin bridge network, static-ipam, addresses from CNI_ARGS
@@ -96,15 +88,7 @@ var soakChains = []soakChain{
 				"portMappings": []map[string]any{{"hostPort": 41000 + i, "containerPort": 80, "protocol": "tcp"}},
 			}
 		},
-		works: func(t *testing.T, sb *sandbox.Sandbox, pod ns.NetNS, i int, _ netip.Addr) error {
-			want := fmt.Sprintf("pod %d", i)
-			sandbox.ServeTCP(t, pod, 80, want)
-			got, err := sandbox.DialTCP(sb.LAN, netip.AddrPortFrom(sandbox.NodeIPv4.Addr(), uint16(41000+i)))
-			if err == nil && got != want {
-				err = fmt.Errorf("hostPort %d answered %q, want %q", 41000+i, got, want)
-			}
-			return err
-		},
+		works: hostPortWorks(41000),
 	},
 	{
 		file: "10-static-macvlan.conflist", // macvlan + static-ipam, addresses per pod
@@ -115,6 +99,20 @@ var soakChains = []soakChain{
 			return sandbox.Ping(pod, sandbox.LANIPv4.Addr())
 		},
 	},
+}
+
+// hostPortWorks proves pod i by a lan client's connection to the node's
+// hostPort base+i.
+func hostPortWorks(base int) func(*testing.T, *sandbox.Sandbox, ns.NetNS, int, netip.Addr) error {
+	return func(t *testing.T, sb *sandbox.Sandbox, pod ns.NetNS, i int, _ netip.Addr) error {
+		want := fmt.Sprintf("pod %d", i)
+		sandbox.ServeTCP(t, pod, 80, want)
+		got, err := sandbox.DialTCP(sb.LAN, netip.AddrPortFrom(sandbox.NodeIPv4.Addr(), uint16(base+i)))
+		if err == nil && got != want {
+			err = fmt.Errorf("hostPort %d answered %q, want %q", base+i, got, want)
+		}
+		return err
+	}
 }
 
 // TestSoak adds N pods, K at a time, on each example chain while deleting

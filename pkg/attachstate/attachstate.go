@@ -19,6 +19,7 @@ import (
 	"strings"
 
 	"github.com/containernetworking/cni/pkg/types"
+	"golang.org/x/sys/unix"
 )
 
 // Key names one attachment: a container's interface on a network.
@@ -106,6 +107,58 @@ func (s Store) Delete(name string) error {
 		return nil
 	}
 	return err
+}
+
+// Lock takes the lock called name (a dot file beside the records, so never
+// a record itself), exclusive or shared, waiting for it; unlock releases it.
+func (s Store) Lock(name string, exclusive bool) (unlock func(), err error) {
+	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(filepath.Join(s.Dir, "."+name+".lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	how := unix.LOCK_SH
+	if exclusive {
+		how = unix.LOCK_EX
+	}
+	if err := unix.Flock(int(f.Fd()), how); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { f.Close() }, nil
+}
+
+// HoldAgainstRestore is taken shared by the verbs that change a plugin's
+// state (ADD, DEL, GC) and exclusively by its restore, so that a restore
+// never puts back what a DEL is taking away, nor races an ADD.
+func (s Store) HoldAgainstRestore(restore bool) (unlock func(), err error) {
+	return s.Lock("restore", restore)
+}
+
+// Restoring is how a restore starts: it takes the lock ADD, DEL and GC
+// share exclusively and lists the records; unlock releases the lock.
+func (s Store) Restoring() (names []string, unlock func(), err error) {
+	unlock, err = s.HoldAgainstRestore(true)
+	if err != nil {
+		return nil, nil, err
+	}
+	if names, err = s.Names(); err != nil {
+		unlock()
+		return nil, nil, err
+	}
+	return names, unlock, nil
+}
+
+// NetnsGone reports whether the netns a record names (if it names one) no
+// longer exists: its pod is gone, and a restore has nothing to restore.
+func NetnsGone(netns string) bool {
+	if netns == "" {
+		return false
+	}
+	_, err := os.Stat(netns)
+	return errors.Is(err, fs.ErrNotExist)
 }
 
 // Names lists the records. Dot files are not records: half-written

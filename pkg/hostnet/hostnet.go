@@ -55,9 +55,11 @@ func Master(name string) (netlink.Link, error) {
 }
 
 // EnsureMacvlanBridge returns the bridge-mode macvlan sub-device name of
-// master, up, creating it when missing. Concurrent callers may race to
-// create it: the loser's EEXIST is success when the link that won is right.
-func EnsureMacvlanBridge(name, master string, mtu int) (netlink.Link, error) {
+// master, up, creating it when missing (with mac as its address, when
+// given: a restored sub-device keeps the address pods have cached).
+// Concurrent callers may race to create it: the loser's EEXIST is success
+// when the link that won is right.
+func EnsureMacvlanBridge(name, master string, mtu int, mac net.HardwareAddr) (netlink.Link, error) {
 	parent, err := Master(master)
 	if err != nil {
 		return nil, err
@@ -71,7 +73,7 @@ func EnsureMacvlanBridge(name, master string, mtu int) (netlink.Link, error) {
 		return nil, err
 	}
 	attrs := netlink.NewLinkAttrs()
-	attrs.Name, attrs.ParentIndex, attrs.MTU = name, parent.Attrs().Index, mtu
+	attrs.Name, attrs.ParentIndex, attrs.MTU, attrs.HardwareAddr = name, parent.Attrs().Index, mtu, mac
 	if err := netlink.LinkAdd(&netlink.Macvlan{LinkAttrs: attrs, Mode: netlink.MACVLAN_MODE_BRIDGE}); err != nil && !errors.Is(err, syscall.EEXIST) {
 		return nil, fmt.Errorf("create macvlan %q on %q: %w", name, master, err)
 	}

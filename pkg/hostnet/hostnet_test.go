@@ -3,6 +3,7 @@ package hostnet
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"strings"
@@ -42,9 +43,10 @@ func inNode(t *testing.T, fn func(t *testing.T)) {
 }
 
 func TestEnsureMacvlanBridge(t *testing.T) {
-	t.Run("creates it up, in bridge mode, with the MTU asked for", func(t *testing.T) {
+	t.Run("creates it up, in bridge mode, with the MTU and MAC asked for", func(t *testing.T) {
 		inNode(t, func(t *testing.T) {
-			link, err := EnsureMacvlanBridge("eno1.host", "eno1", 1400)
+			mac, _ := net.ParseMAC("02:42:ac:11:00:07")
+			link, err := EnsureMacvlanBridge("eno1.host", "eno1", 1400, mac)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -52,6 +54,9 @@ func TestEnsureMacvlanBridge(t *testing.T) {
 			mv, ok := got.(*netlink.Macvlan)
 			if !ok || mv.Mode != netlink.MACVLAN_MODE_BRIDGE || mv.MTU != 1400 || mv.OperState == netlink.OperDown || got.Attrs().Index != link.Attrs().Index {
 				t.Fatalf("link = %+v, want an up bridge-mode macvlan with MTU 1400", got)
+			}
+			if got.Attrs().HardwareAddr.String() != mac.String() {
+				t.Fatalf("MAC = %s, want %s", got.Attrs().HardwareAddr, mac)
 			}
 		})
 	})
@@ -69,7 +74,7 @@ func TestEnsureMacvlanBridge(t *testing.T) {
 				// Each goroutine must enter the namespace itself.
 				go func() {
 					defer wg.Done()
-					errs[i] = node.Do(func(ns.NetNS) error { _, err := EnsureMacvlanBridge("eno1.host", "eno1", 0); return err })
+					errs[i] = node.Do(func(ns.NetNS) error { _, err := EnsureMacvlanBridge("eno1.host", "eno1", 0, nil); return err })
 				}()
 			}
 			wg.Wait()
@@ -97,7 +102,7 @@ func TestEnsureMacvlanBridge(t *testing.T) {
 			if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: attrs, PeerName: "peer1"}); err != nil {
 				t.Fatal(err)
 			}
-			_, err := EnsureMacvlanBridge("eno1.host", "eno1", 0)
+			_, err := EnsureMacvlanBridge("eno1.host", "eno1", 0, nil)
 			var conflict *ConflictError
 			if !errors.As(err, &conflict) || !strings.Contains(err.Error(), "is a veth, not a macvlan") {
 				t.Fatalf("err = %v, want a conflict naming the veth", err)
@@ -112,14 +117,14 @@ func TestEnsureMacvlanBridge(t *testing.T) {
 			if err := netlink.LinkAdd(&netlink.Macvlan{LinkAttrs: attrs, Mode: netlink.MACVLAN_MODE_VEPA}); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := EnsureMacvlanBridge("eno1.host", "eno1", 0); err == nil || !strings.Contains(err.Error(), "not in bridge mode") {
+			if _, err := EnsureMacvlanBridge("eno1.host", "eno1", 0, nil); err == nil || !strings.Contains(err.Error(), "not in bridge mode") {
 				t.Fatalf("err = %v, want a conflict about the mode", err)
 			}
 		})
 	})
 	t.Run("a missing master is ErrNoMaster", func(t *testing.T) {
 		inNode(t, func(t *testing.T) {
-			if _, err := EnsureMacvlanBridge("eno9.host", "eno9", 0); !errors.Is(err, ErrNoMaster) {
+			if _, err := EnsureMacvlanBridge("eno9.host", "eno9", 0, nil); !errors.Is(err, ErrNoMaster) {
 				t.Fatalf("err = %v, want ErrNoMaster", err)
 			}
 		})
@@ -131,7 +136,7 @@ func TestHostRoutes(t *testing.T) {
 		t.Run(ip, func(t *testing.T) {
 			inNode(t, func(t *testing.T) {
 				addr := netip.MustParseAddr(ip)
-				link, err := EnsureMacvlanBridge("eno1.host", "eno1", 0)
+				link, err := EnsureMacvlanBridge("eno1.host", "eno1", 0, nil)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -163,7 +168,7 @@ func TestHostRoutes(t *testing.T) {
 	}
 	t.Run("a route to the address through another link is not overwritten", func(t *testing.T) {
 		inNode(t, func(t *testing.T) {
-			link, _ := EnsureMacvlanBridge("eno1.host", "eno1", 0)
+			link, _ := EnsureMacvlanBridge("eno1.host", "eno1", 0, nil)
 			master, _ := netlink.LinkByName("eno1")
 			addr := netip.MustParseAddr("192.168.1.30")
 			if err := netlink.RouteAdd(HostRoute(master.Attrs().Index, addr)); err != nil {
@@ -176,7 +181,7 @@ func TestHostRoutes(t *testing.T) {
 	})
 	t.Run("a host address goes on without a prefix route", func(t *testing.T) {
 		inNode(t, func(t *testing.T) {
-			link, _ := EnsureMacvlanBridge("eno1.host", "eno1", 0)
+			link, _ := EnsureMacvlanBridge("eno1.host", "eno1", 0, nil)
 			for i := 0; i < 2; i++ {
 				if err := EnsureAddress(link, netip.MustParsePrefix("fd00:c0a8::5/128")); err != nil {
 					t.Fatal(err)
@@ -190,7 +195,7 @@ func TestHostRoutes(t *testing.T) {
 	})
 	t.Run("a copy of the master's address keeps its prefix length, adds no route and goes again", func(t *testing.T) {
 		inNode(t, func(t *testing.T) {
-			link, _ := EnsureMacvlanBridge("eno1.host", "eno1", 0)
+			link, _ := EnsureMacvlanBridge("eno1.host", "eno1", 0, nil)
 			master, _ := netlink.LinkByName("eno1")
 			for _, a := range []string{"192.168.0.5/16", "fd00:c0a8::5/64"} {
 				sandbox.MustRunHere(t, "ip", "addr", "add", a, "dev", "eno1", "nodad")
@@ -231,7 +236,7 @@ func TestHostRoutes(t *testing.T) {
 	})
 	t.Run("arp_ignore is the greater of all and the link's", func(t *testing.T) {
 		inNode(t, func(t *testing.T) {
-			EnsureMacvlanBridge("eno1.host", "eno1", 0)
+			EnsureMacvlanBridge("eno1.host", "eno1", 0, nil)
 			for _, c := range []struct {
 				all, dev string
 				want     int

@@ -2,9 +2,13 @@
 // (bridge, ptp, macvlan), turns the runtime's portMappings into iptables
 // DNAT and MASQUERADE rules: one iptables-restore per address family,
 // recorded so that DEL and GC remove exactly what ADD installed.
+// `portmap-lite restore` puts back, from those records, what a firewall
+// reload took away.
 package main
 
 import (
+	"os"
+
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/version"
 
@@ -13,6 +17,9 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "restore" {
+		os.Exit(portmap.RestoreMain(os.Args[2:], os.Stdout, os.Stderr))
+	}
 	skel.PluginMainFuncs(skel.CNIFuncs{
 		Add:    portmap.Add,
 		Del:    portmap.Del,

@@ -22,12 +22,26 @@ import (
 type owner struct {
 	attachstate.Key
 	Bridge string `json:"bridge"`
+	// Master, MTU and Netns let a restore rebuild the sub-device and tell
+	// a pod that is gone.
+	Master string `json:"master,omitempty"`
+	MTU    int    `json:"mtu,omitempty"`
+	Netns  string `json:"netns,omitempty"`
 }
 
 const recordPrefix = "route-"
 
-// answersRecord lists the copies of master addresses put on a sub-device,
-// so that a later ADD can take away those the master no longer has.
+// answers is what a sub-device answers for: copies of master addresses,
+// which the record lets a later ADD take away once the master no longer
+// has them, and hostAddresses; a restore puts both back.
+type answers struct {
+	Copies []netip.Prefix `json:"copies,omitempty"`
+	Listed []netip.Prefix `json:"listed,omitempty"`
+	// MAC is the sub-device's, which a restore gives it back: the pods'
+	// neighbour caches hold it.
+	MAC string `json:"mac,omitempty"`
+}
+
 func answersRecord(bridge string) string { return "answers-" + bridge }
 
 const prevHint = "chain macvlan-host-route after macvlan, which yields the pod's addresses"
@@ -76,7 +90,7 @@ func Add(args *skel.CmdArgs) (err error) {
 	if err := PodLinkProblem(pod, cfg.Master, master.Attrs().Index); err != nil {
 		return err
 	}
-	link, err := hostnet.EnsureMacvlanBridge(cfg.Bridge, cfg.Master, cfg.MTU)
+	link, err := hostnet.EnsureMacvlanBridge(cfg.Bridge, cfg.Master, cfg.MTU, nil)
 	if err != nil {
 		return linkError(cfg, err)
 	}
@@ -92,10 +106,15 @@ func Add(args *skel.CmdArgs) (err error) {
 		return cnierr.Internal("addresses of "+cfg.Master, err)
 	}
 	store := attachstate.Store{Dir: cfg.StateDir}
+	unlock, err := store.HoldAgainstRestore(false)
+	if err != nil {
+		return cnierr.Internal("state "+cfg.StateDir, err)
+	}
+	defer unlock()
 	if err := answerForNode(cfg, link, masterAddrs, store); err != nil {
 		return err
 	}
-	rec := owner{Key: keyOf(cfg, args), Bridge: cfg.Bridge}
+	rec := owner{Key: keyOf(cfg, args), Bridge: cfg.Bridge, Master: cfg.Master, MTU: cfg.MTU, Netns: args.Netns}
 	var done []netip.Addr
 	defer func() {
 		if err != nil {
@@ -127,15 +146,19 @@ func answerForNode(cfg *Config, link netlink.Link, masterAddrs []netip.Prefix, s
 	if err != nil {
 		return err
 	}
+	var rec answers
+	if _, err := store.Load(answersRecord(cfg.Bridge), &rec); err != nil {
+		return cnierr.Internal("state "+cfg.StateDir, err)
+	}
+	rec.MAC = link.Attrs().HardwareAddr.String()
 	var had []netip.Prefix
 	if len(cfg.HostAddresses) == 0 {
-		// Copies of the master's: the record says which the last ADD made.
-		if _, err := store.Load(answersRecord(cfg.Bridge), &had); err != nil {
-			return cnierr.Internal("state "+cfg.StateDir, err)
-		}
-		if err := store.Save(answersRecord(cfg.Bridge), want); err != nil {
-			return cnierr.Internal("state "+cfg.StateDir, err)
-		}
+		had, rec.Copies = rec.Copies, want
+	} else {
+		rec.Listed = want
+	}
+	if err := store.Save(answersRecord(cfg.Bridge), rec); err != nil {
+		return cnierr.Internal("state "+cfg.StateDir, err)
 	}
 	for _, p := range had {
 		if !slices.Contains(want, p) {
@@ -180,6 +203,11 @@ func Del(args *skel.CmdArgs) error {
 	}
 	key := keyOf(cfg, args)
 	store := attachstate.Store{Dir: cfg.StateDir}
+	unlock, err := store.HoldAgainstRestore(false)
+	if err != nil {
+		return cnierr.Internal("state "+cfg.StateDir, err)
+	}
+	defer unlock()
 	log, closeLog := cfg.Open("network", cfg.Name, "containerID", args.ContainerID, "verb", "DEL")
 	defer closeLog()
 	var targets []netip.Addr
@@ -305,6 +333,11 @@ func GC(args *skel.CmdArgs) error {
 		}
 	}
 	store := attachstate.Store{Dir: cfg.StateDir}
+	unlock, err := store.HoldAgainstRestore(false)
+	if err != nil {
+		return cnierr.Internal("state "+cfg.StateDir, err)
+	}
+	defer unlock()
 	names, err := store.Names()
 	if err != nil {
 		return cnierr.Internal("state "+cfg.StateDir, err)

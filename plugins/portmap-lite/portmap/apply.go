@@ -1,13 +1,6 @@
 package portmap
 
-import (
-	"os"
-	"path/filepath"
-
-	"golang.org/x/sys/unix"
-
-	"github.com/cnichain/plugins/pkg/iptbatch"
-)
+import "github.com/cnichain/plugins/pkg/iptbatch"
 
 // backend installs, removes and checks an attachment's rules in one family.
 type backend interface {
@@ -63,22 +56,10 @@ func (b iptablesBackend) missing(fp *FamilyPlan) (string, bool, error) {
 }
 
 // ensureShared creates what is missing of the shared chains and their entry
-// jumps, under a lock so that concurrent first ADDs never duplicate a jump.
+// jumps, under a lock so that concurrent first ADDs never duplicate a jump:
+// a restore with no attachment to repair.
 func ensureShared(r iptbatch.Runner, stateDir string, fam iptbatch.Family) error {
-	unlock, err := lock(filepath.Join(stateDir, ".shared-"+fam.String()+".lock"))
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	text, err := r.Save(fam, "nat")
-	if err != nil {
-		return err
-	}
-	b := SharedBatch(iptbatch.ParseSave(text))
-	if b.Empty() {
-		return nil
-	}
-	return r.Restore(fam, b.Text())
+	return restoreIPTables(r, stateDir, fam, nil)
 }
 
 // removeChains removes chains and every rule jumping to them, as found.
@@ -94,17 +75,8 @@ func removeChains(r iptbatch.Runner, fam iptbatch.Family, chains []string) error
 	return r.Restore(fam, b.Text())
 }
 
-func lock(path string) (unlock func(), err error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, err
-	}
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
-		f.Close()
-		return nil, err
-	}
-	return func() { f.Close() }, nil
+// sharedLock names the lock that serializes the setting up of a
+// backend's shared chains in one family.
+func sharedLock(backend string, fam iptbatch.Family) string {
+	return "shared-" + backend + "-" + fam.String()
 }

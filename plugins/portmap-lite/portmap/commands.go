@@ -30,6 +30,8 @@ type record struct {
 	// Backend is the one that installed the rules; DEL uses it whatever
 	// the configuration says now.
 	Backend string `json:"backend"`
+	// Netns is the pod's, so that a restore can tell a pod that is gone.
+	Netns string `json:"netns,omitempty"`
 }
 
 func (rec *record) backend(cfg *Config) backend {
@@ -60,6 +62,11 @@ func Add(args *skel.CmdArgs) (err error) {
 	if err != nil {
 		return err
 	}
+	unlock, err := store.HoldAgainstRestore(false)
+	if err != nil {
+		return cnierr.Internal("state "+cfg.StateDir, err)
+	}
+	defer unlock()
 	// A repeated ADD replaces what the earlier one installed.
 	if err := removeRecorded(cfg, store, key); err != nil {
 		return cnierr.Internal("remove the earlier ADD's rules", err)
@@ -75,7 +82,7 @@ func Add(args *skel.CmdArgs) (err error) {
 	if err != nil {
 		return cnierr.InvalidConfig("runtimeConfig.portMappings", "hostIP", err.Error())
 	}
-	rec := record{Key: key, Plan: *plan, Targets: targets, Backend: cfg.Backend}
+	rec := record{Key: key, Plan: *plan, Targets: targets, Backend: cfg.Backend, Netns: args.Netns}
 	if err := store.Save(key.ID(), rec); err != nil {
 		return cnierr.Internal("state "+cfg.StateDir, err)
 	}
@@ -144,6 +151,11 @@ func Del(args *skel.CmdArgs) error {
 	}
 	log, closeLog := cfg.Open("network", cfg.Name, "containerID", args.ContainerID, "verb", "DEL")
 	defer closeLog()
+	unlock, err := store.HoldAgainstRestore(false)
+	if err != nil {
+		return cnierr.Internal("state "+cfg.StateDir, err)
+	}
+	defer unlock()
 	if err := removeRecorded(cfg, store, key); err != nil {
 		log.Error("remove", "error", err)
 		return cnierr.Internal("remove port mappings", err)
@@ -225,6 +237,11 @@ func GC(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
+	unlock, err := store.HoldAgainstRestore(false)
+	if err != nil {
+		return cnierr.Internal("state "+cfg.StateDir, err)
+	}
+	defer unlock()
 	// Chains first, records second: ADD saves its record before its rules,
 	// so every chain listed here has its record by the time we read them.
 	chains, errs := attachmentChains(cfg)

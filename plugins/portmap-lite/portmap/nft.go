@@ -3,7 +3,6 @@ package portmap
 import (
 	"fmt"
 	"net/netip"
-	"path/filepath"
 	"slices"
 
 	"github.com/google/nftables"
@@ -13,6 +12,7 @@ import (
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/cnichain/plugins/pkg/attachstate"
 	"github.com/cnichain/plugins/pkg/iptbatch"
 )
 
@@ -51,7 +51,7 @@ func (b nftBackend) ensureShared(c *nftables.Conn, fam iptbatch.Family) error {
 	if _, err := c.ListChain(t, "postrouting"); err == nil {
 		return nil
 	}
-	unlock, err := lock(filepath.Join(b.stateDir, ".shared-nft-"+fam.String()+".lock"))
+	unlock, err := attachstate.Store{Dir: b.stateDir}.Lock(sharedLock(BackendNFTables, fam), true)
 	if err != nil {
 		return err
 	}
@@ -91,9 +91,78 @@ func (b nftBackend) install(fp *FamilyPlan) error {
 	if err := b.ensureShared(c, fp.Family); err != nil {
 		return fmt.Errorf("nftables table %s: %w", nftTable, err)
 	}
+	queueInstall(c, fp, nftState{})
+	return c.Flush()
+}
+
+// nftState is what a family's table holds: the rule count of each chain,
+// and the chains the shared ones jump to. The zero value is an empty table.
+type nftState struct {
+	rules  map[string]int
+	jumped map[string]bool
+}
+
+// readNFTState reads fam's table in a few dumps, whatever the number of
+// attachments: the chains, then the rules of each.
+func readNFTState(c *nftables.Conn, fam iptbatch.Family) (nftState, error) {
+	st := nftState{rules: map[string]int{}, jumped: map[string]bool{}}
+	t := nftTableOf(fam)
+	chains, err := c.ListChainsOfTableFamily(nftFamily(fam))
+	if err != nil {
+		return st, err
+	}
+	for _, ch := range chains {
+		if ch.Table.Name != nftTable {
+			continue
+		}
+		rules, err := c.GetRules(t, chainOf(t, ch.Name))
+		if err != nil {
+			return st, err
+		}
+		st.rules[ch.Name] = len(rules)
+		if ch.Name == nftHostPorts || ch.Name == nftMasq {
+			for _, r := range rules {
+				st.jumped[jumpTarget(r)] = true
+			}
+		}
+	}
+	return st, nil
+}
+
+// queueInstall queues what of fp the table (as st says) lacks: a chain
+// whose rules are all there is left alone, one with a part missing is
+// refilled, a missing jump is added.
+func queueInstall(c *nftables.Conn, fp *FamilyPlan, st nftState) {
 	t := nftTableOf(fp.Family)
 	comment := userdata.AppendString(nil, userdata.TypeComment, fp.Comment)
-	dn := c.AddChain(chainOf(t, fp.DNATChain))
+	fill := func(name string, exprs [][]expr.Any) *nftables.Chain {
+		ch := c.AddChain(chainOf(t, name))
+		if n, ok := st.rules[name]; ok && n == len(exprs) {
+			return ch
+		} else if ok {
+			c.FlushChain(ch)
+		}
+		for _, e := range exprs {
+			c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: e, UserData: comment})
+		}
+		return ch
+	}
+	dn := fill(fp.DNATChain, dnatExprs(fp))
+	if !st.jumped[dn.Name] {
+		c.AddRule(&nftables.Rule{Table: t, Chain: chainOf(t, nftHostPorts), Exprs: []expr.Any{jump(dn.Name)}, UserData: comment})
+	}
+	if fp.SNATChain != "" {
+		sn := fill(fp.SNATChain, snatExprs(fp))
+		if !st.jumped[sn.Name] {
+			c.AddRule(&nftables.Rule{Table: t, Chain: chainOf(t, nftMasq),
+				Exprs: append(matchAddr(false, fp.PodIP), jump(sn.Name)), UserData: comment})
+		}
+	}
+}
+
+// dnatExprs are fp's DNAT rules: hostIP:hostPort/protocol to the pod.
+func dnatExprs(fp *FamilyPlan) [][]expr.Any {
+	var out [][]expr.Any
 	for _, m := range fp.Maps {
 		var e []expr.Any
 		if m.HostIP.IsValid() && !m.HostIP.IsUnspecified() {
@@ -104,18 +173,9 @@ func (b nftBackend) install(fp *FamilyPlan) error {
 			&expr.Immediate{Register: 1, Data: fp.PodIP.AsSlice()},
 			&expr.Immediate{Register: 2, Data: binaryutil.BigEndian.PutUint16(m.ContainerPort)},
 			&expr.NAT{Type: expr.NATTypeDestNAT, Family: nfproto(fp.PodIP), RegAddrMin: 1, RegProtoMin: 2, Specified: true})
-		c.AddRule(&nftables.Rule{Table: t, Chain: dn, Exprs: e, UserData: comment})
+		out = append(out, e)
 	}
-	c.AddRule(&nftables.Rule{Table: t, Chain: chainOf(t, nftHostPorts), Exprs: []expr.Any{jump(dn.Name)}, UserData: comment})
-	if fp.SNATChain != "" {
-		sn := c.AddChain(chainOf(t, fp.SNATChain))
-		for _, e := range snatExprs(fp) {
-			c.AddRule(&nftables.Rule{Table: t, Chain: sn, Exprs: e, UserData: comment})
-		}
-		c.AddRule(&nftables.Rule{Table: t, Chain: chainOf(t, nftMasq),
-			Exprs: append(matchAddr(false, fp.PodIP), jump(sn.Name)), UserData: comment})
-	}
-	return c.Flush()
+	return out
 }
 
 // snatExprs mirror snatRules: hairpin, 127.0.0.1 for IPv4, or everything

@@ -245,6 +245,33 @@ func (fp *FamilyPlan) AddBatch() *iptbatch.Batch {
 	return b
 }
 
+// Repair adds to b what of fp saved lacks: its chains, their rules and the
+// jumps into them. What is there is left as it is; rules that are missing
+// go at the end of their chain, where their order does not matter.
+func (fp *FamilyPlan) Repair(b *iptbatch.Batch, saved iptbatch.Saved) {
+	for _, c := range []struct {
+		name  string
+		rules []iptbatch.Rule
+	}{{fp.DNATChain, fp.DNAT}, {fp.SNATChain, fp.SNAT}} {
+		if c.name == "" {
+			continue
+		}
+		if !saved.HasChain(c.name) {
+			b.DeclareChain(c.name)
+		}
+		for _, r := range c.rules {
+			if !saved.HasRule(c.name, r) {
+				b.Append(c.name, r)
+			}
+		}
+	}
+	for _, j := range fp.Jumps {
+		if !saved.HasRule(j.Chain, j.Rule) {
+			b.Append(j.Chain, j.Rule)
+		}
+	}
+}
+
 // DelBatch removes exactly what AddBatch installed.
 func (fp *FamilyPlan) DelBatch() *iptbatch.Batch {
 	b := iptbatch.NewBatch("nat")

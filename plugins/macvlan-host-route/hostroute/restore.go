@@ -1,0 +1,127 @@
+package hostroute
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"maps"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/cnichain/plugins/pkg/attachstate"
+	"github.com/cnichain/plugins/pkg/hostnet"
+)
+
+// Restore puts back, from the records in stateDir, what a network manager
+// or a reconfiguration took away: each sub-device (bridge mode, up), the
+// node addresses it answers for, and the host route of every pod address.
+// It touches nothing that is there and removes nothing. Pods that are gone
+// (their netns no longer exists) are skipped, and said so on out: GC is
+// what removes them. ADD, DEL and GC wait while it runs.
+func Restore(stateDir string, out io.Writer) error {
+	store := attachstate.Store{Dir: stateDir}
+	names, unlock, err := store.Restoring()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	routes := map[string][]netip.Addr{} // per sub-device
+	devices := map[string]owner{}       // a record naming each sub-device's master
+	for _, name := range names {
+		ip, ok := recordAddr(name)
+		if !ok {
+			continue
+		}
+		var rec owner
+		if found, err := store.Load(name, &rec); err != nil || !found {
+			continue
+		}
+		if attachstate.NetnsGone(rec.Netns) {
+			fmt.Fprintf(out, "skipped %s (network %q, container %s): its netns %s is gone; GC removes it\n", ip, rec.Network, rec.ContainerID, rec.Netns)
+			continue
+		}
+		routes[rec.Bridge] = append(routes[rec.Bridge], ip)
+		if d := devices[rec.Bridge]; d.Master == "" {
+			devices[rec.Bridge] = rec
+		}
+	}
+	var errs []error
+	restored := 0
+	for _, bridge := range slices.Sorted(maps.Keys(routes)) {
+		n, err := restoreDevice(store, devices[bridge], routes[bridge])
+		restored += n
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", bridge, err))
+		}
+	}
+	fmt.Fprintf(out, "restored %d missing host routes of %d sub-devices from %s\n", restored, len(routes), stateDir)
+	return errors.Join(errs...)
+}
+
+// restoreDevice restores one sub-device, its answers and its routes to ips,
+// and returns how many routes it added.
+func restoreDevice(store attachstate.Store, dev owner, ips []netip.Addr) (int, error) {
+	var ans answers
+	if _, err := store.Load(answersRecord(dev.Bridge), &ans); err != nil {
+		return 0, err
+	}
+	var link netlink.Link
+	var err error
+	if dev.Master == "" {
+		// A record older than masters in records: only a sub-device that is
+		// still there can be routed through.
+		index := hostnet.LinkIndex(dev.Bridge)
+		if index == 0 {
+			return 0, errors.New("missing, and its records do not name its master; the next ADD recreates it")
+		}
+		link, err = netlink.LinkByIndex(index)
+	} else {
+		mac, _ := net.ParseMAC(ans.MAC) // none recorded: the kernel picks one
+		link, err = hostnet.EnsureMacvlanBridge(dev.Bridge, dev.Master, dev.MTU, mac)
+	}
+	if err != nil {
+		return 0, err
+	}
+	var masterAddrs []netip.Prefix
+	if master, err := hostnet.Master(dev.Master); err == nil {
+		masterAddrs, _ = hostnet.GlobalAddresses(master)
+	}
+	var errs []error
+	for _, p := range append(ans.Copies, ans.Listed...) {
+		errs = append(errs, hostnet.EnsureAddress(link, p))
+	}
+	added := 0
+	for _, ip := range ips {
+		if ok, err := hostnet.HasHostRoute(link.Attrs().Index, ip); err != nil || ok {
+			errs = append(errs, err)
+			continue
+		}
+		if err := hostnet.AddHostRoute(link, ip, PreferredSource(masterAddrs, ip)); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		added++
+	}
+	return added, errors.Join(errs...)
+}
+
+// RestoreMain is `macvlan-host-route restore [-state-dir DIR]`, run by hand
+// or by the systemd unit; it returns the exit status.
+func RestoreMain(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("macvlan-host-route restore", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	stateDir := fs.String("state-dir", DefaultStateDir, "the stateDir of the networks to restore")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if err := Restore(*stateDir, stdout); err != nil {
+		fmt.Fprintf(stderr, "macvlan-host-route restore: %s\n", strings.ReplaceAll(err.Error(), "\n", "; "))
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,135 @@
+package portmap
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+
+	"github.com/cnichain/plugins/pkg/attachstate"
+	"github.com/cnichain/plugins/pkg/hostnet"
+	"github.com/cnichain/plugins/pkg/iptbatch"
+)
+
+// Restore reinstalls, from the records in stateDir, whatever of every
+// attachment's rules is missing, as after a firewall reload flushed the nat
+// table. It touches nothing that is there and removes nothing. Attachments
+// whose pod is gone (its netns no longer exists) are skipped, and said so
+// on out: GC is what removes them. Runtimes may ADD and DEL meanwhile: they
+// wait for it (Store.HoldAgainstRestore). It writes with one iptables-restore per
+// family, or one nftables transaction per family, for all attachments.
+func Restore(stateDir, flavour string, out io.Writer) error {
+	store := attachstate.Store{Dir: stateDir}
+	names, unlock, err := store.Restoring()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	plans := map[string]map[iptbatch.Family][]*FamilyPlan{BackendIPTables: {}, BackendNFTables: {}}
+	var localnet []*FamilyPlan
+	count := 0
+	for _, name := range names {
+		if !attachstate.IsKeyID(name) {
+			continue
+		}
+		var rec record
+		if found, err := store.Load(name, &rec); err != nil || !found {
+			continue // deleted meanwhile, or unreadable: nothing to restore from
+		}
+		if attachstate.NetnsGone(rec.Netns) {
+			fmt.Fprintf(out, "skipped %s (network %q, container %s): its netns %s is gone; GC removes it\n",
+				name[:hashLen], rec.Network, rec.ContainerID, rec.Netns)
+			continue
+		}
+		backend := rec.Backend
+		if backend == "" {
+			backend = BackendIPTables
+		}
+		for i := range rec.Families {
+			fp := &rec.Families[i]
+			plans[backend][fp.Family] = append(plans[backend][fp.Family], fp)
+			if fp.Localnet {
+				localnet = append(localnet, fp)
+			}
+		}
+		count++
+	}
+	var errs []error
+	for fam, list := range plans[BackendIPTables] {
+		errs = append(errs, restoreIPTables(iptbatch.Runner{Flavour: flavour}, stateDir, fam, list))
+	}
+	for fam, list := range plans[BackendNFTables] {
+		errs = append(errs, restoreNFTables(nftBackend{stateDir: stateDir}, fam, list))
+	}
+	for _, fp := range localnet {
+		if err := hostnet.EnableRouteLocalnet(fp.PodIP); err != nil && !errors.Is(err, hostnet.ErrNoRoute) {
+			errs = append(errs, err)
+		}
+	}
+	fmt.Fprintf(out, "restored what was missing of %d attachments from %s\n", count, stateDir)
+	return errors.Join(errs...)
+}
+
+// restoreIPTables repairs a family's attachments in one iptables-restore,
+// the shared chains included, after one iptables-save.
+func restoreIPTables(r iptbatch.Runner, stateDir string, fam iptbatch.Family, plans []*FamilyPlan) error {
+	unlock, err := attachstate.Store{Dir: stateDir}.Lock(sharedLock(BackendIPTables, fam), true)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	text, err := r.Save(fam, "nat")
+	if err != nil {
+		return err
+	}
+	saved := iptbatch.ParseSave(text)
+	b := SharedBatch(saved)
+	for _, fp := range plans {
+		fp.Repair(b, saved)
+	}
+	if b.Empty() {
+		return nil
+	}
+	return r.Restore(fam, b.Text())
+}
+
+// restoreNFTables repairs a family's attachments in one transaction.
+func restoreNFTables(b nftBackend, fam iptbatch.Family, plans []*FamilyPlan) error {
+	c, err := newConn()
+	if err != nil {
+		return err
+	}
+	if err := b.ensureShared(c, fam); err != nil {
+		return err
+	}
+	st, err := readNFTState(c, fam)
+	if err != nil {
+		return err
+	}
+	for _, fp := range plans {
+		queueInstall(c, fp, st)
+	}
+	return c.Flush()
+}
+
+// RestoreMain is `portmap-lite restore [-state-dir DIR] [-iptables-flavour F]`,
+// run by hand or by the systemd unit after a firewall reload; it returns
+// the exit status.
+func RestoreMain(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("portmap-lite restore", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	stateDir := fs.String("state-dir", DefaultStateDir, "the stateDir of the networks to restore")
+	flavour := fs.String("iptables-flavour", "", `"legacy" or "nft" to pick those iptables binaries, as the iptablesFlavour key`)
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *flavour != "" && *flavour != "legacy" && *flavour != "nft" {
+		fmt.Fprintf(stderr, "portmap-lite restore: -iptables-flavour %q: must be legacy or nft\n", *flavour)
+		return 2
+	}
+	if err := Restore(*stateDir, *flavour, stdout); err != nil {
+		fmt.Fprintf(stderr, "portmap-lite restore: %v\n", err)
+		return 1
+	}
+	return 0
+}
