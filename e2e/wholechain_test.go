@@ -246,7 +246,11 @@ func TestWholeChainCnitool(t *testing.T) {
 
 // TestSecondAttachment is a Multus-style pod: the same pod on two networks
 // of the whole chain (eth0 and net1), deleted in either order; each
-// network's routes and rules are its own.
+// network's routes and rules are its own. Both interfaces sit on one wire,
+// so the pod answers ARP for either address on both (ARP flux): the node's
+// neighbour entry for the kept address may name the deleted interface's MAC,
+// which macvlan-host-route's DEL forgets (without that this test failed
+// about one run in two).
 func TestSecondAttachment(t *testing.T) {
 	for _, order := range []string{"eth0 first", "net1 first"} {
 		t.Run(order, func(t *testing.T) {

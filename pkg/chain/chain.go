@@ -69,6 +69,21 @@ func ContainerIPs(res *current.Result) []netip.Prefix {
 	return out
 }
 
+// ContainerMACs are the link-layer addresses of prevResult's interfaces
+// inside the container (those with a "sandbox") that name one.
+func ContainerMACs(res *current.Result) []net.HardwareAddr {
+	var out []net.HardwareAddr
+	for _, i := range res.Interfaces {
+		if i == nil || i.Sandbox == "" {
+			continue
+		}
+		if mac, err := net.ParseMAC(i.Mac); err == nil {
+			out = append(out, mac)
+		}
+	}
+	return out
+}
+
 // ContainerAddrs is ContainerIPs without the prefix lengths.
 func ContainerAddrs(res *current.Result) []netip.Addr {
 	var out []netip.Addr

@@ -3,6 +3,7 @@ package chain
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"strings"
@@ -151,5 +152,19 @@ func TestGateway(t *testing.T) {
 				t.Errorf("Gateway = %s, want %s", got, tt.want)
 			}
 		})
+	}
+}
+
+func TestContainerMACs(t *testing.T) {
+	r, err := current.NewResult([]byte(`{"cniVersion":"1.0.0","interfaces":[
+		{"name":"br0","mac":"02:00:00:00:00:01"},
+		{"name":"eth0","mac":"02:00:00:00:00:02","sandbox":"/var/run/netns/a"},
+		{"name":"net1","mac":"","sandbox":"/var/run/netns/a"}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, _ := current.NewResultFromResult(r)
+	if got := fmt.Sprint(ContainerMACs(res)); got != "[02:00:00:00:00:02]" {
+		t.Fatalf("ContainerMACs = %s, want the container's one MAC", got)
 	}
 }

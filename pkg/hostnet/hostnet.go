@@ -7,11 +7,13 @@
 package hostnet
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -216,6 +218,27 @@ func DelHostRoute(linkIndex int, ip netip.Addr) error {
 		return nil
 	}
 	return fmt.Errorf("delete route to %s: %w", ip, err)
+}
+
+// ForgetNeighbours deletes the neighbour entries on the link with index
+// linkIndex for any of ips or with any of macs as their link-layer address.
+func ForgetNeighbours(linkIndex int, ips []netip.Addr, macs []net.HardwareAddr) error {
+	neighs, err := netlink.NeighList(linkIndex, netlink.FAMILY_ALL)
+	if err != nil {
+		return err
+	}
+	for _, n := range neighs {
+		ip, _ := netip.AddrFromSlice(n.IP)
+		forget := slices.Contains(ips, ip.Unmap()) ||
+			slices.ContainsFunc(macs, func(m net.HardwareAddr) bool { return bytes.Equal(m, n.HardwareAddr) })
+		if !forget {
+			continue
+		}
+		if err := netlink.NeighDel(&n); err != nil && !errors.Is(err, syscall.ENOENT) {
+			return fmt.Errorf("forget neighbour %s: %w", n.IP, err)
+		}
+	}
+	return nil
 }
 
 // HasHostRoute reports whether our route to ip goes through linkIndex.

@@ -249,4 +249,22 @@ func TestHostRoutes(t *testing.T) {
 			}
 		})
 	})
+	t.Run("neighbours of a pod interface that goes are forgotten, by address or by MAC", func(t *testing.T) {
+		inNode(t, func(t *testing.T) {
+			link, _ := EnsureMacvlanBridge("eno1.host", "eno1", 0, nil)
+			for _, n := range [][]string{
+				{"192.168.1.20", "02:00:00:00:00:20"}, {"192.168.1.21", "02:00:00:00:00:99"}, {"192.168.1.22", "02:00:00:00:00:22"},
+			} {
+				sandbox.MustRunHere(t, "ip", "neigh", "add", n[0], "lladdr", n[1], "dev", "eno1.host", "nud", "reachable")
+			}
+			gone, _ := net.ParseMAC("02:00:00:00:00:99")
+			if err := ForgetNeighbours(link.Attrs().Index, []netip.Addr{netip.MustParseAddr("192.168.1.20")}, []net.HardwareAddr{gone}); err != nil {
+				t.Fatal(err)
+			}
+			out := sandbox.MustRunHere(t, "ip", "neigh", "show", "dev", "eno1.host")
+			if strings.Contains(out, "192.168.1.20 ") || strings.Contains(out, "192.168.1.21 ") || !strings.Contains(out, "192.168.1.22 ") {
+				t.Fatalf("want only 192.168.1.22 left:\n%s", out)
+			}
+		})
+	})
 }

@@ -3,6 +3,7 @@ package hostroute
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -211,8 +212,10 @@ func Del(args *skel.CmdArgs) error {
 	log, closeLog := cfg.Open("network", cfg.Name, "containerID", args.ContainerID, "verb", "DEL")
 	defer closeLog()
 	var targets []netip.Addr
+	var macs []net.HardwareAddr
 	if prev, err := chain.PrevResult(&cfg.PluginConf); err == nil && prev != nil {
 		targets = RouteTargets(chain.ContainerIPs(prev))
+		macs = chain.ContainerMACs(prev)
 	} else if targets, err = ownedBy(store, key); err != nil {
 		return cnierr.Internal("state "+cfg.StateDir, err)
 	}
@@ -238,6 +241,12 @@ func Del(args *skel.CmdArgs) error {
 		if index := hostnet.LinkIndex(bridge); index != 0 {
 			if err := hostnet.DelHostRoute(index, ip); err != nil {
 				return cnierr.Internal("host route", err)
+			}
+			// The node must not keep sending to the interface that goes: a pod
+			// on two networks of one wire answers ARP on both (ARP flux), and
+			// a new pod may reuse the address with another MAC.
+			if err := hostnet.ForgetNeighbours(index, []netip.Addr{ip}, macs); err != nil {
+				return cnierr.Internal("neighbours on "+bridge, err)
 			}
 		}
 		if err := store.Delete(recordName(ip)); err != nil {
