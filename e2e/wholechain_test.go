@@ -33,6 +33,30 @@ var (
 	}}
 )
 
+// path is a connection a test expects answered with want.
+type path struct {
+	name  string
+	from  ns.NetNS
+	to    netip.AddrPort
+	proto string // "tcp" or "udp"
+	want  string
+}
+
+func (p path) check() error {
+	dial := sandbox.DialTCP
+	if p.proto == "udp" {
+		dial = sandbox.DialUDP
+	}
+	got, err := dial(p.from, p.to)
+	if err == nil && got != p.want {
+		err = fmt.Errorf("answered %q, want %q", got, p.want)
+	}
+	if err != nil {
+		return fmt.Errorf("%s %s -> %s: %w", p.name, p.proto, p.to, err)
+	}
+	return nil
+}
+
 // wholeChainList is the example file in the sandbox, with portmap-lite's
 // backend set when backend is not the default.
 func wholeChainList(t *testing.T, sb *sandbox.Sandbox, backend string) *libcni.NetworkConfigList {
@@ -90,57 +114,29 @@ func TestWholeChain(t *testing.T) {
 			sandbox.ServeTCP(t, sb.Node, 7070, "hello from the node")
 
 			node4, node6 := sandbox.NodeIPv4.Addr(), sandbox.NodeIPv6.Addr()
-			for _, tt := range []struct {
-				name string
-				from ns.NetNS
-				to   netip.AddrPort
-			}{
-				{"a lan client, IPv4", sb.LAN, netip.AddrPortFrom(node4, 8080)},
-				{"a lan client, IPv6", sb.LAN, netip.AddrPortFrom(node6, 8080)},
-				{"another pod of the chain, IPv4", peer, netip.AddrPortFrom(node4, 8080)},
-				{"another pod of the chain, IPv6", peer, netip.AddrPortFrom(node6, 8080)},
-				{"the pod itself (hairpin), IPv4", web, netip.AddrPortFrom(node4, 8080)},
-				{"the pod itself (hairpin), IPv6", web, netip.AddrPortFrom(node6, 8080)},
-				{"the node on its own address, IPv4", sb.Node, netip.AddrPortFrom(node4, 8080)},
-				{"the node on its own address, IPv6", sb.Node, netip.AddrPortFrom(node6, 8080)},
-				{"the node on 127.0.0.1", sb.Node, netip.MustParseAddrPort("127.0.0.1:8080")},
+			const pod, node = "hello from the pod", "hello from the node"
+			for _, p := range []path{
+				{"tcp hostPort from a lan client, IPv4", sb.LAN, netip.AddrPortFrom(node4, 8080), "tcp", pod},
+				{"tcp hostPort from a lan client, IPv6", sb.LAN, netip.AddrPortFrom(node6, 8080), "tcp", pod},
+				{"tcp hostPort from another pod of the chain, IPv4", peer, netip.AddrPortFrom(node4, 8080), "tcp", pod},
+				{"tcp hostPort from another pod of the chain, IPv6", peer, netip.AddrPortFrom(node6, 8080), "tcp", pod},
+				{"tcp hostPort from the pod itself (hairpin), IPv4", web, netip.AddrPortFrom(node4, 8080), "tcp", pod},
+				{"tcp hostPort from the pod itself (hairpin), IPv6", web, netip.AddrPortFrom(node6, 8080), "tcp", pod},
+				{"tcp hostPort from the node on its own address, IPv4", sb.Node, netip.AddrPortFrom(node4, 8080), "tcp", pod},
+				{"tcp hostPort from the node on its own address, IPv6", sb.Node, netip.AddrPortFrom(node6, 8080), "tcp", pod},
+				{"tcp hostPort from the node on 127.0.0.1", sb.Node, netip.MustParseAddrPort("127.0.0.1:8080"), "tcp", pod},
+				{"udp hostPort from a lan client, IPv4", sb.LAN, netip.AddrPortFrom(node4, 8053), "udp", "udp from the pod"},
+				{"udp hostPort from a lan client, IPv6", sb.LAN, netip.AddrPortFrom(node6, 8053), "udp", "udp from the pod"},
+				{"udp hostPort from another pod of the chain, IPv4", peer, netip.AddrPortFrom(node4, 8053), "udp", "udp from the pod"},
+				{"udp hostPort from the node on its own address, IPv6", sb.Node, netip.AddrPortFrom(node6, 8053), "udp", "udp from the pod"},
+				{"node to pod, IPv4", sb.Node, netip.AddrPortFrom(podV4, 80), "tcp", pod},
+				{"node to pod, IPv6", sb.Node, netip.AddrPortFrom(podV6, 80), "tcp", pod},
+				{"pod to node, IPv4", web, netip.AddrPortFrom(node4, 7070), "tcp", node},
+				{"pod to node, IPv6", web, netip.AddrPortFrom(node6, 7070), "tcp", node},
 			} {
-				t.Run("tcp hostPort from "+tt.name, func(t *testing.T) {
-					if got, err := sandbox.DialTCP(tt.from, tt.to); err != nil || got != "hello from the pod" {
-						t.Fatalf("%s: %q, %v", tt.to, got, err)
-					}
-				})
-			}
-			for _, tt := range []struct {
-				name string
-				from ns.NetNS
-				to   netip.AddrPort
-			}{
-				{"a lan client, IPv4", sb.LAN, netip.AddrPortFrom(node4, 8053)},
-				{"a lan client, IPv6", sb.LAN, netip.AddrPortFrom(node6, 8053)},
-				{"another pod of the chain, IPv4", peer, netip.AddrPortFrom(node4, 8053)},
-				{"the node on its own address, IPv6", sb.Node, netip.AddrPortFrom(node6, 8053)},
-			} {
-				t.Run("udp hostPort from "+tt.name, func(t *testing.T) {
-					if got, err := sandbox.DialUDP(tt.from, tt.to); err != nil || got != "udp from the pod" {
-						t.Fatalf("%s: %q, %v", tt.to, got, err)
-					}
-				})
-			}
-			for _, tt := range []struct {
-				name     string
-				from     ns.NetNS
-				to       netip.AddrPort
-				answered string
-			}{
-				{"node to pod, IPv4", sb.Node, netip.AddrPortFrom(podV4, 80), "hello from the pod"},
-				{"node to pod, IPv6", sb.Node, netip.AddrPortFrom(podV6, 80), "hello from the pod"},
-				{"pod to node, IPv4", web, netip.AddrPortFrom(node4, 7070), "hello from the node"},
-				{"pod to node, IPv6", web, netip.AddrPortFrom(node6, 7070), "hello from the node"},
-			} {
-				t.Run(tt.name, func(t *testing.T) {
-					if got, err := sandbox.DialTCP(tt.from, tt.to); err != nil || got != tt.answered {
-						t.Fatalf("%s: %q, %v", tt.to, got, err)
+				t.Run(p.name, func(t *testing.T) {
+					if err := p.check(); err != nil {
+						t.Fatal(err)
 					}
 				})
 			}
