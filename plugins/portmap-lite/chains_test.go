@@ -3,6 +3,9 @@ package main
 import (
 	"fmt"
 	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -122,5 +125,55 @@ func TestMasqAllFalseBehindARouter(t *testing.T) {
 	}
 	if got, err := sandbox.DialTCP(sb.Node, netip.MustParseAddrPort("192.168.0.5:9090")); err != nil || got != "hello from the pod" {
 		t.Fatalf("from the node: %q, %v", got, err)
+	}
+}
+
+// TestRandomFully: MASQUERADE rules take --random-fully where the node's
+// iptables has it (1.6.2 and later: this one), and a node whose iptables
+// says it is older gets rules without it that work all the same.
+func TestRandomFully(t *testing.T) {
+	for _, tt := range []struct {
+		name  string
+		older bool
+	}{{"the node's iptables", false}, {"an iptables that says it is 1.6.1", true}} {
+		t.Run(tt.name, func(t *testing.T) {
+			if tt.older {
+				dir := t.TempDir()
+				restore, _ := exec.LookPath("iptables-restore")
+				ipt, _ := exec.LookPath("iptables")
+				for name, script := range map[string]string{
+					"iptables-restore": fmt.Sprintf("#!/bin/sh\nexec %s \"$@\"\n", restore),
+					"iptables":         fmt.Sprintf("#!/bin/sh\n[ \"$1\" = --version ] && { echo 'iptables v1.6.1'; exit 0; }\nexec %s \"$@\"\n", ipt),
+				} {
+					if err := os.WriteFile(filepath.Join(dir, name), []byte(script), 0o755); err != nil {
+						t.Fatal(err)
+					}
+				}
+				t.Setenv("PATH", dir+":"+os.Getenv("PATH"))
+			}
+			sb := sandbox.New(t)
+			rtm := sb.Runtime(t)
+			list := sb.Localize(t, sandbox.ListFromJSON(t, dualNetWith(`"type":"portmap-lite"`)))
+			pod := sb.NewPod(t)
+			att := sandbox.Attachment(pod, "random", "eth0")
+			att.CapabilityArgs = mappings
+			if _, err := rtm.Add(list, att); err != nil {
+				t.Fatalf("ADD: %v", err)
+			}
+			t.Cleanup(func() { _ = rtm.Del(list, att) })
+			rules := sandbox.MustRun(t, sb.Node, "iptables-save", "-t", "nat")
+			if got := strings.Contains(rules, "-j MASQUERADE --random-fully"); got == tt.older || !strings.Contains(rules, "-j MASQUERADE") {
+				t.Fatalf("--random-fully on MASQUERADE: %v, want %v:\n%s", got, !tt.older, rules)
+			}
+			sandbox.ServeTCP(t, pod, 80, "hello from the pod")
+			for _, from := range []ns.NetNS{sb.LAN, pod} { // a lan client, and the pod itself (masqueraded)
+				if got, err := sandbox.DialTCP(from, netip.MustParseAddrPort("192.168.0.5:9090")); err != nil || got != "hello from the pod" {
+					t.Errorf("hostPort: %q, %v", got, err)
+				}
+			}
+			if err := rtm.Check(list, att); err != nil {
+				t.Fatalf("CHECK: %v", err)
+			}
+		})
 	}
 }

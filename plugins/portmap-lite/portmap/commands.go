@@ -32,6 +32,9 @@ type record struct {
 	Backend string `json:"backend"`
 	// Netns is the pod's, so that a restore can tell a pod that is gone.
 	Netns string `json:"netns,omitempty"`
+	// RandomFully is what the node's iptables supported at ADD, so that
+	// CHECK rebuilds the same rules.
+	RandomFully bool `json:"randomFully,omitempty"`
 }
 
 func (rec *record) backend(cfg *Config) backend {
@@ -78,11 +81,12 @@ func Add(args *skel.CmdArgs) (err error) {
 	if err != nil {
 		return err
 	}
+	cfg.RandomFully = randomFully(cfg)
 	plan, err := Build(cfg, key, targets)
 	if err != nil {
 		return cnierr.InvalidConfig("runtimeConfig.portMappings", "hostIP", err.Error())
 	}
-	rec := record{Key: key, Plan: *plan, Targets: targets, Backend: cfg.Backend, Netns: args.Netns}
+	rec := record{Key: key, Plan: *plan, Targets: targets, Backend: cfg.Backend, Netns: args.Netns, RandomFully: cfg.RandomFully}
 	if err := store.Save(key.ID(), rec); err != nil {
 		return cnierr.Internal("state "+cfg.StateDir, err)
 	}
@@ -139,6 +143,12 @@ func findTargets(cfg *Config, prev *current.Result) ([]Target, error) {
 		}
 	}
 	return targets, nil
+}
+
+// randomFully tells whether MASQUERADE rules of cfg's backend take
+// --random-fully on this node (nftables says fully-random in its own way).
+func randomFully(cfg *Config) bool {
+	return cfg.Backend == BackendIPTables && iptbatch.Runner{Flavour: cfg.IptablesFlavour}.Features(cfg.StateDir).RandomFully
 }
 
 // Del removes exactly what the attachment's ADD installed, found by its
@@ -199,12 +209,14 @@ func Check(args *skel.CmdArgs) error {
 	}
 	plan := &rec.Plan
 	if len(cfg.Mappings) > 0 {
-		targets := rec.Targets
+		targets, random := rec.Targets, rec.RandomFully
 		if !found || len(targets) == 0 {
 			if targets, err = findTargets(cfg, prev); err != nil {
 				return err
 			}
+			random = randomFully(cfg)
 		}
+		cfg.RandomFully = random
 		if plan, err = Build(cfg, key, targets); err != nil {
 			return cnierr.InvalidConfig("runtimeConfig.portMappings", "hostIP", err.Error())
 		}

@@ -53,6 +53,9 @@ type Config struct {
 
 	// Mappings are RuntimeConfig.PortMappings, validated.
 	Mappings []Mapping `json:"-"`
+	// RandomFully puts --random-fully on MASQUERADE rules: set by the verbs
+	// from what the node's iptables supports, not by the configuration.
+	RandomFully bool `json:"-"`
 }
 
 // PortMapping is one entry of the portMappings capability as runtimes send it.

@@ -194,7 +194,9 @@ func snatExprs(fp *FamilyPlan) [][]expr.Any {
 			continue
 		}
 		done = append(done, t)
-		tail := append(append(matchAddr(false, fp.PodIP), matchPort(m.Protocol, m.ContainerPort)...), &expr.Masq{})
+		// fully-random, as --random-fully with iptables: every kernel with
+		// nftables NAT has it.
+		tail := append(append(matchAddr(false, fp.PodIP), matchPort(m.Protocol, m.ContainerPort)...), &expr.Masq{FullyRandom: true})
 		if fp.MasqAll {
 			out = append(out, tail)
 			continue

@@ -133,7 +133,7 @@ func Build(cfg *Config, k attachstate.Key, targets []Target) (*Plan, error) {
 		}
 		if *cfg.SNAT {
 			fp.SNATChain = SNATChainName(k)
-			fp.SNAT, fp.Localnet = snatRules(maps, pod, masqAll, comment)
+			fp.SNAT, fp.Localnet = snatRules(maps, pod, masqAll, cfg.RandomFully, comment)
 			fp.Jumps = append(fp.Jumps, Jump{SNATChain, iptbatch.Rule{"-d", hostPrefix(pod), "-m", "comment", "--comment", comment, "-j", fp.SNATChain}})
 		}
 		plan.Families = append(plan.Families, fp)
@@ -190,8 +190,14 @@ func dnatRule(m Mapping, pod netip.Addr, comment string) iptbatch.Rule {
 // connection from the pod to its own hostPort (hairpin: the reply would go
 // straight back inside the pod), and, for IPv4, one from 127.0.0.1 (the
 // pod cannot route a reply to the node's loopback). With masqAll, every
-// connection to the mapped ports.
-func snatRules(maps []Mapping, pod netip.Addr, masqAll bool, comment string) (rules []iptbatch.Rule, localnet bool) {
+// connection to the mapped ports. randomFully picks source ports at random
+// (--random-fully), so that many clients masqueraded to one node address
+// do not collide on them (the reference portmap does the same).
+func snatRules(maps []Mapping, pod netip.Addr, masqAll, randomFully bool, comment string) (rules []iptbatch.Rule, localnet bool) {
+	masq := iptbatch.Rule{"-j", "MASQUERADE"}
+	if randomFully {
+		masq = append(masq, "--random-fully")
+	}
 	type target struct {
 		proto string
 		port  uint16
@@ -205,8 +211,8 @@ func snatRules(maps []Mapping, pod netip.Addr, masqAll bool, comment string) (ru
 			continue
 		}
 		done = append(done, t)
-		match := iptbatch.Rule{"-d", hostPrefix(pod), "-p", m.Protocol, "-m", m.Protocol, "--dport", strconv.Itoa(int(m.ContainerPort)),
-			"-m", "comment", "--comment", comment, "-j", "MASQUERADE"}
+		match := append(iptbatch.Rule{"-d", hostPrefix(pod), "-p", m.Protocol, "-m", m.Protocol, "--dport", strconv.Itoa(int(m.ContainerPort)),
+			"-m", "comment", "--comment", comment}, masq...)
 		if masqAll {
 			rules = append(rules, match)
 			continue

@@ -115,6 +115,7 @@ func TestBuildFamiliesAndOptions(t *testing.T) {
 		extra    string
 		mappings string
 		pod      []Target
+		random   bool // the node's iptables has --random-fully
 		check    func(t *testing.T, p *Plan)
 		wantErr  string
 	}{
@@ -201,6 +202,19 @@ func TestBuildFamiliesAndOptions(t *testing.T) {
 			},
 		},
 		{
+			name: "--random-fully on every MASQUERADE where the node's iptables has it", extra: `,"masqAll":true`,
+			mappings: `[{"hostPort":8080,"containerPort":80},{"hostPort":8081,"containerPort":81,"hostIP":"127.0.0.1"}]`,
+			pod:      addrs("10.0.0.7"),
+			random:   true,
+			check: func(t *testing.T, p *Plan) {
+				for _, r := range p.Families[0].SNAT {
+					if !strings.HasSuffix(r.String(), "-j MASQUERADE --random-fully") {
+						t.Fatalf("SNAT rule %s lacks --random-fully", r)
+					}
+				}
+			},
+		},
+		{
 			name: "conditions go on the jump", extra: `,"conditionsV4":["-s","192.168.0.0/16"]`, mappings: `[{"hostPort":8080,"containerPort":80}]`,
 			pod: addrs("10.0.0.7"),
 			check: func(t *testing.T, p *Plan) {
@@ -238,7 +252,9 @@ func TestBuildFamiliesAndOptions(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			plan, err := Build(mustParse(t, tt.extra, tt.mappings), key, tt.pod)
+			cfg := mustParse(t, tt.extra, tt.mappings)
+			cfg.RandomFully = tt.random
+			plan, err := Build(cfg, key, tt.pod)
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("Build error = %v, want %q", err, tt.wantErr)
