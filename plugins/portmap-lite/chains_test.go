@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"os"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/ns"
 
+	"github.com/cnichain/plugins/pkg/attachstate"
 	"github.com/cnichain/plugins/pkg/sandbox"
 )
 
@@ -138,18 +140,7 @@ func TestRandomFully(t *testing.T) {
 	}{{"the node's iptables", false}, {"an iptables that says it is 1.6.1", true}} {
 		t.Run(tt.name, func(t *testing.T) {
 			if tt.older {
-				dir := t.TempDir()
-				restore, _ := exec.LookPath("iptables-restore")
-				ipt, _ := exec.LookPath("iptables")
-				for name, script := range map[string]string{
-					"iptables-restore": fmt.Sprintf("#!/bin/sh\nexec %s \"$@\"\n", restore),
-					"iptables":         fmt.Sprintf("#!/bin/sh\n[ \"$1\" = --version ] && { echo 'iptables v1.6.1'; exit 0; }\nexec %s \"$@\"\n", ipt),
-				} {
-					if err := os.WriteFile(filepath.Join(dir, name), []byte(script), 0o755); err != nil {
-						t.Fatal(err)
-					}
-				}
-				t.Setenv("PATH", dir+":"+os.Getenv("PATH"))
+				pretendOlderIPTables(t)
 			}
 			sb := sandbox.New(t)
 			rtm := sb.Runtime(t)
@@ -175,5 +166,84 @@ func TestRandomFully(t *testing.T) {
 				t.Fatalf("CHECK: %v", err)
 			}
 		})
+	}
+}
+
+// pretendOlderIPTables makes the node's iptables say it is 1.6.1, without
+// --random-fully, for the rest of the test (wrappers first in PATH).
+func pretendOlderIPTables(t *testing.T) {
+	t.Helper()
+	dir := t.TempDir()
+	restore, _ := exec.LookPath("iptables-restore")
+	ipt, _ := exec.LookPath("iptables")
+	for name, script := range map[string]string{
+		"iptables-restore": fmt.Sprintf("#!/bin/sh\nexec %s \"$@\"\n", restore),
+		"iptables":         fmt.Sprintf("#!/bin/sh\n[ \"$1\" = --version ] && { echo 'iptables v1.6.1'; exit 0; }\nexec %s \"$@\"\n", ipt),
+	} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(script), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Setenv("PATH", dir+":"+os.Getenv("PATH"))
+}
+
+// TestUpgradeFromAnOlderRecord: an attachment added by the previous release
+// (rules without --random-fully, a record without targets, netns or
+// randomFully) is checked, restored and deleted by this one: CHECK passes,
+// DEL leaves the nat tables as before, no rule is stranded.
+func TestUpgradeFromAnOlderRecord(t *testing.T) {
+	sb := sandbox.New(t)
+	rtm := sb.Runtime(t)
+	list := sb.Localize(t, sandbox.ListFromJSON(t, dualNetWith(`"type":"portmap-lite"`)))
+	before := natState(t, sb)
+	pod := sb.NewPod(t)
+	att := sandbox.Attachment(pod, "upgrade", "eth0")
+	att.CapabilityArgs = mappings
+	t.Run("the old release adds", func(t *testing.T) {
+		pretendOlderIPTables(t) // the rules as the old release wrote them
+		if _, err := rtm.Add(list, att); err != nil {
+			t.Fatalf("ADD: %v", err)
+		}
+	})
+	t.Cleanup(func() { _ = rtm.Del(list, att) })
+	stateDir := filepath.Join(sb.Dir, "state", "portmap-lite")
+	names, _ := (attachstate.Store{Dir: stateDir}).Names()
+	if len(names) != 1 {
+		t.Fatalf("records: %v", names)
+	}
+	var rec map[string]any
+	data, err := os.ReadFile(filepath.Join(stateDir, names[0]))
+	if err == nil {
+		err = json.Unmarshal(data, &rec)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, newer := range []string{"targets", "netns", "randomFully"} {
+		delete(rec, newer)
+	}
+	if data, err = json.Marshal(rec); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(stateDir, names[0]), data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := rtm.Check(list, att); err != nil {
+		t.Fatalf("CHECK of the old attachment: %v", err)
+	}
+	sandbox.MustRun(t, sb.Node, "iptables", "-t", "nat", "-F")
+	sandbox.MustRun(t, sb.Node, "iptables", "-t", "nat", "-X")
+	if out, err := sandbox.Run(sb.Node, nil, filepath.Join(sandbox.Plugins(t), "portmap-lite"), "restore", "-state-dir", stateDir); err != nil {
+		t.Fatalf("restore: %v\n%s", err, out)
+	}
+	if err := rtm.Check(list, att); err != nil {
+		t.Fatalf("CHECK after restoring the old attachment: %v", err)
+	}
+	att.CapabilityArgs = nil
+	if err := rtm.Del(list, att); err != nil {
+		t.Fatalf("DEL: %v", err)
+	}
+	if after := natState(t, sb); after != before {
+		t.Fatalf("nat tables after DEL:\n%s\nbefore:\n%s", after, before)
 	}
 }

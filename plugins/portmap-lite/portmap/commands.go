@@ -37,6 +37,16 @@ type record struct {
 	RandomFully bool `json:"randomFully,omitempty"`
 }
 
+// planTargets are the pod addresses of the record's plan, with its
+// masquerade decisions.
+func (rec *record) planTargets() []Target {
+	var out []Target
+	for _, fp := range rec.Families {
+		out = append(out, Target{IP: fp.PodIP, RepliesViaNode: !fp.MasqAll})
+	}
+	return out
+}
+
 func (rec *record) backend(cfg *Config) backend {
 	name := rec.Backend
 	if name == "" {
@@ -209,12 +219,16 @@ func Check(args *skel.CmdArgs) error {
 	}
 	plan := &rec.Plan
 	if len(cfg.Mappings) > 0 {
+		// What ADD decided, from its record; a record from before these
+		// were kept gives its plan's addresses and decisions.
 		targets, random := rec.Targets, rec.RandomFully
-		if !found || len(targets) == 0 {
+		if !found {
 			if targets, err = findTargets(cfg, prev); err != nil {
 				return err
 			}
 			random = randomFully(cfg)
+		} else if len(targets) == 0 {
+			targets = rec.planTargets()
 		}
 		cfg.RandomFully = random
 		if plan, err = Build(cfg, key, targets); err != nil {
