@@ -15,6 +15,7 @@ import (
 	"github.com/cnichain/plugins/pkg/cnierr"
 	"github.com/cnichain/plugins/pkg/hostnet"
 	"github.com/cnichain/plugins/pkg/iptbatch"
+	"github.com/cnichain/plugins/pkg/nat"
 )
 
 const prevHint = "chain portmap-lite after a plugin that yields the container's IP, such as bridge"
@@ -47,12 +48,12 @@ func (rec *record) planTargets() []Target {
 	return out
 }
 
-func (rec *record) backend(cfg *Config) backend {
+func (rec *record) backend(cfg *Config) nat.Backend {
 	name := rec.Backend
 	if name == "" {
 		name = BackendIPTables
 	}
-	return backendFor(name, cfg.IptablesFlavour, cfg.StateDir)
+	return nat.BackendFor(name, cfg.IptablesFlavour, cfg.StateDir)
 }
 
 func setup(args *skel.CmdArgs) (*Config, attachstate.Key, attachstate.Store, error) {
@@ -111,7 +112,7 @@ func Add(args *skel.CmdArgs) (err error) {
 	be := rec.backend(cfg)
 	for i := range plan.Families {
 		fp := &plan.Families[i]
-		if err := be.install(fp); err != nil {
+		if err := be.Install(fp); err != nil {
 			return cnierr.Internal(fmt.Sprintf("install %s port mappings", fp.Family), err)
 		}
 		if fp.Localnet {
@@ -193,7 +194,7 @@ func removeRecorded(cfg *Config, store attachstate.Store, key attachstate.Key) e
 	be := rec.backend(cfg)
 	for i := range rec.Families {
 		fp := &rec.Families[i]
-		if err := be.uninstall(fp); err != nil {
+		if err := be.Uninstall(fp); err != nil {
 			return err
 		}
 		flushUDP(rec.UDPPorts, fp.Family)
@@ -243,7 +244,7 @@ func Check(args *skel.CmdArgs) error {
 	be := rec.backend(cfg)
 	for i := range plan.Families {
 		fp := &plan.Families[i]
-		what, missing, err := be.missing(fp)
+		what, missing, err := be.Missing(fp)
 		if err != nil {
 			return cnierr.Internal("read "+fp.Family.String()+" rules", err)
 		}
@@ -285,7 +286,7 @@ func GC(args *skel.CmdArgs) error {
 			errs = append(errs, err)
 			continue
 		}
-		accounted[rec.ID()[:hashLen]] = true
+		accounted[rec.ID()[:nat.HashLen]] = true
 		if rec.Network == cfg.Name && !rec.In(cfg.ValidAttachments) {
 			errs = append(errs, removeRecorded(cfg, store, rec.Key))
 		}
@@ -293,11 +294,11 @@ func GC(args *skel.CmdArgs) error {
 	for fam, list := range chains {
 		var orphans []string
 		for _, c := range list {
-			if id, _ := IsAttachmentChain(c); !accounted[id] {
+			if id, _ := nat.IsAttachmentChain(c); !accounted[id] {
 				orphans = append(orphans, c)
 			}
 		}
-		errs = append(errs, removeOrphans(cfg, fam, orphans))
+		errs = append(errs, nat.RemoveChains(cfg.Backend, cfg.IptablesFlavour, fam, orphans))
 	}
 	if err := errors.Join(errs...); err != nil {
 		log, closeLog := cfg.Open("network", cfg.Name, "verb", "GC")
@@ -313,34 +314,11 @@ func attachmentChains(cfg *Config) (map[iptbatch.Family][]string, []error) {
 	out := map[iptbatch.Family][]string{}
 	var errs []error
 	for _, fam := range []iptbatch.Family{iptbatch.IPv4, iptbatch.IPv6} {
-		if cfg.Backend == BackendNFTables {
-			list, err := nftAttachmentChains(fam)
-			errs = append(errs, err)
-			out[fam] = list
-			continue
-		}
-		text, err := iptbatch.Runner{Flavour: cfg.IptablesFlavour}.Save(fam, "nat")
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		for _, c := range iptbatch.ParseSave(text).Chains {
-			if _, ok := IsAttachmentChain(c); ok {
-				out[fam] = append(out[fam], c)
-			}
-		}
+		list, err := nat.AttachmentChains(cfg.Backend, cfg.IptablesFlavour, fam)
+		errs = append(errs, err)
+		out[fam] = list
 	}
 	return out, errs
-}
-
-func removeOrphans(cfg *Config, fam iptbatch.Family, chains []string) error {
-	if len(chains) == 0 {
-		return nil
-	}
-	if cfg.Backend == BackendNFTables {
-		return removeNFTChainsNow(fam, chains)
-	}
-	return removeChains(iptbatch.Runner{Flavour: cfg.IptablesFlavour}, fam, chains)
 }
 
 // Status fails while the configured backend cannot work: the iptables
@@ -351,7 +329,7 @@ func Status(args *skel.CmdArgs) error {
 		return err
 	}
 	if cfg.Backend == BackendNFTables {
-		if _, err := nftAttachmentChains(iptbatch.IPv4); err != nil {
+		if _, err := nat.AttachmentChains(BackendNFTables, "", iptbatch.IPv4); err != nil {
 			return cnierr.Unavailable("nftables: %v", err)
 		}
 		return nil

@@ -1,6 +1,8 @@
 // Package portmap is the logic of the portmap-lite plugin: parse the
-// configuration and the runtime's portMappings, plan an attachment's
-// iptables rules (a pure function), and apply and remove them in batches.
+// configuration and the runtime's portMappings, decide per pod address
+// what to masquerade, plan the attachment's rules with pkg/nat (pure
+// functions), and apply, check, restore and remove them through its
+// backends, from a record of each attachment.
 package portmap
 
 import (
@@ -13,12 +15,13 @@ import (
 
 	"github.com/cnichain/plugins/pkg/cnierr"
 	"github.com/cnichain/plugins/pkg/cnilog"
+	"github.com/cnichain/plugins/pkg/nat"
 )
 
 // The backends.
 const (
-	BackendIPTables = "iptables"
-	BackendNFTables = "nftables"
+	BackendIPTables = nat.BackendIPTables
+	BackendNFTables = nat.BackendNFTables
 )
 
 // DefaultStateDir holds one record per attachment of what its ADD installed.
@@ -52,7 +55,7 @@ type Config struct {
 	} `json:"runtimeConfig"`
 
 	// Mappings are RuntimeConfig.PortMappings, validated.
-	Mappings []Mapping `json:"-"`
+	Mappings []nat.Mapping `json:"-"`
 	// RandomFully puts --random-fully on MASQUERADE rules: set by the verbs
 	// from what the node's iptables supports, not by the configuration.
 	RandomFully bool `json:"-"`
@@ -64,16 +67,6 @@ type PortMapping struct {
 	ContainerPort int    `json:"containerPort"`
 	Protocol      string `json:"protocol"`
 	HostIP        string `json:"hostIP,omitempty"`
-}
-
-// Mapping is a validated port mapping. HostIP is the zero Addr for "any
-// address of the node" in both families, 0.0.0.0 or :: for any address of
-// one family, else the one address the mapping listens on.
-type Mapping struct {
-	HostPort      uint16     `json:"hostPort"`
-	ContainerPort uint16     `json:"containerPort"`
-	Protocol      string     `json:"protocol"`
-	HostIP        netip.Addr `json:"hostIP"`
 }
 
 // Parse reads the plugin's stdin into a Config. Every error is a CNI error
@@ -135,8 +128,8 @@ func Parse(stdin []byte) (*Config, error) {
 	return &cfg, nil
 }
 
-func parseMappings(in []PortMapping) ([]Mapping, error) {
-	out := make([]Mapping, 0, len(in))
+func parseMappings(in []PortMapping) ([]nat.Mapping, error) {
+	out := make([]nat.Mapping, 0, len(in))
 	type slot struct {
 		ip    netip.Addr
 		port  uint16
@@ -145,7 +138,7 @@ func parseMappings(in []PortMapping) ([]Mapping, error) {
 	seen := map[slot]int{}
 	for i, pm := range in {
 		field := fmt.Sprintf("runtimeConfig.portMappings[%d]", i)
-		m := Mapping{Protocol: strings.ToLower(pm.Protocol)}
+		m := nat.Mapping{Protocol: strings.ToLower(pm.Protocol)}
 		if m.Protocol == "" {
 			m.Protocol = "tcp"
 		}

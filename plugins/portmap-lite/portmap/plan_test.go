@@ -11,6 +11,7 @@ import (
 
 	"github.com/cnichain/plugins/pkg/attachstate"
 	"github.com/cnichain/plugins/pkg/iptbatch"
+	"github.com/cnichain/plugins/pkg/nat"
 )
 
 var key = attachstate.Key{Network: "mynet", ContainerID: "cnitool-77383ca0a0715733ca6f", IfName: "eth0"}
@@ -42,31 +43,6 @@ func macvlanPod(s ...string) []Target {
 	return out
 }
 
-func TestChainNames(t *testing.T) {
-	dn, sn := DNATChainName(key), SNATChainName(key)
-	if len(dn) != 28 || len(sn) != 28 || !strings.HasPrefix(dn, "CNI-LITE-DN-") || !strings.HasPrefix(sn, "CNI-LITE-SN-") {
-		t.Fatalf("chain names %q %q: want CNI-LITE-DN-/SN- and 28 characters", dn, sn)
-	}
-	other := key
-	other.IfName = "net1"
-	if DNATChainName(other) == dn {
-		t.Fatal("two interfaces of one container share a chain")
-	}
-	renamed := key
-	renamed.Network = "mynet2"
-	if DNATChainName(renamed) == dn {
-		t.Fatal("a renamed network reuses the chain (plugins#752)")
-	}
-	if id, ok := IsAttachmentChain(dn); !ok || !strings.HasPrefix(key.ID(), id) {
-		t.Fatalf("IsAttachmentChain(%q) = %q, %v", dn, id, ok)
-	}
-	for _, c := range []string{"CNI-HOSTPORT-DNAT", "CNI-DN-be1eedf7a76853f303ebd", HostPortsChain, SNATChain} {
-		if _, ok := IsAttachmentChain(c); ok {
-			t.Errorf("IsAttachmentChain(%q) claims a chain that is not an attachment's", c)
-		}
-	}
-}
-
 // TestSourceDocumentRules is the seed's scenario: hostPort 9090 on
 // 127.0.0.1 to containerPort 80 of 10.244.10.7; the rules must read as the
 // document's iptables-save lines (ours carry a comment).
@@ -76,7 +52,7 @@ func TestSourceDocumentRules(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dn, sn := DNATChainName(key), SNATChainName(key)
+	dn, sn := nat.DNATChainName(key), nat.SNATChainName(key)
 	c := `"name: \"mynet\" id: \"cnitool-77383ca0a0715733ca6f\""`
 	want := strings.Join([]string{
 		"*nat",
@@ -271,17 +247,17 @@ func TestBuildFamiliesAndOptions(t *testing.T) {
 
 func TestSharedBatch(t *testing.T) {
 	empty := iptbatch.ParseSave("*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n")
-	text := SharedBatch(empty).Text()
+	text := nat.SharedBatch(empty).Text()
 	for _, want := range []string{":CNI-LITE-HOSTPORTS - [0:0]", ":CNI-LITE-SNAT - [0:0]",
 		"-A PREROUTING -m addrtype --dst-type LOCAL -j CNI-LITE-HOSTPORTS",
 		"-A OUTPUT -m addrtype --dst-type LOCAL -j CNI-LITE-HOSTPORTS", "-I POSTROUTING -j CNI-LITE-SNAT"} {
 		if !strings.Contains(text, want) {
-			t.Errorf("SharedBatch lacks %q:\n%s", want, text)
+			t.Errorf("nat.SharedBatch lacks %q:\n%s", want, text)
 		}
 	}
 	done := iptbatch.ParseSave(strings.Replace(strings.Replace(text, "*nat\n", "*nat\n:PREROUTING ACCEPT [0:0]\n", 1), "-I ", "-A ", 1))
-	if b := SharedBatch(done); !b.Empty() {
-		t.Fatalf("SharedBatch on a set-up node = %q, want nothing", b.Text())
+	if b := nat.SharedBatch(done); !b.Empty() {
+		t.Fatalf("nat.SharedBatch on a set-up node = %q, want nothing", b.Text())
 	}
 }
 

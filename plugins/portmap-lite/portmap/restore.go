@@ -9,6 +9,7 @@ import (
 	"github.com/cnichain/plugins/pkg/attachstate"
 	"github.com/cnichain/plugins/pkg/hostnet"
 	"github.com/cnichain/plugins/pkg/iptbatch"
+	"github.com/cnichain/plugins/pkg/nat"
 )
 
 // Restore reinstalls, from the records in stateDir, whatever of every
@@ -25,8 +26,8 @@ func Restore(stateDir, flavour string, out io.Writer) error {
 		return err
 	}
 	defer unlock()
-	plans := map[string]map[iptbatch.Family][]*FamilyPlan{BackendIPTables: {}, BackendNFTables: {}}
-	var localnet []*FamilyPlan
+	plans := map[string]map[iptbatch.Family][]*nat.FamilyPlan{BackendIPTables: {}, BackendNFTables: {}}
+	var localnet []*nat.FamilyPlan
 	count := 0
 	for _, name := range names {
 		if !attachstate.IsKeyID(name) {
@@ -38,7 +39,7 @@ func Restore(stateDir, flavour string, out io.Writer) error {
 		}
 		if attachstate.NetnsGone(rec.Netns) {
 			fmt.Fprintf(out, "skipped %s (network %q, container %s): its netns %s is gone; GC removes it\n",
-				name[:hashLen], rec.Network, rec.ContainerID, rec.Netns)
+				name[:nat.HashLen], rec.Network, rec.ContainerID, rec.Netns)
 			continue
 		}
 		backend := rec.Backend
@@ -56,10 +57,10 @@ func Restore(stateDir, flavour string, out io.Writer) error {
 	}
 	var errs []error
 	for fam, list := range plans[BackendIPTables] {
-		errs = append(errs, restoreIPTables(iptbatch.Runner{Flavour: flavour}, stateDir, fam, list))
+		errs = append(errs, nat.RepairIPTables(iptbatch.Runner{Flavour: flavour}, stateDir, fam, list))
 	}
 	for fam, list := range plans[BackendNFTables] {
-		errs = append(errs, restoreNFTables(nftBackend{stateDir: stateDir}, fam, list))
+		errs = append(errs, nat.RepairNFTables(stateDir, fam, list))
 	}
 	for _, fp := range localnet {
 		if err := hostnet.EnableRouteLocalnet(fp.PodIP); err != nil && !errors.Is(err, hostnet.ErrNoRoute) {
@@ -68,48 +69,6 @@ func Restore(stateDir, flavour string, out io.Writer) error {
 	}
 	fmt.Fprintf(out, "restored what was missing of %d attachments from %s\n", count, stateDir)
 	return errors.Join(errs...)
-}
-
-// restoreIPTables repairs a family's attachments in one iptables-restore,
-// the shared chains included, after one iptables-save.
-func restoreIPTables(r iptbatch.Runner, stateDir string, fam iptbatch.Family, plans []*FamilyPlan) error {
-	unlock, err := attachstate.Store{Dir: stateDir}.Lock(sharedLock(BackendIPTables, fam), true)
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	text, err := r.Save(fam, "nat")
-	if err != nil {
-		return err
-	}
-	saved := iptbatch.ParseSave(text)
-	b := SharedBatch(saved)
-	for _, fp := range plans {
-		fp.Repair(b, saved)
-	}
-	if b.Empty() {
-		return nil
-	}
-	return r.Restore(fam, b.Text())
-}
-
-// restoreNFTables repairs a family's attachments in one transaction.
-func restoreNFTables(b nftBackend, fam iptbatch.Family, plans []*FamilyPlan) error {
-	c, err := newConn()
-	if err != nil {
-		return err
-	}
-	if err := b.ensureShared(c, fam); err != nil {
-		return err
-	}
-	st, err := readNFTState(c, fam)
-	if err != nil {
-		return err
-	}
-	for _, fp := range plans {
-		queueInstall(c, fp, st)
-	}
-	return c.Flush()
 }
 
 // RestoreMain is `portmap-lite restore [-state-dir DIR] [-iptables-flavour F]`,

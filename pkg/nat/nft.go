@@ -1,4 +1,4 @@
-package portmap
+package nat
 
 import (
 	"fmt"
@@ -83,7 +83,7 @@ func (b nftBackend) ensureShared(c *nftables.Conn, fam iptbatch.Family) error {
 }
 
 // install adds fp's chains, rules and jumps in one transaction.
-func (b nftBackend) install(fp *FamilyPlan) error {
+func (b nftBackend) Install(fp *FamilyPlan) error {
 	c, err := newConn()
 	if err != nil {
 		return err
@@ -201,7 +201,7 @@ func snatExprs(fp *FamilyPlan) [][]expr.Any {
 			out = append(out, tail)
 			continue
 		}
-		if viaLoopback(m, fp.PodIP) {
+		if ViaLoopback(m, fp.PodIP) {
 			out = append(out, append(matchAddr(true, loopback), tail...))
 		}
 		out = append(out, append(matchAddr(true, fp.PodIP), slices.Clone(tail)...))
@@ -211,7 +211,7 @@ func snatExprs(fp *FamilyPlan) [][]expr.Any {
 
 // uninstall removes the jumps to fp's chains and the chains, in one
 // transaction; whatever is already gone is skipped.
-func (b nftBackend) uninstall(fp *FamilyPlan) error {
+func (b nftBackend) Uninstall(fp *FamilyPlan) error {
 	return removeNFTChainsNow(fp.Family, fp.Chains())
 }
 
@@ -254,7 +254,7 @@ func removeNFTChains(c *nftables.Conn, fam iptbatch.Family, chains []string) err
 }
 
 // missing reports the first part of fp that is not in the kernel, for CHECK.
-func (b nftBackend) missing(fp *FamilyPlan) (string, bool, error) {
+func (b nftBackend) Missing(fp *FamilyPlan) (string, bool, error) {
 	c, err := newConn()
 	if err != nil {
 		return "", false, err

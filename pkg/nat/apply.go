@@ -1,0 +1,159 @@
+package nat
+
+import (
+	"github.com/cnichain/plugins/pkg/attachstate"
+	"github.com/cnichain/plugins/pkg/iptbatch"
+)
+
+// Backend installs, removes and checks an attachment's rules in one family.
+type Backend interface {
+	Install(fp *FamilyPlan) error
+	Uninstall(fp *FamilyPlan) error
+	Missing(fp *FamilyPlan) (what string, missing bool, err error)
+}
+
+// BackendFor is the backend called name ("iptables", the default, or
+// "nftables"); flavour picks the iptables binaries, stateDir holds locks.
+func BackendFor(name, flavour, stateDir string) Backend {
+	if name == BackendNFTables {
+		return nftBackend{stateDir: stateDir}
+	}
+	return iptablesBackend{r: iptbatch.Runner{Flavour: flavour}, stateDir: stateDir}
+}
+
+// iptablesBackend writes with one iptables-restore per family and change.
+type iptablesBackend struct {
+	r        iptbatch.Runner
+	stateDir string
+}
+
+// Install applies fp in one iptables-restore. On a node where the shared
+// chains are missing (the first pod, or after a firewall reload) that
+// batch fails atomically; then the shared chains are set up and it is
+// tried once more.
+func (b iptablesBackend) Install(fp *FamilyPlan) error {
+	if err := b.r.Restore(fp.Family, fp.AddBatch().Text()); err == nil {
+		return nil
+	}
+	if err := ensureShared(b.r, b.stateDir, fp.Family); err != nil {
+		return err
+	}
+	return b.r.Restore(fp.Family, fp.AddBatch().Text())
+}
+
+// Uninstall removes fp in one iptables-restore. When part of it is gone
+// already (a second DEL, a crash, a reboot) that batch fails atomically;
+// then what is left is found with iptables-save and removed.
+func (b iptablesBackend) Uninstall(fp *FamilyPlan) error {
+	if err := b.r.Restore(fp.Family, fp.DelBatch().Text()); err == nil {
+		return nil
+	}
+	return removeChains(b.r, fp.Family, fp.Chains())
+}
+
+func (b iptablesBackend) Missing(fp *FamilyPlan) (string, bool, error) {
+	text, err := b.r.Save(fp.Family, "nat")
+	if err != nil {
+		return "", false, err
+	}
+	what, missing := fp.Missing(iptbatch.ParseSave(text))
+	return what, missing, nil
+}
+
+// ensureShared creates what is missing of the shared chains and their entry
+// jumps, under a lock so that concurrent first ADDs never duplicate a jump:
+// a restore with no attachment to repair.
+func ensureShared(r iptbatch.Runner, stateDir string, fam iptbatch.Family) error {
+	return RepairIPTables(r, stateDir, fam, nil)
+}
+
+// removeChains removes chains and every rule jumping to them, as found.
+func removeChains(r iptbatch.Runner, fam iptbatch.Family, chains []string) error {
+	text, err := r.Save(fam, "nat")
+	if err != nil {
+		return err
+	}
+	b := iptbatch.ParseSave(text).Removal("nat", chains)
+	if b.Empty() {
+		return nil
+	}
+	return r.Restore(fam, b.Text())
+}
+
+// sharedLock names the lock that serializes the setting up of a
+// backend's shared chains in one family.
+func sharedLock(backend string, fam iptbatch.Family) string {
+	return "shared-" + backend + "-" + fam.String()
+}
+
+// RepairIPTables repairs a family's attachments in one iptables-restore,
+// the shared chains included, after one iptables-save.
+func RepairIPTables(r iptbatch.Runner, stateDir string, fam iptbatch.Family, plans []*FamilyPlan) error {
+	unlock, err := attachstate.Store{Dir: stateDir}.Lock(sharedLock(BackendIPTables, fam), true)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	text, err := r.Save(fam, "nat")
+	if err != nil {
+		return err
+	}
+	saved := iptbatch.ParseSave(text)
+	b := SharedBatch(saved)
+	for _, fp := range plans {
+		fp.Repair(b, saved)
+	}
+	if b.Empty() {
+		return nil
+	}
+	return r.Restore(fam, b.Text())
+}
+
+// RepairNFTables repairs a family's attachments in one transaction.
+func RepairNFTables(stateDir string, fam iptbatch.Family, plans []*FamilyPlan) error {
+	b := nftBackend{stateDir: stateDir}
+	c, err := newConn()
+	if err != nil {
+		return err
+	}
+	if err := b.ensureShared(c, fam); err != nil {
+		return err
+	}
+	st, err := readNFTState(c, fam)
+	if err != nil {
+		return err
+	}
+	for _, fp := range plans {
+		queueInstall(c, fp, st)
+	}
+	return c.Flush()
+}
+
+// AttachmentChains lists the attachment chains of backend in fam.
+func AttachmentChains(backend, flavour string, fam iptbatch.Family) ([]string, error) {
+	if backend == BackendNFTables {
+		return nftAttachmentChains(fam)
+	}
+	text, err := iptbatch.Runner{Flavour: flavour}.Save(fam, "nat")
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, c := range iptbatch.ParseSave(text).Chains {
+		if _, ok := IsAttachmentChain(c); ok {
+			out = append(out, c)
+		}
+	}
+	return out, nil
+}
+
+// RemoveChains removes chains of backend in fam and the jumps into them.
+func RemoveChains(backend, flavour string, fam iptbatch.Family, chains []string) error {
+	if len(chains) == 0 {
+		return nil
+	}
+	if backend == BackendNFTables {
+		return removeNFTChainsNow(fam, chains)
+	}
+	return removeChains(iptbatch.Runner{Flavour: flavour}, fam, chains)
+}

@@ -1,0 +1,340 @@
+// Package nat holds every NAT rule the project can write, for a port
+// mapping of one attachment in one address family: DNAT of
+// hostIP:hostPort/protocol to the pod, the masquerading of hairpin,
+// localhost or all mapped connections, and the per-node dispatch into a
+// pod's chains; each as a pure function, rendered for iptables (rules for
+// one iptables-restore) and for nftables (expressions for one netlink
+// transaction), with the appliers of both.
+//
+// Per-pod rules go through iptables-restore, never go-iptables: go-iptables
+// runs one iptables process per rule and takes the xtables lock each time,
+// which is what makes the reference portmap slow (75 processes for an ADD of
+// 10 mappings); iptables-restore applies a whole attachment atomically in
+// one. go-iptables is used where one process per node is fine: telling what
+// an older iptables supports (iptbatch.Runner.Features).
+package nat
+
+import (
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/cnichain/plugins/pkg/attachstate"
+	"github.com/cnichain/plugins/pkg/iptbatch"
+)
+
+// The backends.
+const (
+	BackendIPTables = "iptables"
+	BackendNFTables = "nftables"
+)
+
+// Mapping is a validated port mapping. HostIP is the zero Addr for "any
+// address of the node" in both families, 0.0.0.0 or :: for any address of
+// one family, else the one address the mapping listens on.
+type Mapping struct {
+	HostPort      uint16     `json:"hostPort"`
+	ContainerPort uint16     `json:"containerPort"`
+	Protocol      string     `json:"protocol"`
+	HostIP        netip.Addr `json:"hostIP"`
+}
+
+// The shared chains, created once per node and family. The "CNI-LITE-"
+// prefix keeps ours apart from the reference portmap's CNI-HOSTPORT-* and
+// CNI-DN-*, so both plugins can serve pods on one node.
+const (
+	HostPortsChain = "CNI-LITE-HOSTPORTS" // from PREROUTING and OUTPUT, for local destinations
+	SNATChain      = "CNI-LITE-SNAT"      // from POSTROUTING
+	dnatPrefix     = "CNI-LITE-DN-"
+	snatPrefix     = "CNI-LITE-SN-"
+	// HashLen keeps chain names at iptables' limit of 28 characters.
+	HashLen = 28 - len(dnatPrefix)
+	// multiportMax is how many ports one multiport match takes.
+	multiportMax = 15
+)
+
+// Jump is a rule in a shared chain leading into an attachment's chain.
+type Jump struct {
+	Chain string        `json:"chain"`
+	Rule  iptbatch.Rule `json:"rule"`
+}
+
+// FamilyPlan is what one attachment installs in one family's nat table.
+type FamilyPlan struct {
+	Family    iptbatch.Family `json:"family"`
+	PodIP     netip.Addr      `json:"podIP"`
+	DNATChain string          `json:"dnatChain"`
+	SNATChain string          `json:"snatChain,omitempty"`
+	DNAT      []iptbatch.Rule `json:"dnat"`
+	SNAT      []iptbatch.Rule `json:"snat,omitempty"`
+	Jumps     []Jump          `json:"jumps"`
+	// Localnet says traffic to 127.0.0.1 is forwarded to PodIP, which needs
+	// route_localnet on the interface towards the pod.
+	Localnet bool `json:"localnet,omitempty"`
+	// Maps and MasqAll are what the rules were made from, for the nftables
+	// backend, which builds its expressions from them.
+	Maps    []Mapping `json:"maps"`
+	MasqAll bool      `json:"masqAll,omitempty"`
+	Comment string    `json:"comment"`
+}
+
+// DNATChainName and SNATChainName name an attachment's chains after its key.
+func DNATChainName(k attachstate.Key) string { return dnatPrefix + k.ID()[:HashLen] }
+func SNATChainName(k attachstate.Key) string { return snatPrefix + k.ID()[:HashLen] }
+
+// IsAttachmentChain reports whether chain is an attachment chain of ours,
+// and the key-ID prefix it carries.
+func IsAttachmentChain(chain string) (idPrefix string, ok bool) {
+	for _, p := range []string{dnatPrefix, snatPrefix} {
+		if s, found := strings.CutPrefix(chain, p); found && len(s) == HashLen {
+			return s, true
+		}
+	}
+	return "", false
+}
+
+// Spec is what one attachment's rules in one family are made from.
+type Spec struct {
+	Family  iptbatch.Family
+	Key     attachstate.Key
+	PodIP   netip.Addr
+	Maps    []Mapping
+	Comment string
+	// MasqAll masquerades every mapped connection, not only hairpin and
+	// localhost ones; SNAT false masquerades nothing.
+	MasqAll, SNAT bool
+	// RandomFully puts --random-fully on MASQUERADE (iptables).
+	RandomFully bool
+	// Conditions are extra iptables matches on the dispatch jumps.
+	Conditions *[]string
+}
+
+// NewFamilyPlan plans the rules of s.
+func NewFamilyPlan(s Spec) FamilyPlan {
+	fp := FamilyPlan{Family: s.Family, PodIP: s.PodIP, DNATChain: DNATChainName(s.Key), Maps: s.Maps, MasqAll: s.MasqAll, Comment: s.Comment}
+	fp.Jumps = dispatchJumps(fp.DNATChain, s.Maps, s.Conditions, s.Comment)
+	for _, m := range s.Maps {
+		fp.DNAT = append(fp.DNAT, dnatRule(m, s.PodIP, s.Comment))
+	}
+	if s.SNAT {
+		fp.SNATChain = SNATChainName(s.Key)
+		fp.SNAT, fp.Localnet = snatRules(s.Maps, s.PodIP, s.MasqAll, s.RandomFully, s.Comment)
+		fp.Jumps = append(fp.Jumps, Jump{SNATChain, iptbatch.Rule{"-d", hostPrefix(s.PodIP), "-m", "comment", "--comment", s.Comment, "-j", fp.SNATChain}})
+	}
+	return fp
+}
+
+// dispatchJumps sends traffic for the mapped ports, per protocol, into the
+// attachment's DNAT chain, so a packet only enters the chains of pods that
+// map its port: the cost of a lookup does not grow with the pods on a node.
+func dispatchJumps(chain string, maps []Mapping, conditions *[]string, comment string) []Jump {
+	ports := map[string][]string{}
+	var protos []string
+	for _, m := range maps {
+		p := strconv.Itoa(int(m.HostPort))
+		if !slices.Contains(protos, m.Protocol) {
+			protos = append(protos, m.Protocol)
+		}
+		if !slices.Contains(ports[m.Protocol], p) {
+			ports[m.Protocol] = append(ports[m.Protocol], p)
+		}
+	}
+	slices.Sort(protos)
+	var jumps []Jump
+	for _, proto := range protos {
+		for chunk := range slices.Chunk(ports[proto], multiportMax) {
+			rule := iptbatch.Rule{"-p", proto, "-m", "multiport", "--dports", strings.Join(chunk, ",")}
+			if conditions != nil {
+				rule = append(rule, *conditions...)
+			}
+			rule = append(rule, "-m", "comment", "--comment", comment, "-j", chain)
+			jumps = append(jumps, Jump{HostPortsChain, rule})
+		}
+	}
+	return jumps
+}
+
+func dnatRule(m Mapping, pod netip.Addr, comment string) iptbatch.Rule {
+	var r iptbatch.Rule
+	if m.HostIP.IsValid() && !m.HostIP.IsUnspecified() {
+		r = append(r, "-d", hostPrefix(m.HostIP))
+	}
+	return append(r, "-p", m.Protocol, "-m", m.Protocol, "--dport", strconv.Itoa(int(m.HostPort)),
+		"-m", "comment", "--comment", comment,
+		"-j", "DNAT", "--to-destination", netip.AddrPortFrom(pod, m.ContainerPort).String())
+}
+
+// snatRules masquerades what the pod could not answer otherwise: a
+// connection from the pod to its own hostPort (hairpin: the reply would go
+// straight back inside the pod), and, for IPv4, one from 127.0.0.1 (the
+// pod cannot route a reply to the node's loopback). With masqAll, every
+// connection to the mapped ports. randomFully picks source ports at random
+// (--random-fully), so that many clients masqueraded to one node address
+// do not collide on them (the reference portmap does the same).
+func snatRules(maps []Mapping, pod netip.Addr, masqAll, randomFully bool, comment string) (rules []iptbatch.Rule, localnet bool) {
+	masq := iptbatch.Rule{"-j", "MASQUERADE"}
+	if randomFully {
+		masq = append(masq, "--random-fully")
+	}
+	type target struct {
+		proto string
+		port  uint16
+	}
+	var done []target
+	for _, m := range maps {
+		t := target{m.Protocol, m.ContainerPort}
+		local := ViaLoopback(m, pod)
+		localnet = localnet || local
+		if slices.Contains(done, t) {
+			continue
+		}
+		done = append(done, t)
+		match := append(iptbatch.Rule{"-d", hostPrefix(pod), "-p", m.Protocol, "-m", m.Protocol, "--dport", strconv.Itoa(int(m.ContainerPort)),
+			"-m", "comment", "--comment", comment}, masq...)
+		if masqAll {
+			rules = append(rules, match)
+			continue
+		}
+		if local {
+			rules = append(rules, append(iptbatch.Rule{"-s", "127.0.0.1/32"}, match...))
+		}
+		rules = append(rules, append(iptbatch.Rule{"-s", hostPrefix(pod)}, match...))
+	}
+	return rules, localnet
+}
+
+// ViaLoopback reports whether m can be reached at 127.0.0.1 and forwarded
+// to pod: IPv4 only, and only when it listens on any address or on 127.0.0.1.
+func ViaLoopback(m Mapping, pod netip.Addr) bool {
+	return pod.Is4() && (!m.HostIP.IsValid() || m.HostIP.IsUnspecified() || m.HostIP.IsLoopback())
+}
+
+// AddBatch installs fp: the attachment's chains are declared (so a retried
+// ADD replaces them), filled, and jumped to. The shared chains must exist.
+func (fp *FamilyPlan) AddBatch() *iptbatch.Batch {
+	b := iptbatch.NewBatch("nat")
+	b.DeclareChain(fp.DNATChain)
+	if fp.SNATChain != "" {
+		b.DeclareChain(fp.SNATChain)
+	}
+	for _, r := range fp.DNAT {
+		b.Append(fp.DNATChain, r)
+	}
+	for _, r := range fp.SNAT {
+		b.Append(fp.SNATChain, r)
+	}
+	for _, j := range fp.Jumps {
+		b.Append(j.Chain, j.Rule)
+	}
+	return b
+}
+
+// Repair adds to b what of fp saved lacks: its chains, their rules and the
+// jumps into them. What is there is left as it is; rules that are missing
+// go at the end of their chain, where their order does not matter.
+func (fp *FamilyPlan) Repair(b *iptbatch.Batch, saved iptbatch.Saved) {
+	for _, c := range []struct {
+		name  string
+		rules []iptbatch.Rule
+	}{{fp.DNATChain, fp.DNAT}, {fp.SNATChain, fp.SNAT}} {
+		if c.name == "" {
+			continue
+		}
+		if !saved.HasChain(c.name) {
+			b.DeclareChain(c.name)
+		}
+		for _, r := range c.rules {
+			if !saved.HasRule(c.name, r) {
+				b.Append(c.name, r)
+			}
+		}
+	}
+	for _, j := range fp.Jumps {
+		if !saved.HasRule(j.Chain, j.Rule) {
+			b.Append(j.Chain, j.Rule)
+		}
+	}
+}
+
+// DelBatch removes exactly what AddBatch installed.
+func (fp *FamilyPlan) DelBatch() *iptbatch.Batch {
+	b := iptbatch.NewBatch("nat")
+	for _, j := range fp.Jumps {
+		b.Delete(j.Chain, j.Rule)
+	}
+	b.RemoveChain(fp.DNATChain)
+	if fp.SNATChain != "" {
+		b.RemoveChain(fp.SNATChain)
+	}
+	return b
+}
+
+// Chains are the attachment chains of fp.
+func (fp *FamilyPlan) Chains() []string {
+	if fp.SNATChain == "" {
+		return []string{fp.DNATChain}
+	}
+	return []string{fp.DNATChain, fp.SNATChain}
+}
+
+// Missing returns the first rule of fp that saved lacks, for CHECK.
+func (fp *FamilyPlan) Missing(saved iptbatch.Saved) (string, bool) {
+	for _, r := range fp.DNAT {
+		if !saved.HasRule(fp.DNATChain, r) {
+			return "-A " + fp.DNATChain + " " + r.String(), true
+		}
+	}
+	for _, r := range fp.SNAT {
+		if !saved.HasRule(fp.SNATChain, r) {
+			return "-A " + fp.SNATChain + " " + r.String(), true
+		}
+	}
+	for _, j := range fp.Jumps {
+		if !saved.HasRule(j.Chain, j.Rule) {
+			return "-A " + j.Chain + " " + j.Rule.String(), true
+		}
+	}
+	return "", false
+}
+
+// SharedBatch adds whatever of the shared chains and their entry jumps
+// saved lacks; it is empty on a node already set up.
+func SharedBatch(saved iptbatch.Saved) *iptbatch.Batch {
+	b := iptbatch.NewBatch("nat")
+	for _, c := range []string{HostPortsChain, SNATChain} {
+		if !saved.HasChain(c) {
+			b.DeclareChain(c)
+		}
+	}
+	local := iptbatch.Rule{"-m", "addrtype", "--dst-type", "LOCAL", "-j", HostPortsChain}
+	for _, chain := range []string{"PREROUTING", "OUTPUT"} {
+		if !saved.HasRule(chain, local) {
+			b.Append(chain, local)
+		}
+	}
+	// First in POSTROUTING: a rule before it that accepts (bridge's ipMasq
+	// accepts traffic within the pod subnet) would end the nat table's
+	// walk before a hairpin connection is masqueraded.
+	if snat := (iptbatch.Rule{"-j", SNATChain}); !saved.HasRule("POSTROUTING", snat) {
+		b.Insert("POSTROUTING", snat)
+	}
+	return b
+}
+
+func FamilyOf(ip netip.Addr) iptbatch.Family {
+	if ip.Is4() {
+		return iptbatch.IPv4
+	}
+	return iptbatch.IPv6
+}
+
+func hostPrefix(ip netip.Addr) string { return netip.PrefixFrom(ip, ip.BitLen()).String() }
+
+// TrimComment keeps a comment within iptables' 256 bytes.
+func TrimComment(s string) string {
+	if len(s) > 255 {
+		return s[:255]
+	}
+	return s
+}
