@@ -35,12 +35,9 @@ func TestRestoreAfterAFirewallReload(t *testing.T) {
 			sb := sandbox.New(t)
 			sb.EnableForwarding(t)
 			rtm := sb.Runtime(t)
-			entry := ""
-			if backend == "nftables" {
-				entry = `"backend":"nftables",`
-			}
+			entry := fmt.Sprintf(`"backend":%q,`, backend)
 			lists := []*libcni.NetworkConfigList{
-				wholeChainList(t, sb, map[string]string{"iptables": "", "nftables": "nftables"}[backend]),
+				wholeChainList(t, sb, backend),
 				sb.Localize(t, sandbox.ListFromJSON(t, strings.Replace(bridgeHostPort, "BACKEND", entry, 1))),
 			}
 			ports := []int{8080, 9090}

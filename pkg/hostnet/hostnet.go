@@ -289,9 +289,7 @@ func prefixNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }
 
-func hostNet(ip netip.Addr) *net.IPNet {
-	return &net.IPNet{IP: ip.AsSlice(), Mask: net.CIDRMask(ip.BitLen(), ip.BitLen())}
-}
+func hostNet(ip netip.Addr) *net.IPNet { return prefixNet(netip.PrefixFrom(ip, ip.BitLen())) }
 
 // IsLocal reports whether ip is an address of the node (of any of its links).
 func IsLocal(ip netip.Addr) (bool, error) {

@@ -82,7 +82,7 @@ func (b nftBackend) ensureShared(c *nftables.Conn, fam iptbatch.Family) error {
 	return c.Flush()
 }
 
-// install adds fp's chains, rules and jumps in one transaction.
+// Install adds fp's chains, rules and jumps in one transaction.
 func (b nftBackend) Install(fp *FamilyPlan) error {
 	c, err := newConn()
 	if err != nil {
@@ -209,7 +209,7 @@ func snatExprs(fp *FamilyPlan) [][]expr.Any {
 	return out
 }
 
-// uninstall removes the jumps to fp's chains and the chains, in one
+// Uninstall removes the jumps to fp's chains and the chains, in one
 // transaction; whatever is already gone is skipped.
 func (b nftBackend) Uninstall(fp *FamilyPlan) error {
 	return removeNFTChainsNow(fp.Family, fp.Chains())
@@ -253,7 +253,7 @@ func removeNFTChains(c *nftables.Conn, fam iptbatch.Family, chains []string) err
 	return nil
 }
 
-// missing reports the first part of fp that is not in the kernel, for CHECK.
+// Missing reports the first part of fp that is not in the kernel, for CHECK.
 func (b nftBackend) Missing(fp *FamilyPlan) (string, bool, error) {
 	c, err := newConn()
 	if err != nil {
@@ -279,7 +279,7 @@ func (b nftBackend) Missing(fp *FamilyPlan) (string, bool, error) {
 	return "", false, nil
 }
 
-// orphanChains lists our attachment chains in fam's table.
+// nftAttachmentChains lists our attachment chains in fam's table.
 func nftAttachmentChains(fam iptbatch.Family) ([]string, error) {
 	c, err := newConn()
 	if err != nil {

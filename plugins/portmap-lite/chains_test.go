@@ -188,8 +188,7 @@ func pretendOlderIPTables(t *testing.T) {
 }
 
 // TestUpgradeFromAnOlderRecord: an attachment added by the previous release
-// (rules without --random-fully, a record without targets, netns or
-// randomFully) is checked, restored and deleted by this one: CHECK passes,
+// (rules without --random-fully, a record without netns or randomFully) is checked, restored and deleted by this one: CHECK passes,
 // DEL leaves the nat tables as before, no rule is stranded.
 func TestUpgradeFromAnOlderRecord(t *testing.T) {
 	sb := sandbox.New(t)
@@ -219,7 +218,7 @@ func TestUpgradeFromAnOlderRecord(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, newer := range []string{"targets", "netns", "randomFully"} {
+	for _, newer := range []string{"netns", "randomFully"} {
 		delete(rec, newer)
 	}
 	if data, err = json.Marshal(rec); err != nil {

@@ -22,6 +22,10 @@ type answers struct {
 	MAC string `json:"mac,omitempty"`
 }
 
+func (a answers) equal(b answers) bool {
+	return a.MAC == b.MAC && slices.Equal(a.Copies, b.Copies) && slices.Equal(a.Listed, b.Listed)
+}
+
 func answersRecord(bridge string) string { return "answers-" + bridge }
 
 // answerForNode makes the sub-device answer for the node's addresses that
@@ -37,6 +41,7 @@ func answerForNode(cfg *Config, link netlink.Link, masterAddrs []netip.Prefix, s
 	if _, err := store.Load(answersRecord(cfg.Bridge), &rec); err != nil {
 		return cnierr.Internal("state "+cfg.StateDir, err)
 	}
+	was := rec
 	rec.MAC = link.Attrs().HardwareAddr.String()
 	var had []netip.Prefix
 	if len(cfg.HostAddresses) == 0 {
@@ -44,8 +49,11 @@ func answerForNode(cfg *Config, link netlink.Link, masterAddrs []netip.Prefix, s
 	} else {
 		rec.Listed = want
 	}
-	if err := store.Save(answersRecord(cfg.Bridge), rec); err != nil {
-		return cnierr.Internal("state "+cfg.StateDir, err)
+	// Most ADDs find it as it was: no write then.
+	if !rec.equal(was) {
+		if err := store.Save(answersRecord(cfg.Bridge), rec); err != nil {
+			return cnierr.Internal("state "+cfg.StateDir, err)
+		}
 	}
 	for _, p := range had {
 		if !slices.Contains(want, p) {

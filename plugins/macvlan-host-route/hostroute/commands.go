@@ -157,6 +157,8 @@ func Del(args *skel.CmdArgs) error {
 	if settleMaster(cfg) == nil {
 		fallback = cfg.Bridge
 	}
+	owned := map[string][]netip.Addr{} // per sub-device
+	var bridges []string
 	for _, ip := range targets {
 		var rec owner
 		found, err := store.Load(recordName(ip), &rec)
@@ -170,21 +172,32 @@ func Del(args *skel.CmdArgs) error {
 		if found {
 			bridge = rec.Bridge
 		}
+		if _, seen := owned[bridge]; !seen {
+			bridges = append(bridges, bridge)
+		}
+		owned[bridge] = append(owned[bridge], ip)
+	}
+	for _, bridge := range bridges {
+		ips := owned[bridge]
 		if index := hostnet.LinkIndex(bridge); index != 0 {
-			if err := hostnet.DelHostRoute(index, ip); err != nil {
-				return cnierr.Internal("host route", err)
+			for _, ip := range ips {
+				if err := hostnet.DelHostRoute(index, ip); err != nil {
+					return cnierr.Internal("host route", err)
+				}
 			}
 			// The node must not keep sending to the interface that goes: a pod
 			// on two networks of one wire answers ARP on both (ARP flux), and
 			// a new pod may reuse the address with another MAC.
-			if err := hostnet.ForgetNeighbours(index, []netip.Addr{ip}, macs); err != nil {
+			if err := hostnet.ForgetNeighbours(index, ips, macs); err != nil {
 				return cnierr.Internal("neighbours on "+bridge, err)
 			}
 		}
-		if err := store.Delete(recordName(ip)); err != nil {
-			return cnierr.Internal("state "+cfg.StateDir, err)
+		for _, ip := range ips {
+			if err := store.Delete(recordName(ip)); err != nil {
+				return cnierr.Internal("state "+cfg.StateDir, err)
+			}
+			log.Info("route removed", "ip", ip, "bridge", bridge)
 		}
-		log.Info("route removed", "ip", ip, "bridge", bridge)
 	}
 	return nil
 }

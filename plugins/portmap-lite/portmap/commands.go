@@ -25,9 +25,6 @@ const prevHint = "chain portmap-lite after a plugin that yields the container's 
 type record struct {
 	attachstate.Key
 	Plan
-	// Targets are the pod addresses with what ADD found out about them,
-	// so that CHECK rebuilds the same plan without asking the node again.
-	Targets []Target `json:"targets,omitempty"`
 	// Backend is the one that installed the rules; DEL uses it whatever
 	// the configuration says now.
 	Backend string `json:"backend"`
@@ -38,8 +35,9 @@ type record struct {
 	RandomFully bool `json:"randomFully,omitempty"`
 }
 
-// planTargets are the pod addresses of the record's plan, with its
-// masquerade decisions.
+// planTargets are the pod addresses of the record's plan with the
+// masquerade decisions ADD made for them, so that CHECK rebuilds the same
+// plan without asking the node again.
 func (rec *record) planTargets() []Target {
 	var out []Target
 	for _, fp := range rec.Families {
@@ -97,7 +95,7 @@ func Add(args *skel.CmdArgs) (err error) {
 	if err != nil {
 		return cnierr.InvalidConfig("runtimeConfig.portMappings", "hostIP", err.Error())
 	}
-	rec := record{Key: key, Plan: *plan, Targets: targets, Backend: cfg.Backend, Netns: args.Netns, RandomFully: cfg.RandomFully}
+	rec := record{Key: key, Plan: *plan, Backend: cfg.Backend, Netns: args.Netns, RandomFully: cfg.RandomFully}
 	if err := store.Save(key.ID(), rec); err != nil {
 		return cnierr.Internal("state "+cfg.StateDir, err)
 	}
@@ -220,16 +218,13 @@ func Check(args *skel.CmdArgs) error {
 	}
 	plan := &rec.Plan
 	if len(cfg.Mappings) > 0 {
-		// What ADD decided, from its record; a record from before these
-		// were kept gives its plan's addresses and decisions.
-		targets, random := rec.Targets, rec.RandomFully
+		// What ADD decided, from its record; without one, decide now.
+		targets, random := rec.planTargets(), rec.RandomFully
 		if !found {
 			if targets, err = findTargets(cfg, prev); err != nil {
 				return err
 			}
 			random = randomFully(cfg)
-		} else if len(targets) == 0 {
-			targets = rec.planTargets()
 		}
 		cfg.RandomFully = random
 		if plan, err = Build(cfg, key, targets); err != nil {

@@ -23,8 +23,8 @@ type Plan struct {
 // an address of the node (bridge with isGateway, ptp). Behind macvlan or
 // ipvlan they do not: the gateway is a router of the lan, or there is none.
 type Target struct {
-	IP             netip.Addr `json:"ip"`
-	RepliesViaNode bool       `json:"repliesViaNode"`
+	IP             netip.Addr
+	RepliesViaNode bool
 }
 
 // MasqueradeAll decides whether every connection forwarded to a target is
