@@ -124,7 +124,9 @@ func RepairNFTables(stateDir string, fam iptbatch.Family, plans []*FamilyPlan) e
 		return err
 	}
 	for _, fp := range plans {
-		queueInstall(c, fp, st)
+		if err := queueInstall(c, fp, st); err != nil {
+			return err
+		}
 	}
 	return c.Flush()
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -19,7 +20,8 @@ import (
 // The nftables backend speaks netlink: an ADD or DEL is one transaction in
 // our own table per family, and no process at all. The layout mirrors the
 // iptables backend: base chains jump to "hostports" (locally-destined
-// traffic) and "masq"; these jump to each attachment's DNAT and SNAT chains.
+// traffic) and "masq"; these dispatch into each attachment's DNAT and SNAT
+// chains through verdict maps (nftmaps.go).
 const (
 	nftTable     = "cnichain-portmap"
 	nftHostPorts = "hostports"
@@ -43,12 +45,14 @@ func chainOf(t *nftables.Table, name string) *nftables.Chain {
 	return &nftables.Chain{Name: name, Table: t}
 }
 
-// ensureShared creates the table, its base chains and their jumps when the
-// table's postrouting chain is missing, under the same lock as the iptables
-// backend's bootstrap so concurrent first ADDs never duplicate a jump.
+// ensureShared creates what is missing of the table, its base chains and
+// their jumps, and the dispatch maps with the rules that look them up, under
+// the same lock as the iptables backend's bootstrap so concurrent first
+// ADDs never duplicate a rule. The pod map is created last of all: when it
+// is there, so is the rest, and an ADD checks no more than that.
 func (b nftBackend) ensureShared(c *nftables.Conn, fam iptbatch.Family) error {
 	t := nftTableOf(fam)
-	if _, err := c.ListChain(t, "postrouting"); err == nil {
+	if _, err := c.GetSetByName(t, podMap); err == nil {
 		return nil
 	}
 	unlock, err := attachstate.Store{Dir: b.stateDir}.Lock(sharedLock(BackendNFTables, fam), true)
@@ -56,33 +60,51 @@ func (b nftBackend) ensureShared(c *nftables.Conn, fam iptbatch.Family) error {
 		return err
 	}
 	defer unlock()
-	if _, err := c.ListChain(t, "postrouting"); err == nil {
+	if _, err := c.GetSetByName(t, podMap); err == nil {
 		return nil
 	}
-	c.AddTable(t)
-	hostports := c.AddChain(chainOf(t, nftHostPorts))
-	masq := c.AddChain(chainOf(t, nftMasq))
-	local := []expr.Any{
-		&expr.Fib{Register: 1, FlagDADDR: true, ResultADDRTYPE: true},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(unix.RTN_LOCAL)},
+	hostports, masq := chainOf(t, nftHostPorts), chainOf(t, nftMasq)
+	if _, err := c.ListChain(t, "postrouting"); err != nil {
+		c.AddTable(t)
+		c.AddChain(hostports)
+		c.AddChain(masq)
+		local := []expr.Any{
+			&expr.Fib{Register: 1, FlagDADDR: true, ResultADDRTYPE: true},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(unix.RTN_LOCAL)},
+		}
+		for _, base := range []struct {
+			name  string
+			hook  *nftables.ChainHook
+			prio  *nftables.ChainPriority
+			exprs []expr.Any
+		}{
+			{"prerouting", nftables.ChainHookPrerouting, nftables.ChainPriorityNATDest, append(slices.Clone(local), jump(hostports.Name))},
+			{"output", nftables.ChainHookOutput, nftables.ChainPriorityNATDest, append(slices.Clone(local), jump(hostports.Name))},
+			{"postrouting", nftables.ChainHookPostrouting, nftables.ChainPriorityNATSource, []expr.Any{jump(masq.Name)}},
+		} {
+			ch := c.AddChain(&nftables.Chain{Name: base.name, Table: t, Type: nftables.ChainTypeNAT, Hooknum: base.hook, Priority: base.prio})
+			c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: base.exprs})
+		}
 	}
-	for _, base := range []struct {
-		name  string
-		hook  *nftables.ChainHook
-		prio  *nftables.ChainPriority
-		exprs []expr.Any
-	}{
-		{"prerouting", nftables.ChainHookPrerouting, nftables.ChainPriorityNATDest, append(slices.Clone(local), jump(hostports.Name))},
-		{"output", nftables.ChainHookOutput, nftables.ChainPriorityNATDest, append(slices.Clone(local), jump(hostports.Name))},
-		{"postrouting", nftables.ChainHookPostrouting, nftables.ChainPriorityNATSource, []expr.Any{jump(masq.Name)}},
-	} {
-		ch := c.AddChain(&nftables.Chain{Name: base.name, Table: t, Type: nftables.ChainTypeNAT, Hooknum: base.hook, Priority: base.prio})
-		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: base.exprs})
+	// The lookups go first in their chains: on a table an older release
+	// set up, its per-pod jumps stay behind them until their pods go.
+	maps := dispatchMaps(fam)
+	for _, m := range maps {
+		if err := c.AddSet(m, nil); err != nil {
+			return err
+		}
 	}
+	lookups, masqLookup := dispatchLookups(fam, maps)
+	for _, e := range slices.Backward(lookups) {
+		c.InsertRule(&nftables.Rule{Table: t, Chain: hostports, Exprs: e})
+	}
+	c.InsertRule(&nftables.Rule{Table: t, Chain: masq, Exprs: masqLookup})
 	return c.Flush()
 }
 
-// Install adds fp's chains, rules and jumps in one transaction.
+// Install adds fp's chains, rules and dispatch elements in one
+// transaction. An element whose key another attachment holds (the same
+// hostPort, protocol and hostIP) fails it, and nothing is installed.
 func (b nftBackend) Install(fp *FamilyPlan) error {
 	c, err := newConn()
 	if err != nil {
@@ -91,19 +113,94 @@ func (b nftBackend) Install(fp *FamilyPlan) error {
 	if err := b.ensureShared(c, fp.Family); err != nil {
 		return fmt.Errorf("nftables table %s: %w", nftTable, err)
 	}
-	queueInstall(c, fp, nftState{})
-	return c.Flush()
+	if err := queueInstall(c, fp, nftState{}); err != nil {
+		return err
+	}
+	if err := c.Flush(); err != nil {
+		if taken := takenKeys(fp); taken != "" {
+			return fmt.Errorf("%s (%w)", taken, err)
+		}
+		return err
+	}
+	return nil
+}
+
+// takenKeys describes fp's dispatch elements that lead elsewhere.
+func takenKeys(fp *FamilyPlan) string {
+	c, err := newConn()
+	if err != nil {
+		return ""
+	}
+	st, err := readDispatch(c, fp.Family)
+	if err != nil {
+		return ""
+	}
+	var taken []string
+	for _, e := range dispatchElems(fp) {
+		if other, ok := st[e.Map][string(e.Key)]; ok && other != e.Chain {
+			taken = append(taken, fmt.Sprintf("hostPort taken: %q in map %s leads to %s, another attachment's chain", describeKey(e, fp.Family), e.Map, other))
+		}
+	}
+	return strings.Join(taken, "; ")
+}
+
+// describeKey renders a dispatch key as nft would: address . protocol . port.
+func describeKey(e dispatchElem, fam iptbatch.Family) string {
+	k := e.Key
+	var parts []string
+	if e.Map != anyAddrMap {
+		n := 4
+		if fam == iptbatch.IPv6 {
+			n = 16
+		}
+		addr, _ := netip.AddrFromSlice(k[:n])
+		parts, k = append(parts, addr.String()), k[n:]
+	}
+	if len(k) == 8 {
+		proto := map[byte]string{unix.IPPROTO_TCP: "tcp", unix.IPPROTO_UDP: "udp", unix.IPPROTO_SCTP: "sctp"}[k[0]]
+		parts = append(parts, proto, fmt.Sprint(binaryutil.BigEndian.Uint16(k[4:6])))
+	}
+	return strings.Join(parts, " . ")
 }
 
 // nftState is what a family's table holds: the rule count of each chain,
-// and the chains the shared ones jump to. The zero value is an empty table.
+// the chains the shared ones jump to (an older release's layout), and the
+// dispatch maps' elements. The zero value is an empty table.
 type nftState struct {
-	rules  map[string]int
-	jumped map[string]bool
+	rules    map[string]int
+	jumped   map[string]bool
+	dispatch dispatchState
 }
 
-// readNFTState reads fam's table in a few dumps, whatever the number of
-// attachments: the chains, then the rules of each.
+// dispatchState maps each dispatch map's keys to the chains they lead to.
+type dispatchState map[string]map[string]string
+
+// readDispatch reads the elements of fam's dispatch maps; a missing map
+// has none.
+func readDispatch(c *nftables.Conn, fam iptbatch.Family) (dispatchState, error) {
+	st := dispatchState{}
+	sets, err := c.GetSets(nftTableOf(fam))
+	if err != nil {
+		return st, nil // no table
+	}
+	for _, s := range sets {
+		if s.Name != anyAddrMap && s.Name != oneAddrMap && s.Name != podMap {
+			continue
+		}
+		elems, err := c.GetSetElements(s)
+		if err != nil {
+			return st, err
+		}
+		st[s.Name] = map[string]string{}
+		for _, e := range elems {
+			st[s.Name][string(e.Key)] = verdictChain(e.Val)
+		}
+	}
+	return st, nil
+}
+
+// readNFTState reads fam's table in a few dumps per chain, whatever the
+// number of attachments.
 func readNFTState(c *nftables.Conn, fam iptbatch.Family) (nftState, error) {
 	st := nftState{rules: map[string]int{}, jumped: map[string]bool{}}
 	t := nftTableOf(fam)
@@ -126,38 +223,55 @@ func readNFTState(c *nftables.Conn, fam iptbatch.Family) (nftState, error) {
 			}
 		}
 	}
-	return st, nil
+	st.dispatch, err = readDispatch(c, fam)
+	return st, err
 }
 
 // queueInstall queues what of fp the table (as st says) lacks: a chain
 // whose rules are all there is left alone, one with a part missing is
-// refilled, a missing jump is added.
-func queueInstall(c *nftables.Conn, fp *FamilyPlan, st nftState) {
+// refilled, a missing element is added; one whose key leads to another
+// attachment's chain is left to it.
+func queueInstall(c *nftables.Conn, fp *FamilyPlan, st nftState) error {
 	t := nftTableOf(fp.Family)
 	comment := userdata.AppendString(nil, userdata.TypeComment, fp.Comment)
-	fill := func(name string, exprs [][]expr.Any) *nftables.Chain {
+	fill := func(name string, exprs [][]expr.Any) {
 		ch := c.AddChain(chainOf(t, name))
 		if n, ok := st.rules[name]; ok && n == len(exprs) {
-			return ch
+			return
 		} else if ok {
 			c.FlushChain(ch)
 		}
 		for _, e := range exprs {
 			c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: e, UserData: comment})
 		}
-		return ch
 	}
-	dn := fill(fp.DNATChain, dnatExprs(fp))
-	if !st.jumped[dn.Name] {
-		c.AddRule(&nftables.Rule{Table: t, Chain: chainOf(t, nftHostPorts), Exprs: []expr.Any{jump(dn.Name)}, UserData: comment})
-	}
+	fill(fp.DNATChain, dnatExprs(fp))
 	if fp.SNATChain != "" {
-		sn := fill(fp.SNATChain, snatExprs(fp))
-		if !st.jumped[sn.Name] {
-			c.AddRule(&nftables.Rule{Table: t, Chain: chainOf(t, nftMasq),
-				Exprs: append(matchAddr(false, fp.PodIP), jump(sn.Name)), UserData: comment})
+		fill(fp.SNATChain, snatExprs(fp))
+	}
+	for name, elems := range groupByMap(dispatchElems(fp)) {
+		var add []nftables.SetElement
+		for _, e := range elems {
+			if _, held := st.dispatch[name][string(e.Key)]; !held && !st.jumped[e.Chain] {
+				add = append(add, nftables.SetElement{Key: e.Key, VerdictData: jump(e.Chain), Comment: fp.Comment})
+			}
+		}
+		if len(add) > 0 {
+			if err := c.SetAddElements(mapRef(fp.Family, name), add); err != nil {
+				return err
+			}
 		}
 	}
+	return nil
+}
+
+// groupByMap groups elements by the map they belong to, in map order.
+func groupByMap(elems []dispatchElem) map[string][]dispatchElem {
+	out := map[string][]dispatchElem{}
+	for _, e := range elems {
+		out[e.Map] = append(out[e.Map], e)
+	}
+	return out
 }
 
 // dnatExprs are fp's DNAT rules: hostIP:hostPort/protocol to the pod.
@@ -209,13 +323,37 @@ func snatExprs(fp *FamilyPlan) [][]expr.Any {
 	return out
 }
 
-// Uninstall removes the jumps to fp's chains and the chains, in one
-// transaction; whatever is already gone is skipped.
+// Uninstall deletes fp's dispatch elements by key and its chains by name,
+// in one transaction that reads nothing. When part of it is gone already
+// (a second DEL, a flushed ruleset) or was laid out by an older release,
+// that transaction fails whole; then what is left is found and removed.
 func (b nftBackend) Uninstall(fp *FamilyPlan) error {
+	c, err := newConn()
+	if err != nil {
+		return err
+	}
+	t := nftTableOf(fp.Family)
+	for name, elems := range groupByMap(dispatchElems(fp)) {
+		keys := make([]nftables.SetElement, len(elems))
+		for i, e := range elems {
+			keys[i] = nftables.SetElement{Key: e.Key}
+		}
+		if err := c.SetDeleteElements(mapRef(fp.Family, name), keys); err != nil {
+			return err
+		}
+	}
+	for _, name := range fp.Chains() {
+		c.FlushChain(chainOf(t, name))
+		c.DelChain(chainOf(t, name))
+	}
+	if err := c.Flush(); err == nil {
+		return nil
+	}
 	return removeNFTChainsNow(fp.Family, fp.Chains())
 }
 
-// removeNFTChains queues the removal of chains and the rules jumping to them.
+// removeNFTChains queues the removal of chains and of whatever leads to
+// them: dispatch elements, and an older release's jump rules.
 func removeNFTChains(c *nftables.Conn, fam iptbatch.Family, chains []string) error {
 	t := nftTableOf(fam)
 	existing, err := c.ListChainsOfTableFamily(nftFamily(fam))
@@ -226,6 +364,23 @@ func removeNFTChains(c *nftables.Conn, fam iptbatch.Family, chains []string) err
 	for _, ch := range existing {
 		if ch.Table.Name == nftTable {
 			present[ch.Name] = true
+		}
+	}
+	dispatch, err := readDispatch(c, fam)
+	if err != nil {
+		return err
+	}
+	for name, elems := range dispatch {
+		var del []nftables.SetElement
+		for key, chain := range elems {
+			if slices.Contains(chains, chain) {
+				del = append(del, nftables.SetElement{Key: []byte(key)})
+			}
+		}
+		if len(del) > 0 {
+			if err := c.SetDeleteElements(mapRef(fam, name), del); err != nil {
+				return err
+			}
 		}
 	}
 	for _, parent := range []string{nftHostPorts, nftMasq} {
@@ -261,9 +416,9 @@ func (b nftBackend) Missing(fp *FamilyPlan) (string, bool, error) {
 	}
 	t := nftTableOf(fp.Family)
 	for _, want := range []struct {
-		parent, chain string
-		rules         int
-	}{{nftHostPorts, fp.DNATChain, len(fp.Maps)}, {nftMasq, fp.SNATChain, len(snatExprs(fp))}} {
+		chain string
+		rules int
+	}{{fp.DNATChain, len(fp.Maps)}, {fp.SNATChain, len(snatExprs(fp))}} {
 		if want.chain == "" {
 			continue
 		}
@@ -271,12 +426,45 @@ func (b nftBackend) Missing(fp *FamilyPlan) (string, bool, error) {
 		if err != nil || len(rules) != want.rules {
 			return fmt.Sprintf("chain %s of table %s %s has %d rules, want %d", want.chain, fp.Family, nftTable, len(rules), want.rules), true, nil
 		}
-		parents, err := c.GetRules(t, chainOf(t, want.parent))
-		if err != nil || !slices.ContainsFunc(parents, func(r *nftables.Rule) bool { return jumpTarget(r) == want.chain }) {
-			return fmt.Sprintf("jump from %s to %s", want.parent, want.chain), true, nil
+	}
+	dispatch, err := readDispatch(c, fp.Family)
+	if err != nil {
+		return "", false, err
+	}
+	var jumped map[string]bool
+	for _, e := range dispatchElems(fp) {
+		if dispatch[e.Map][string(e.Key)] == e.Chain {
+			continue
+		}
+		if jumped == nil { // an older release's attachment: jump rules instead
+			st, err := readJumps(c, fp.Family)
+			if err != nil {
+				return "", false, err
+			}
+			jumped = st
+		}
+		if !jumped[e.Chain] {
+			return fmt.Sprintf("element %s of map %s leading to %s", describeKey(e, fp.Family), e.Map, e.Chain), true, nil
 		}
 	}
 	return "", false, nil
+}
+
+// readJumps lists the chains that the shared chains jump to by rule, as an
+// older release dispatched.
+func readJumps(c *nftables.Conn, fam iptbatch.Family) (map[string]bool, error) {
+	t := nftTableOf(fam)
+	out := map[string]bool{}
+	for _, parent := range []string{nftHostPorts, nftMasq} {
+		rules, err := c.GetRules(t, chainOf(t, parent))
+		if err != nil {
+			return nil, err
+		}
+		for _, r := range rules {
+			out[jumpTarget(r)] = true
+		}
+	}
+	return out, nil
 }
 
 // nftAttachmentChains lists our attachment chains in fam's table.
@@ -364,10 +552,9 @@ func matchAddr(src bool, ip netip.Addr) []expr.Any {
 
 // matchPort matches the transport protocol and destination port.
 func matchPort(proto string, port uint16) []expr.Any {
-	num := map[string]byte{"tcp": unix.IPPROTO_TCP, "udp": unix.IPPROTO_UDP, "sctp": unix.IPPROTO_SCTP}[proto]
 	return []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{num}},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{protoNumber(proto)}},
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(port)},
 	}

@@ -106,5 +106,57 @@ func (sb *Sandbox) nftRules(t testing.TB) string {
 	for _, c := range sb.NFTChains(t) {
 		fmt.Fprintf(&b, "%d %s %s: %d rules\n", c.Family, c.Table, c.Name, c.Rules)
 	}
+	for _, s := range sb.NFTSets(t) {
+		fmt.Fprintf(&b, "%d %s set %s: %d elements\n", s.Family, s.Table, s.Name, s.Elements)
+	}
 	return b.String()
+}
+
+// NFTSet is one nftables set or map of the node and how many elements it holds.
+type NFTSet struct {
+	Family   byte
+	Table    string
+	Name     string
+	Elements int
+}
+
+// NFTSets lists every named nftables set and map of the node, sorted by
+// family, table and name.
+func (sb *Sandbox) NFTSets(t testing.TB) []NFTSet {
+	t.Helper()
+	var out []NFTSet
+	err := sb.Node.Do(func(ns.NetNS) error {
+		c, err := nftables.New()
+		if err != nil {
+			return err
+		}
+		tables, err := c.ListTables()
+		if err != nil {
+			return err
+		}
+		for _, table := range tables {
+			sets, err := c.GetSets(table)
+			if err != nil {
+				return err
+			}
+			for _, set := range sets {
+				if set.Anonymous {
+					continue
+				}
+				elems, err := c.GetSetElements(set)
+				if err != nil {
+					return err
+				}
+				out = append(out, NFTSet{byte(table.Family), table.Name, set.Name, len(elems)})
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("nftables: %v", err)
+	}
+	slices.SortFunc(out, func(a, b NFTSet) int {
+		return strings.Compare(fmt.Sprint(a.Family, a.Table, a.Name), fmt.Sprint(b.Family, b.Table, b.Name))
+	})
+	return out
 }

@@ -59,17 +59,23 @@ func natState(t *testing.T, sb *sandbox.Sandbox) string {
 }
 
 // nftState lists the chains of our nftables tables other than the shared
-// ones (and those only while rules hang off them), with their rule counts.
+// ones (and those only when they hold more than the dispatch lookups), with
+// their rule counts, and the elements of the dispatch maps.
 func nftState(t *testing.T, sb *sandbox.Sandbox) string {
 	t.Helper()
-	shared := map[string]bool{"prerouting": true, "output": true, "postrouting": true, "hostports": true, "masq": true}
+	shared := map[string]int{"prerouting": -1, "output": -1, "postrouting": -1, "hostports": 2, "masq": 1}
 	var out []string
 	for _, ch := range sb.NFTChains(t) {
 		if ch.Table != "cnichain-portmap" {
 			continue
 		}
-		if !shared[ch.Name] || (ch.Rules > 0 && (ch.Name == "hostports" || ch.Name == "masq")) {
+		if want, ok := shared[ch.Name]; !ok || (want >= 0 && ch.Rules != want) {
 			out = append(out, fmt.Sprintf("nft %d %s: %d rules", ch.Family, ch.Name, ch.Rules))
+		}
+	}
+	for _, set := range sb.NFTSets(t) {
+		if set.Table == "cnichain-portmap" && set.Elements > 0 {
+			out = append(out, fmt.Sprintf("nft %d map %s: %d elements", set.Family, set.Name, set.Elements))
 		}
 	}
 	return strings.Join(out, "\n")

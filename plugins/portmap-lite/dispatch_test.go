@@ -1,0 +1,211 @@
+package main
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+
+	"github.com/cnichain/plugins/pkg/sandbox"
+)
+
+// TestOnePortOnTwoAddresses: two pods map the same hostPort, one on
+// 127.0.0.1 and the node's IPv6 address, the other on every address; each
+// address reaches its own pod, the more specific mapping winning. With
+// nftables, a third pod asking for a hostPort already taken on every
+// address is refused with the taken key named, and installs nothing; with
+// iptables, as the reference portmap, it would be shadowed silently.
+func TestOnePortOnTwoAddresses(t *testing.T) {
+	for _, backend := range []string{"iptables", "nftables"} {
+		t.Run(backend, func(t *testing.T) { onePortOnTwoAddresses(t, backend) })
+	}
+}
+
+func onePortOnTwoAddresses(t *testing.T, backend string) {
+	sb := sandbox.New(t)
+	rtm := sb.Runtime(t)
+	list := sb.Localize(t, sandbox.ListFromJSON(t, dualNetWith(`"type":"portmap-lite","backend":"`+backend+`"`)))
+	before := natState(t, sb)
+	add := func(name string, maps ...map[string]any) (*libcni.RuntimeConf, ns.NetNS, error) {
+		pod := sb.NewPod(t)
+		att := sandbox.Attachment(pod, name, "eth0")
+		att.CapabilityArgs = map[string]any{"portMappings": maps}
+		_, err := rtm.Add(list, att)
+		t.Cleanup(func() { _ = rtm.Del(list, att) })
+		return att, pod, err
+	}
+	local, localPod, err := add("local",
+		map[string]any{"hostPort": 9600, "containerPort": 80, "protocol": "tcp", "hostIP": "127.0.0.1"},
+		map[string]any{"hostPort": 9600, "containerPort": 80, "protocol": "tcp", "hostIP": sandbox.NodeIPv6.Addr().String()})
+	if err != nil {
+		t.Fatalf("ADD of the pod on 127.0.0.1: %v", err)
+	}
+	every, everyPod, err := add("every", map[string]any{"hostPort": 9600, "containerPort": 80, "protocol": "tcp"})
+	if err != nil {
+		t.Fatalf("ADD of the pod on every address: %v", err)
+	}
+	sandbox.ServeTCP(t, localPod, 80, "the pod on 127.0.0.1")
+	sandbox.ServeTCP(t, everyPod, 80, "the pod on every address")
+	sandbox.WaitDAD(t, sb.Node)
+	for _, tt := range []struct {
+		name string
+		from ns.NetNS
+		to   netip.AddrPort
+		want string
+	}{
+		{"the node on 127.0.0.1", sb.Node, netip.MustParseAddrPort("127.0.0.1:9600"), "the pod on 127.0.0.1"},
+		{"a lan client on the node's IPv6 address", sb.LAN, netip.AddrPortFrom(sandbox.NodeIPv6.Addr(), 9600), "the pod on 127.0.0.1"},
+		{"a lan client on the node's IPv4 address", sb.LAN, netip.AddrPortFrom(sandbox.NodeIPv4.Addr(), 9600), "the pod on every address"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if got, err := sandbox.DialTCP(tt.from, tt.to); err != nil || got != tt.want {
+				t.Fatalf("%s: %q, %v; want %q", tt.to, got, err, tt.want)
+			}
+		})
+	}
+	if backend == "nftables" {
+		t.Run("a third pod on a taken port is refused and installs nothing", func(t *testing.T) {
+			held, heldNAT := nftState(t, sb), natState(t, sb)
+			att, _, err := add("taken", map[string]any{"hostPort": 9600, "containerPort": 80, "protocol": "tcp"})
+			if err == nil {
+				t.Fatal("ADD of a hostPort another attachment holds on every address succeeded")
+			}
+			if !strings.Contains(err.Error(), "tcp . 9600") || !strings.Contains(err.Error(), "another attachment") {
+				t.Errorf("the error does not name the taken key: %v", err)
+			}
+			if after := nftState(t, sb); after != held {
+				t.Errorf("the refused ADD left:\n%s\nwant:\n%s", after, held)
+			}
+			// The runtime's DEL after a failed ADD, for bridge's rules.
+			if err := rtm.Del(list, att); err != nil {
+				t.Fatalf("DEL after the refused ADD: %v", err)
+			}
+			if after := natState(t, sb); after != heldNAT {
+				t.Errorf("DEL of the refused ADD took:\n%s\nwant:\n%s", after, heldNAT)
+			}
+		})
+	}
+	for _, att := range []*libcni.RuntimeConf{local, every} {
+		if err := rtm.Del(list, att); err != nil {
+			t.Fatalf("DEL %s: %v", att.ContainerID, err)
+		}
+	}
+	if after := natState(t, sb); after != before {
+		t.Fatalf("nat tables after DEL:\n%s\nbefore:\n%s", after, before)
+	}
+}
+
+// TestUpgradeFromPerPodJumps: the previous release dispatched with one jump
+// rule per pod in the nftables table's shared chains. On such a table this
+// release adds its maps in front of those jumps; the old attachment passes
+// CHECK, both pods are reached, and DEL of both leaves nothing of either.
+func TestUpgradeFromPerPodJumps(t *testing.T) {
+	sb := sandbox.New(t)
+	rtm := sb.Runtime(t)
+	list := sb.Localize(t, sandbox.ListFromJSON(t, dualNetWith(`"type":"portmap-lite","backend":"nftables"`)))
+	before := natState(t, sb)
+	newPod := func(name string, port int) (*libcni.RuntimeConf, ns.NetNS) {
+		pod := sb.NewPod(t)
+		att := sandbox.Attachment(pod, name, "eth0")
+		att.CapabilityArgs = map[string]any{"portMappings": []map[string]any{{"hostPort": port, "containerPort": 80, "protocol": "tcp"}}}
+		if _, err := rtm.Add(list, att); err != nil {
+			t.Fatalf("ADD %s: %v", name, err)
+		}
+		t.Cleanup(func() { _ = rtm.Del(list, att) })
+		sandbox.ServeTCP(t, pod, 80, "hello from "+name)
+		return att, pod
+	}
+	old, _ := newPod("old", 9700)
+	if err := sb.Node.Do(func(ns.NetNS) error { return toPerPodJumps(t) }); err != nil {
+		t.Fatalf("rewrite the table as the previous release laid it out: %v", err)
+	}
+	if state := nftState(t, sb); strings.Contains(state, " map ") || !strings.Contains(state, "hostports: 1 rules") {
+		t.Fatalf("the table is not the previous release's layout:\n%s", state)
+	}
+	if err := rtm.Check(list, old); err != nil {
+		t.Fatalf("CHECK of the old attachment: %v", err)
+	}
+	cur, _ := newPod("new", 9701)
+	for port, want := range map[uint16]string{9700: "hello from old", 9701: "hello from new"} {
+		to := netip.AddrPortFrom(sandbox.NodeIPv4.Addr(), port)
+		if got, err := sandbox.DialTCP(sb.LAN, to); err != nil || got != want {
+			t.Errorf("%s: %q, %v; want %q", to, got, err, want)
+		}
+	}
+	for _, att := range []*libcni.RuntimeConf{old, cur} {
+		if err := rtm.Del(list, att); err != nil {
+			t.Fatalf("DEL %s: %v", att.ContainerID, err)
+		}
+	}
+	// The old table's shared chains are left with the lookups only.
+	if after := natState(t, sb); after != before {
+		t.Fatalf("nat tables after DEL:\n%s\nbefore:\n%s", after, before)
+	}
+}
+
+// toPerPodJumps rewrites our tables as the previous release left them: each
+// dispatch element becomes a jump rule in hostports (masq for a pod
+// address), and the maps and their lookups go.
+func toPerPodJumps(t *testing.T) error {
+	c, err := nftables.New()
+	if err != nil {
+		return err
+	}
+	for _, fam := range []nftables.TableFamily{nftables.TableFamilyIPv4, nftables.TableFamilyIPv6} {
+		table := &nftables.Table{Name: "cnichain-portmap", Family: fam}
+		sets, err := c.GetSets(table)
+		if err != nil {
+			return err
+		}
+		for _, parent := range []string{"hostports", "masq"} {
+			ch := &nftables.Chain{Name: parent, Table: table}
+			rules, err := c.GetRules(table, ch)
+			if err != nil {
+				return err
+			}
+			for _, r := range rules {
+				if err := c.DelRule(r); err != nil {
+					return err
+				}
+			}
+		}
+		for _, s := range sets {
+			elems, err := c.GetSetElements(s)
+			if err != nil {
+				return err
+			}
+			parent := map[bool]string{true: "masq", false: "hostports"}[s.Name == "masq-pods"]
+			for _, e := range elems {
+				chain := chainOfElement(t, c, table, e.Comment, parent == "masq")
+				c.AddRule(&nftables.Rule{Table: table, Chain: &nftables.Chain{Name: parent, Table: table},
+					Exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: chain}}})
+			}
+			c.DelSet(s)
+		}
+	}
+	return c.Flush()
+}
+
+// chainOfElement finds the attachment chain a map element leads to by its
+// comment, the attachment's, which the chain's rules carry too.
+func chainOfElement(t *testing.T, c *nftables.Conn, table *nftables.Table, comment string, snat bool) string {
+	chains, err := c.ListChainsOfTableFamily(table.Family)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prefix := map[bool]string{true: "CNI-LITE-SN-", false: "CNI-LITE-DN-"}[snat]
+	for _, ch := range chains {
+		if ch.Table.Name != table.Name || !strings.HasPrefix(ch.Name, prefix) {
+			continue
+		}
+		if rules, err := c.GetRules(table, ch); err == nil && len(rules) > 0 && strings.Contains(string(rules[0].UserData), comment) {
+			return ch.Name
+		}
+	}
+	t.Fatalf("no %s chain for the element of %q", prefix, comment)
+	return ""
+}
