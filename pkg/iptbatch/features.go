@@ -64,3 +64,36 @@ func (r Runner) Features(cacheDir string) Features {
 	}
 	return f
 }
+
+// Status tells whether r's iptables can serve f: its restore and save
+// binaries are in PATH and the nat table can be listed (go-iptables runs
+// `iptables --version` and `iptables -t nat -S`: a STATUS can afford two
+// processes, a per-pod command could not).
+func (r Runner) Status(f Family) error {
+	var missing []string
+	for _, bin := range []string{r.binary(f, "restore"), r.binary(f, "save")} {
+		if _, err := exec.LookPath(bin); err != nil {
+			missing = append(missing, bin)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("%s not found in PATH", strings.Join(missing, ", "))
+	}
+	name := strings.TrimSuffix(r.binary(f, "restore"), "-restore")
+	path, err := exec.LookPath(name)
+	if err != nil {
+		return fmt.Errorf("%s not found in PATH", name)
+	}
+	proto := iptables.ProtocolIPv4
+	if f == IPv6 {
+		proto = iptables.ProtocolIPv6
+	}
+	ipt, err := iptables.New(iptables.IPFamily(proto), iptables.Path(path))
+	if err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	if _, err := ipt.ListChains("nat"); err != nil {
+		return fmt.Errorf("%s cannot list the nat table: %w", name, err)
+	}
+	return nil
+}

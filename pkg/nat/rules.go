@@ -10,8 +10,15 @@
 // runs one iptables process per rule and takes the xtables lock each time,
 // which is what makes the reference portmap slow (75 processes for an ADD of
 // 10 mappings); iptables-restore applies a whole attachment atomically in
-// one. go-iptables is used where one process per node is fine: telling what
-// an older iptables supports (iptbatch.Runner.Features).
+// one. go-iptables is used where a process or two is fine: telling what an
+// older iptables supports, once per node (iptbatch.Runner.Features), and
+// STATUS (iptbatch.Runner.Status). The shared chains are set up through
+// iptables-restore too, in the same locked save-and-restore that repairs
+// attachments after a firewall reload, so that setting up and repairing
+// cannot disagree.
+//
+// With nftables, the shared chains dispatch through verdict maps
+// (nftmaps.go): ADD and DEL add and delete their own elements by key.
 package nat
 
 import (

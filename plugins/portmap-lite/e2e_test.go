@@ -6,6 +6,8 @@ import (
 	"maps"
 	"net/netip"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -567,6 +569,36 @@ func TestFailures(t *testing.T) {
 		_, err := sb.Invoke(t, "portmap-lite", []byte(`{"cniVersion":"1.1.0","name":"failnet","type":"portmap-lite"}`), sandbox.Invocation{Command: "STATUS"})
 		var cniErr *types.Error
 		if !errors.As(err, &cniErr) || cniErr.Code != 50 || !strings.Contains(cniErr.Msg, "iptables-restore") {
+			t.Fatalf("STATUS = %v", err)
+		}
+	})
+	t.Run("STATUS passes on a node whose iptables and nftables work", func(t *testing.T) {
+		for _, backend := range []string{"iptables", "nftables"} {
+			conf := fmt.Sprintf(`{"cniVersion":"1.1.0","name":"failnet","type":"portmap-lite","backend":%q}`, backend)
+			if _, err := sb.Invoke(t, "portmap-lite", []byte(conf), sandbox.Invocation{Command: "STATUS"}); err != nil {
+				t.Errorf("%s: STATUS = %v", backend, err)
+			}
+		}
+	})
+	t.Run("STATUS fails with code 50 when iptables cannot list the nat table", func(t *testing.T) {
+		dir := t.TempDir()
+		for _, name := range []string{"iptables-restore", "iptables-save", "ip6tables-restore", "ip6tables-save", "ip6tables"} {
+			real, err := exec.LookPath(name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Symlink(real, filepath.Join(dir, name)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		broken := "#!/bin/sh\ncase \"$*\" in *--version*) echo 'iptables v1.8.11 (nf_tables)';; *) echo \"iptables: can't initialize iptables table 'nat': Table does not exist\" >&2; exit 3;; esac\n"
+		if err := os.WriteFile(filepath.Join(dir, "iptables"), []byte(broken), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		t.Setenv("PATH", dir+":"+os.Getenv("PATH"))
+		_, err := sb.Invoke(t, "portmap-lite", []byte(`{"cniVersion":"1.1.0","name":"failnet","type":"portmap-lite"}`), sandbox.Invocation{Command: "STATUS"})
+		var cniErr *types.Error
+		if !errors.As(err, &cniErr) || cniErr.Code != 50 || !strings.Contains(cniErr.Msg, "nat table") {
 			t.Fatalf("STATUS = %v", err)
 		}
 	})

@@ -4,8 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
-	"strings"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	current "github.com/containernetworking/cni/pkg/types/100"
@@ -330,16 +328,10 @@ func Status(args *skel.CmdArgs) error {
 		return nil
 	}
 	ipt := iptbatch.Runner{Flavour: cfg.IptablesFlavour}
-	var missing []string
 	for _, fam := range []iptbatch.Family{iptbatch.IPv4, iptbatch.IPv6} {
-		for _, bin := range ipt.Binaries(fam) {
-			if _, err := exec.LookPath(bin); err != nil {
-				missing = append(missing, bin)
-			}
+		if err := ipt.Status(fam); err != nil {
+			return cnierr.Unavailable("%v (install iptables; iptablesFlavour %q)", err, cfg.IptablesFlavour)
 		}
-	}
-	if len(missing) > 0 {
-		return cnierr.Unavailable("%s not found in PATH (install iptables; iptablesFlavour %q)", strings.Join(missing, ", "), cfg.IptablesFlavour)
 	}
 	return nil
 }
