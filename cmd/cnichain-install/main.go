@@ -1,0 +1,70 @@
+// cnichain-install is the installer image's entry point: it copies the
+// plugins into the node's CNI binary directory and, when given one, a
+// conflist into its configuration directory, each atomically and only when
+// different; then, as a DaemonSet's container, it sleeps so the pod stays
+// running (a DaemonSet cannot run to completion).
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"github.com/cnichain/plugins/pkg/install"
+)
+
+// Where the image holds the plugins, and where the DaemonSet mounts the
+// node's directories (deploy/).
+const (
+	defaultSrc     = "/opt/cnichain/bin"
+	defaultBinDir  = "/host/opt/cni/bin"
+	defaultConfDir = "/host/etc/cni/net.d"
+)
+
+func main() {
+	src := flag.String("src", defaultSrc, "the plugins to install (in the image)")
+	binDir := flag.String("bin-dir", defaultBinDir, "the node's CNI binary directory, as mounted")
+	conflist := flag.String("conflist", "", "a conflist to install too (e.g. from a ConfigMap); none by default")
+	confDir := flag.String("conf-dir", defaultConfDir, "the node's CNI configuration directory, as mounted")
+	sleep := flag.Bool("sleep", false, "after installing, sleep until terminated (as a DaemonSet's container)")
+	flag.Parse()
+	if err := run(*src, *binDir, *conflist, *confDir); err != nil {
+		fmt.Fprintln(os.Stderr, "cnichain-install:", err)
+		os.Exit(1)
+	}
+	if *sleep {
+		stop := make(chan os.Signal, 1)
+		signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
+		<-stop
+	}
+}
+
+func run(src, binDir, conflist, confDir string) error {
+	results, err := install.Dir(src, binDir, 0o755)
+	for _, r := range results {
+		fmt.Println(r.Outcome, r.Path)
+	}
+	if err != nil {
+		return err
+	}
+	if conflist == "" {
+		return nil
+	}
+	data, err := os.ReadFile(conflist)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(confDir, 0o755); err != nil {
+		return err
+	}
+	target := filepath.Join(confDir, filepath.Base(conflist))
+	o, err := install.File(target, data, 0o644)
+	if err != nil {
+		return err
+	}
+	fmt.Println(o, target)
+	return nil
+}

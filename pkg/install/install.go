@@ -1,0 +1,93 @@
+// Package install puts files into a node's directories the way a kubelet
+// can never observe half done: each file is written beside its target
+// under a temporary name, synced, then renamed over it. A rename replaces
+// the directory entry, so a plugin running at that moment keeps its old
+// binary, and the next run gets the new one whole. A file whose content and
+// mode are already there is left alone, so a second run changes nothing.
+package install
+
+import (
+	"bytes"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+)
+
+// Outcome says what File did to one target.
+type Outcome string
+
+const (
+	Unchanged Outcome = "unchanged"
+	Written   Outcome = "written"
+)
+
+// File makes dst hold data with mode, atomically, unless it already does.
+func File(dst string, data []byte, mode fs.FileMode) (Outcome, error) {
+	if old, err := os.ReadFile(dst); err == nil && bytes.Equal(old, data) {
+		if info, err := os.Stat(dst); err == nil && info.Mode().Perm() == mode.Perm() {
+			return Unchanged, nil
+		}
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+".tmp-")
+	if err != nil {
+		return "", err
+	}
+	defer os.Remove(tmp.Name()) // gone after the rename; removes a failed write's leftovers
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return "", fmt.Errorf("write %s: %w", tmp.Name(), err)
+	}
+	if err := tmp.Chmod(mode); err != nil {
+		tmp.Close()
+		return "", err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return "", err
+	}
+	if err := tmp.Close(); err != nil {
+		return "", err
+	}
+	if err := os.Rename(tmp.Name(), dst); err != nil {
+		return "", err
+	}
+	return Written, nil
+}
+
+// Result is one file's outcome.
+type Result struct {
+	Path    string
+	Outcome Outcome
+}
+
+// Dir installs every regular file of src into dst (created if missing)
+// with mode, in name order.
+func Dir(src, dst string, mode fs.FileMode) ([]Result, error) {
+	entries, err := os.ReadDir(src)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(dst, 0o755); err != nil {
+		return nil, err
+	}
+	sort.Slice(entries, func(i, j int) bool { return entries[i].Name() < entries[j].Name() })
+	var out []Result
+	for _, e := range entries {
+		if !e.Type().IsRegular() {
+			continue
+		}
+		data, err := os.ReadFile(filepath.Join(src, e.Name()))
+		if err != nil {
+			return out, err
+		}
+		target := filepath.Join(dst, e.Name())
+		o, err := File(target, data, mode)
+		if err != nil {
+			return out, fmt.Errorf("install %s: %w", target, err)
+		}
+		out = append(out, Result{target, o})
+	}
+	return out, nil
+}
