@@ -109,7 +109,11 @@ func RepairIPTables(r iptbatch.Runner, stateDir string, fam iptbatch.Family, pla
 	return r.Restore(fam, b.Text())
 }
 
-// RepairNFTables repairs a family's attachments in one transaction.
+// repairBatch is how many attachments one nftables repair transaction holds.
+const repairBatch = 250
+
+// RepairNFTables repairs a family's attachments in transactions of
+// repairBatch attachments.
 func RepairNFTables(stateDir string, fam iptbatch.Family, plans []*FamilyPlan) error {
 	b := nftBackend{stateDir: stateDir}
 	c, err := newConn()
@@ -123,9 +127,16 @@ func RepairNFTables(stateDir string, fam iptbatch.Family, plans []*FamilyPlan) e
 	if err != nil {
 		return err
 	}
-	for _, fp := range plans {
+	for i, fp := range plans {
 		if err := queueInstall(c, fp, st); err != nil {
 			return err
+		}
+		// Transactions of repairBatch attachments keep each message well
+		// under the socket's buffer however many attachments a node has.
+		if (i+1)%repairBatch == 0 {
+			if err := c.Flush(); err != nil {
+				return err
+			}
 		}
 	}
 	return c.Flush()

@@ -235,11 +235,15 @@ func queueInstall(c *nftables.Conn, fp *FamilyPlan, st nftState) error {
 	t := nftTableOf(fp.Family)
 	comment := userdata.AppendString(nil, userdata.TypeComment, fp.Comment)
 	fill := func(name string, exprs [][]expr.Any) {
-		ch := c.AddChain(chainOf(t, name))
-		if n, ok := st.rules[name]; ok && n == len(exprs) {
+		n, ok := st.rules[name]
+		if ok && n == len(exprs) {
 			return
-		} else if ok {
+		}
+		ch := chainOf(t, name)
+		if ok {
 			c.FlushChain(ch)
+		} else {
+			c.AddChain(ch)
 		}
 		for _, e := range exprs {
 			c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: e, UserData: comment})
@@ -501,10 +505,11 @@ func removeNFTChainsNow(fam iptbatch.Family, chains []string) error {
 	return c.Flush()
 }
 
-// newConn opens a netlink connection to nftables with a receive buffer for
-// the kernel's replies to a whole transaction: every rule added is echoed
-// back, and 50 mappings' worth of echoes overflow the default buffer
-// (ENOBUFS). Forcing the size needs CAP_NET_ADMIN, which a CNI plugin has.
+// newConn opens a netlink connection to nftables with buffers for a whole
+// transaction: every rule added is echoed back, and 50 mappings' worth of
+// echoes overflow the default receive buffer (ENOBUFS); a restore's
+// transaction overflows the default send buffer (EMSGSIZE). Forcing the
+// sizes needs CAP_NET_ADMIN, which a CNI plugin has.
 func newConn() (*nftables.Conn, error) {
 	return nftables.New(nftables.WithSockOptions(func(c *netlink.Conn) error {
 		raw, err := c.SyscallConn()
@@ -514,6 +519,10 @@ func newConn() (*nftables.Conn, error) {
 		var serr error
 		err = raw.Control(func(fd uintptr) {
 			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 16<<20)
+			if serr == nil {
+				// A restore's transaction is sent in one message.
+				serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, 16<<20)
+			}
 		})
 		if err != nil {
 			return err

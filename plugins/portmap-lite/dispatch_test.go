@@ -1,7 +1,9 @@
 package main
 
 import (
+	"fmt"
 	"net/netip"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -208,4 +210,77 @@ func chainOfElement(t *testing.T, c *nftables.Conn, table *nftables.Table, comme
 	}
 	t.Fatalf("no %s chain for the element of %q", prefix, comment)
 	return ""
+}
+
+// TestNFTablesRestoreAtScale: more attachments than one restore
+// transaction holds; our tables deleted (as `nft flush ruleset` would) come
+// back whole from the records, a second restore sends nothing, and DEL of
+// every attachment leaves only the shared layout.
+func TestNFTablesRestoreAtScale(t *testing.T) {
+	const pods = 300
+	sb := sandbox.New(t)
+	sandbox.MustRun(t, sb.Node, "ip", "route", "add", "10.244.0.0/16", "dev", "eno1")
+	pod := sb.NewPod(t)
+	stateDir := sb.Dir + "/state"
+	conf := func(i int) []byte {
+		return fmt.Appendf(nil, `{"cniVersion":"1.0.0","name":"scale","type":"portmap-lite","backend":"nftables","stateDir":%q,
+			"runtimeConfig":{"portMappings":[{"hostPort":%d,"containerPort":80,"protocol":"tcp"}]},
+			"prevResult":{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"/x"}],"ips":[{"address":"10.244.%d.%d/16","interface":0}]}}`,
+			stateDir, 40000+i, 1+i/250, 2+i%250)
+	}
+	invoke := func(cmd string, i int) {
+		t.Helper()
+		inv := sandbox.Invocation{Command: cmd, ContainerID: fmt.Sprintf("scale-%d", i), NetNS: pod.Path(), IfName: "eth0"}
+		if _, err := sb.Invoke(t, "portmap-lite", conf(i), inv); err != nil {
+			t.Fatalf("%s %d: %v", cmd, i, err)
+		}
+	}
+	empty := nftState(t, sb)
+	for i := 0; i < pods; i++ {
+		invoke("ADD", i)
+	}
+	t.Cleanup(func() {
+		for i := 0; i < pods; i++ {
+			inv := sandbox.Invocation{Command: "DEL", ContainerID: fmt.Sprintf("scale-%d", i), NetNS: pod.Path(), IfName: "eth0"}
+			_, _ = sb.Invoke(t, "portmap-lite", conf(i), inv)
+		}
+	})
+	installed := nftState(t, sb)
+	if !strings.Contains(installed, fmt.Sprintf("map hostports-any: %d elements", pods)) {
+		t.Fatalf("after %d ADDs:\n%s", pods, installed)
+	}
+	err := sb.Node.Do(func(ns.NetNS) error {
+		c, err := nftables.New()
+		if err != nil {
+			return err
+		}
+		for _, fam := range []nftables.TableFamily{nftables.TableFamilyIPv4, nftables.TableFamilyIPv6} {
+			c.DelTable(&nftables.Table{Name: "cnichain-portmap", Family: fam})
+		}
+		return c.Flush()
+	})
+	if err != nil && !strings.Contains(err.Error(), "no such file") {
+		t.Fatalf("delete our tables: %v", err)
+	}
+	restore := func() {
+		t.Helper()
+		out, err := sandbox.Run(sb.Node, nil, filepath.Join(sandbox.Plugins(t), "portmap-lite"), "restore", "-state-dir", stateDir)
+		if err != nil {
+			t.Fatalf("restore: %v\n%s", err, out)
+		}
+	}
+	restore()
+	if got := nftState(t, sb); got != installed {
+		t.Fatalf("after restore:\n%s\nwant:\n%s", got, installed)
+	}
+	restore()
+	if got := nftState(t, sb); got != installed {
+		t.Fatalf("after a second restore:\n%s\nwant:\n%s", got, installed)
+	}
+	for i := 0; i < pods; i++ {
+		invoke("DEL", i)
+	}
+	if got := nftState(t, sb); got != empty {
+		t.Fatalf("after DEL of every attachment:\n%s\nwant:\n%s", got, empty)
+	}
 }
