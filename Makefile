@@ -10,7 +10,7 @@ LDFLAGS  := -s -w -X github.com/cnichain/plugins/pkg/buildinfo.Version=$(VERSION
 PLUGINS  := $(notdir $(wildcard plugins/*))
 FUZZTIME ?= 10s
 
-.PHONY: all build tools test e2e-runtime lint fuzz soak demo bench dist install clean
+.PHONY: all build tools test e2e-runtime lint fuzz soak demo bench dist image install clean
 
 all: build
 
@@ -29,14 +29,17 @@ lint:
 	@$(GO) mod tidy -diff >/dev/null || { echo "go.mod/go.sum not tidy: run go mod tidy"; $(GO) mod tidy -diff; exit 1; }
 	$(GO) vet ./...
 
-test: tools build lint
-	SB_BIN=$(BIN) scripts/e2e-runtime.sh
+test: tools build lint e2e-runtime
 	CNICHAIN_BIN=$(BIN) $(GO) test -count=1 ./...
 
-# Our plugins under a real container runtime (podman with its CNI backend),
-# inside the sandbox; installs podman and runc if missing.
+# Our plugins under real container runtimes, inside the sandbox: podman
+# with its CNI backend, and containerd's CRI driven by crictl as a kubelet
+# would; then the installer image under podman. Installs podman, runc and
+# containerd if missing, and builds crictl once.
 e2e-runtime: tools build
 	SB_BIN=$(BIN) scripts/e2e-runtime.sh
+	SB_BIN=$(BIN) scripts/e2e-cri.sh
+	scripts/e2e-image.sh
 
 # Runs every fuzz target for FUZZTIME each.
 fuzz:
@@ -81,6 +84,12 @@ dist:
 
 # The plugins, and the systemd units that restore their rules and routes
 # after a firewall reload (enable them with systemctl; see the README).
+# The installer image (deploy/Containerfile; deploy/daemonset.yaml runs it
+# on every node), built with podman, no registry, saved in dist/ too.
+IMAGE_NAME ?= localhost/cnichain-plugins
+image:
+	IMAGE=$(IMAGE_NAME):$(VERSION) LDFLAGS='$(LDFLAGS)' IMAGE_ARCHIVE=dist/cnichain-plugins-image-$(VERSION).tar scripts/image.sh
+
 install: build
 	install -d $(DESTDIR)/opt/cni/bin $(DESTDIR)/etc/systemd/system
 	for p in $(PLUGINS); do install -m 0755 $(BIN)/$$p $(DESTDIR)/opt/cni/bin/$$p; done
