@@ -100,6 +100,8 @@ func TestTeardownFaults(t *testing.T) {
 			t.Run("GC with some pods missing removes exactly theirs", func(t *testing.T) {
 				keep, _ := newPod()
 				drop, _ := newPod()
+				// Two live pods cannot share a hostPort (the nftables backend refuses it).
+				drop.CapabilityArgs = map[string]any{"portMappings": []map[string]any{{"hostPort": 8081, "containerPort": 80, "protocol": "tcp"}, {"hostPort": 5354, "containerPort": 53, "protocol": "udp"}}}
 				mustAdd(t, rtm, list, keep)
 				mustAdd(t, rtm, list, drop)
 				// The runtime forgets drop (as after a crash) and collects.
