@@ -12,13 +12,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-tools.sh
-need=()
-for tool in containerd runc podman; do command -v "$tool" >/dev/null || need+=("$tool"); done
-if [ ${#need[@]} -gt 0 ]; then
-  echo "e2e-cri: installing ${need[*]}" >&2
-  apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+. scripts/sandbox.sh
+. scripts/e2e-lib.sh
+install_missing containerd runc podman
 
 # crictl, pinned, built once per machine from the Go module proxy (its
 # Kubernetes modules stay out of our go.mod).
@@ -32,13 +28,7 @@ if [ ! -x "$CRICTL" ]; then
   mv "$tools/gobin/crictl" "$CRICTL"
 fi
 
-. scripts/sandbox.sh
 SB_BIN="${SB_BIN:-$(pwd)/bin}"
-passed=0 failed=0
-check() { # check NAME CMD...: runs CMD, counts and reports the result
-  local name=$1; shift
-  if "$@"; then passed=$((passed + 1)); echo "ok   $name"; else failed=$((failed + 1)); echo "FAIL $name"; fi
-}
 
 # libcni's result cache is /var/lib/cni in containerd 1.6 (not
 # configurable): remove whatever of it this run adds.
@@ -177,10 +167,6 @@ no_records() { # no_records DIR: no record under DIR (locks are dot files)
   left=$(find "$1" -type f ! -name '.*' 2>/dev/null)
   [ -z "$left" ] || { echo "left in $1: $left" >&2; return 1; }
 }
-no_mention() { # no_mention PATTERN: neither the node's rules nor our routes mention PATTERN
-  ! (in_ns node iptables-save; in_ns node ip6tables-save; ip -n "$SB_NODE" route show proto 197; ip -n "$SB_NODE" -6 route show proto 197) |
-    grep -qE "$1"
-}
 in_ns node sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
 
 network 10-podnet.conflist <<EOF
@@ -212,14 +198,7 @@ check "CRI restart: rmp after a containerd restart leaves no record" no_records 
 containerd_stop
 
 # The whole chain: macvlan + static-ipam -> macvlan-host-route -> portmap-lite.
-network 20-machost.conflist <<EOF
-{"cniVersion":"1.0.0","name":"machost","plugins":[
- {"type":"macvlan","master":"eno1","mode":"bridge",
-  "ipam":{"type":"static-ipam","addresses":[{"address":"192.168.60.30/16","gateway":"192.168.0.1"},{"address":"fd00:c0a8::60:30/64","gateway":"fd00:c0a8::1"}],
-          "routes":[{"dst":"0.0.0.0/0"},{"dst":"::/0"}]}},
- {"type":"macvlan-host-route","master":"eno1","stateDir":"$SB_DIR/macvlan-host-route"},
- {"type":"portmap-lite","stateDir":"$SB_DIR/portmap-lite","capabilities":{"portMappings":true}}]}
-EOF
+machost_conflist 192.168.60.30 fd00:c0a8::60:30 | network 20-machost.conflist
 containerd_start
 mac=$(runp mac 8080)
 check "CRI whole chain: a lan client reaches the pod on node:8080" fetch lan http://192.168.0.5:8080/
@@ -271,5 +250,4 @@ rmp "$multi"
 check "CRI multinic: rmp does not ask the RM" test "$(wc -l < "$T/rm/queries")" = "$asked"
 check "CRI multinic: rmp leaves no record" no_records "$SB_DIR/multinic"
 
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+report

@@ -6,13 +6,8 @@
 # storage is a temporary root, removed afterwards with everything else.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-need=()
-for tool in podman runc; do command -v "$tool" >/dev/null || need+=("$tool"); done
-if [ ${#need[@]} -gt 0 ]; then
-  echo "e2e-image: installing ${need[*]}" >&2
-  apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+. scripts/e2e-lib.sh
+install_missing podman runc
 T=$(mktemp -d /tmp/cnichain-image.XXXXXX)
 SLEEPER=""
 cleanup() {
@@ -25,11 +20,6 @@ trap cleanup EXIT
 trap 'cleanup; exit 130' INT TERM
 export PODMAN_OPTS="--root $T/root --runroot $T/run --tmpdir $T --storage-driver vfs"
 IMAGE=localhost/cnichain-plugins:e2e scripts/image.sh >/dev/null
-passed=0 failed=0
-check() { # check NAME CMD...: runs CMD, counts and reports the result
-  local name=$1; shift
-  if "$@"; then passed=$((passed + 1)); echo "ok   $name"; else failed=$((failed + 1)); echo "FAIL $name"; fi
-}
 BIN=$T/node/opt/cni/bin NETD=$T/node/etc/cni/net.d
 mkdir -p "$BIN" "$NETD"
 install_run() { # install_run OUT: one run of the image, its output in OUT
@@ -73,5 +63,4 @@ check "image: the process running the old binary is untouched" kill -0 "$SLEEPER
 check "image: the replaced binary is the plugin" sh -c "CNI_COMMAND=VERSION '$BIN/portmap-lite' </dev/null | jq -e .supportedVersions >/dev/null"
 check "image: no temporary file is left behind" test -z "$(find "$BIN" "$NETD" -name '.*')"
 
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+report

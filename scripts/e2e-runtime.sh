@@ -8,21 +8,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-tools.sh
-need=()
-for tool in podman runc; do command -v "$tool" >/dev/null || need+=("$tool"); done
-if [ ${#need[@]} -gt 0 ]; then
-  echo "e2e-runtime: installing ${need[*]}" >&2
-  apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
-
 . scripts/sandbox.sh
+. scripts/e2e-lib.sh
+install_missing podman runc
 SB_BIN="${SB_BIN:-$(pwd)/bin}"
-passed=0 failed=0
-check() { # check NAME CMD...: runs CMD, counts and reports the result
-  local name=$1; shift
-  if "$@"; then passed=$((passed + 1)); echo "ok   $name"; else failed=$((failed + 1)); echo "FAIL $name"; fi
-}
 
 # podman puts its netns under /run/netns and libcni's cache under
 # /var/lib/cni (neither is configurable in 4.3): note what is there now,
@@ -76,14 +65,7 @@ cat > "$T/net.d/macnet.conflist" <<CONF
  {"type":"macvlan-host-route","master":"eno1","stateDir":"$SB_DIR/macvlan-host-route"}]}
 CONF
 
-cat > "$T/net.d/machost.conflist" <<CONF
-{"cniVersion":"1.0.0","name":"machost","plugins":[
- {"type":"macvlan","master":"eno1","mode":"bridge",
-  "ipam":{"type":"static-ipam","addresses":[{"address":"192.168.50.30/16","gateway":"192.168.0.1"},{"address":"fd00:c0a8::50:30/64","gateway":"fd00:c0a8::1"}],
-          "routes":[{"dst":"0.0.0.0/0"},{"dst":"::/0"}]}},
- {"type":"macvlan-host-route","master":"eno1","stateDir":"$SB_DIR/macvlan-host-route"},
- {"type":"portmap-lite","stateDir":"$SB_DIR/portmap-lite","capabilities":{"portMappings":true}}]}
-CONF
+machost_conflist 192.168.50.30 fd00:c0a8::50:30 > "$T/net.d/machost.conflist"
 # A hostPort reached from the lan is forwarded: on, as on a Kubernetes node.
 in_ns node sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
 
@@ -112,10 +94,6 @@ through_hostport() {
     sleep 0.5
   done
   return 1
-}
-no_mention() { # no_mention PATTERN: neither the node's rules nor our routes mention PATTERN
-  ! (in_ns node iptables-save; in_ns node ip6tables-save; ip -n "$SB_NODE" route show proto 197; ip -n "$SB_NODE" -6 route show proto 197) |
-    grep -qE "$1"
 }
 node_pings() { in_ns node ping -c 2 -i 0.2 -W 2 "$1" >/dev/null; }
 lan_pings() { in_ns lan ping -c 2 -i 0.2 -W 2 "$1" >/dev/null; }
@@ -151,5 +129,4 @@ check "static-ipam: podman --ip6 fd00:c0a8::50 answers the lan at that address" 
 check "static-ipam: the bare --ip got the configured /16" pm_in macip "ip -4 addr show eth0" grep -q '192.168.1.50/16'
 pm rm -f -t 0 macip >/dev/null
 
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+report

@@ -202,7 +202,7 @@ func readDispatch(c *nftables.Conn, fam iptbatch.Family) (dispatchState, error) 
 // readNFTState reads fam's table in a few dumps per chain, whatever the
 // number of attachments.
 func readNFTState(c *nftables.Conn, fam iptbatch.Family) (nftState, error) {
-	st := nftState{rules: map[string]int{}, jumped: map[string]bool{}}
+	st := nftState{rules: map[string]int{}}
 	t := nftTableOf(fam)
 	chains, err := c.ListChainsOfTableFamily(nftFamily(fam))
 	if err != nil {
@@ -217,11 +217,9 @@ func readNFTState(c *nftables.Conn, fam iptbatch.Family) (nftState, error) {
 			return st, err
 		}
 		st.rules[ch.Name] = len(rules)
-		if ch.Name == nftHostPorts || ch.Name == nftMasq {
-			for _, r := range rules {
-				st.jumped[jumpTarget(r)] = true
-			}
-		}
+	}
+	if st.jumped, err = readJumps(c, fam); err != nil {
+		return st, err
 	}
 	st.dispatch, err = readDispatch(c, fam)
 	return st, err
@@ -269,7 +267,7 @@ func queueInstall(c *nftables.Conn, fp *FamilyPlan, st nftState) error {
 	return nil
 }
 
-// groupByMap groups elements by the map they belong to, in map order.
+// groupByMap groups elements by the map they belong to.
 func groupByMap(elems []dispatchElem) map[string][]dispatchElem {
 	out := map[string][]dispatchElem{}
 	for _, e := range elems {

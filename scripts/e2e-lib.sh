@@ -1,0 +1,43 @@
+# shellcheck shell=bash
+# What the end-to-end scripts share: installing the runtime they drive,
+# counting checks, and the whole chain's conflist. Source it after
+# sandbox.sh when the sandbox is used.
+
+# install_missing TOOL...: apt-get installs the packages of that name whose
+# command is missing; nothing when all are there.
+install_missing() {
+  local need=() tool
+  for tool in "$@"; do command -v "$tool" >/dev/null || need+=("$tool"); done
+  [ ${#need[@]} -eq 0 ] && return 0
+  echo "$(basename "$0"): installing ${need[*]}" >&2
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+}
+
+passed=0 failed=0
+check() { # check NAME CMD...: runs CMD, counts and reports the result
+  local name=$1; shift
+  if "$@"; then passed=$((passed + 1)); echo "ok   $name"; else failed=$((failed + 1)); echo "FAIL $name"; fi
+}
+report() { # report: the counts; fails when a check did
+  echo "$passed passed, $failed failed"
+  [ "$failed" -eq 0 ]
+}
+
+no_mention() { # no_mention PATTERN: neither the node's rules nor our routes mention PATTERN
+  ! (in_ns node iptables-save; in_ns node ip6tables-save; ip -n "$SB_NODE" route show proto 197; ip -n "$SB_NODE" -6 route show proto 197) |
+    grep -qE "$1"
+}
+
+# machost_conflist IPV4 IPV6: the whole chain (macvlan + static-ipam ->
+# macvlan-host-route -> portmap-lite) on eno1 with those pod addresses.
+machost_conflist() {
+  cat <<CONF
+{"cniVersion":"1.0.0","name":"machost","plugins":[
+ {"type":"macvlan","master":"eno1","mode":"bridge",
+  "ipam":{"type":"static-ipam","addresses":[{"address":"$1/16","gateway":"192.168.0.1"},{"address":"$2/64","gateway":"fd00:c0a8::1"}],
+          "routes":[{"dst":"0.0.0.0/0"},{"dst":"::/0"}]}},
+ {"type":"macvlan-host-route","master":"eno1","stateDir":"$SB_DIR/macvlan-host-route"},
+ {"type":"portmap-lite","stateDir":"$SB_DIR/portmap-lite","capabilities":{"portMappings":true}}]}
+CONF
+}
