@@ -22,6 +22,7 @@
 package nat
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -50,11 +51,20 @@ type Mapping struct {
 // The shared chains, created once per node and family. The "CNI-LITE-"
 // prefix keeps ours apart from the reference portmap's CNI-HOSTPORT-* and
 // CNI-DN-*, so both plugins can serve pods on one node.
+//
+// The per-pod jumps are spread over Buckets chains under each shared
+// chain, by the attachment's key: iptables-restore's -D reads the rules of
+// the chain it deletes from, so a DEL that read one chain holding every
+// pod's jump would grow with the pods on the node; a bucket holds 1/32 of
+// them. A new connection walks the buckets' jumps and the jumps in them.
 const (
-	HostPortsChain = "CNI-LITE-HOSTPORTS" // from PREROUTING and OUTPUT, for local destinations
-	SNATChain      = "CNI-LITE-SNAT"      // from POSTROUTING
-	dnatPrefix     = "CNI-LITE-DN-"
-	snatPrefix     = "CNI-LITE-SN-"
+	HostPortsChain   = "CNI-LITE-HOSTPORTS" // from PREROUTING and OUTPUT, for local destinations
+	SNATChain        = "CNI-LITE-SNAT"      // from POSTROUTING
+	hostPortsPrefix  = "CNI-LITE-HP-"       // CNI-LITE-HP-00 .. -1f, from CNI-LITE-HOSTPORTS
+	snatBucketPrefix = "CNI-LITE-MS-"       // CNI-LITE-MS-00 .. -1f, from CNI-LITE-SNAT
+	Buckets          = 32
+	dnatPrefix       = "CNI-LITE-DN-"
+	snatPrefix       = "CNI-LITE-SN-"
 	// HashLen keeps chain names at iptables' limit of 28 characters.
 	HashLen = 28 - len(dnatPrefix)
 	// multiportMax is how many ports one multiport match takes.
@@ -90,6 +100,14 @@ type FamilyPlan struct {
 func DNATChainName(k attachstate.Key) string { return dnatPrefix + k.ID()[:HashLen] }
 func SNATChainName(k attachstate.Key) string { return snatPrefix + k.ID()[:HashLen] }
 
+// BucketChains are the bucket chains under HostPortsChain and SNATChain
+// that hold the jumps into k's chains.
+func BucketChains(k attachstate.Key) (hostPorts, snat string) {
+	n, _ := strconv.ParseUint(k.ID()[:4], 16, 32) // the ID is hex
+	b := fmt.Sprintf("%02x", n%Buckets)
+	return hostPortsPrefix + b, snatBucketPrefix + b
+}
+
 // IsAttachmentChain reports whether chain is an attachment chain of ours,
 // and the key-ID prefix it carries.
 func IsAttachmentChain(chain string) (idPrefix string, ok bool) {
@@ -120,22 +138,23 @@ type Spec struct {
 // NewFamilyPlan plans the rules of s.
 func NewFamilyPlan(s Spec) FamilyPlan {
 	fp := FamilyPlan{Family: s.Family, PodIP: s.PodIP, DNATChain: DNATChainName(s.Key), Maps: s.Maps, MasqAll: s.MasqAll, Comment: s.Comment}
-	fp.Jumps = dispatchJumps(fp.DNATChain, s.Maps, s.Conditions, s.Comment)
+	hostPortsBucket, snatBucket := BucketChains(s.Key)
+	fp.Jumps = dispatchJumps(hostPortsBucket, fp.DNATChain, s.Maps, s.Conditions, s.Comment)
 	for _, m := range s.Maps {
 		fp.DNAT = append(fp.DNAT, dnatRule(m, s.PodIP, s.Comment))
 	}
 	if s.SNAT {
 		fp.SNATChain = SNATChainName(s.Key)
 		fp.SNAT, fp.Localnet = snatRules(s.Maps, s.PodIP, s.MasqAll, s.RandomFully, s.Comment)
-		fp.Jumps = append(fp.Jumps, Jump{SNATChain, iptbatch.Rule{"-d", hostPrefix(s.PodIP), "-m", "comment", "--comment", s.Comment, "-j", fp.SNATChain}})
+		fp.Jumps = append(fp.Jumps, Jump{snatBucket, iptbatch.Rule{"-d", hostPrefix(s.PodIP), "-m", "comment", "--comment", s.Comment, "-j", fp.SNATChain}})
 	}
 	return fp
 }
 
-// dispatchJumps sends traffic for the mapped ports, per protocol, into the
-// attachment's DNAT chain, so a packet only enters the chains of pods that
-// map its port: the cost of a lookup does not grow with the pods on a node.
-func dispatchJumps(chain string, maps []Mapping, conditions *[]string, comment string) []Jump {
+// dispatchJumps sends traffic for the mapped ports, per protocol, from
+// bucket into the attachment's DNAT chain, so a packet only enters the
+// chains of pods that map its port.
+func dispatchJumps(bucket, chain string, maps []Mapping, conditions *[]string, comment string) []Jump {
 	ports := map[string][]string{}
 	var protos []string
 	for _, m := range maps {
@@ -156,7 +175,7 @@ func dispatchJumps(chain string, maps []Mapping, conditions *[]string, comment s
 				rule = append(rule, *conditions...)
 			}
 			rule = append(rule, "-m", "comment", "--comment", comment, "-j", chain)
-			jumps = append(jumps, Jump{HostPortsChain, rule})
+			jumps = append(jumps, Jump{bucket, rule})
 		}
 	}
 	return jumps
@@ -277,6 +296,21 @@ func (fp *FamilyPlan) DelBatch() *iptbatch.Batch {
 	return b
 }
 
+// KeepJumpChains makes fp jump from the chains installed jumps from, rule
+// for rule, where the rules are the same: an attachment added by the
+// previous release jumps from the shared chains themselves, not from their
+// buckets, and is checked where it is.
+func (fp *FamilyPlan) KeepJumpChains(installed *FamilyPlan) {
+	if len(fp.Jumps) != len(installed.Jumps) {
+		return
+	}
+	for i, j := range installed.Jumps {
+		if slices.Equal(fp.Jumps[i].Rule, j.Rule) {
+			fp.Jumps[i].Chain = j.Chain
+		}
+	}
+}
+
 // Chains are the attachment chains of fp.
 func (fp *FamilyPlan) Chains() []string {
 	if fp.SNATChain == "" {
@@ -309,9 +343,24 @@ func (fp *FamilyPlan) Missing(saved iptbatch.Saved) (string, bool) {
 // saved lacks; it is empty on a node already set up.
 func SharedBatch(saved iptbatch.Saved) *iptbatch.Batch {
 	b := iptbatch.NewBatch("nat")
+	type link struct{ parent, bucket string }
+	var buckets []link
+	for i := range Buckets {
+		buckets = append(buckets, link{HostPortsChain, fmt.Sprintf("%s%02x", hostPortsPrefix, i)}, link{SNATChain, fmt.Sprintf("%s%02x", snatBucketPrefix, i)})
+	}
 	for _, c := range []string{HostPortsChain, SNATChain} {
 		if !saved.HasChain(c) {
 			b.DeclareChain(c)
+		}
+	}
+	for _, l := range buckets {
+		if !saved.HasChain(l.bucket) {
+			b.DeclareChain(l.bucket)
+		}
+	}
+	for _, l := range buckets {
+		if jump := (iptbatch.Rule{"-j", l.bucket}); !saved.HasRule(l.parent, jump) {
+			b.Append(l.parent, jump)
 		}
 	}
 	local := iptbatch.Rule{"-m", "addrtype", "--dst-type", "LOCAL", "-j", HostPortsChain}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -188,8 +189,18 @@ func pretendOlderIPTables(t *testing.T) {
 }
 
 // TestUpgradeFromAnOlderRecord: an attachment added by the previous release
-// (rules without --random-fully, a record without netns or randomFully) is checked, restored and deleted by this one: CHECK passes,
-// DEL leaves the nat tables as before, no rule is stranded.
+// (rules without --random-fully, jumps straight from the shared chains, a
+// record without netns or randomFully) is checked, restored and deleted by
+// this one: CHECK passes, DEL leaves the nat tables as before, no rule is
+// stranded.
+// The bucket chains in iptables-save's output: their declarations and
+// entry jumps, and the rules in each.
+var (
+	bucketDecl = regexp.MustCompile(`^:CNI-LITE-(HP|MS)-|^-A CNI-LITE-(HOSTPORTS|SNAT) -j CNI-LITE-(HP|MS)-..$`)
+	inHPBucket = regexp.MustCompile(`^-A CNI-LITE-HP-.. `)
+	inMSBucket = regexp.MustCompile(`^-A CNI-LITE-MS-.. `)
+)
+
 func TestUpgradeFromAnOlderRecord(t *testing.T) {
 	sb := sandbox.New(t)
 	rtm := sb.Runtime(t)
@@ -220,6 +231,36 @@ func TestUpgradeFromAnOlderRecord(t *testing.T) {
 	}
 	for _, newer := range []string{"netns", "randomFully"} {
 		delete(rec, newer)
+	}
+	// The previous release jumped from the shared chains themselves, not
+	// from buckets under them: so do the node and the record.
+	unbucket := strings.NewReplacer("CNI-LITE-HP-", "CNI-LITE-HOSTPORTS#", "CNI-LITE-MS-", "CNI-LITE-SNAT#")
+	for _, fam := range rec["families"].([]any) {
+		for _, j := range fam.(map[string]any)["jumps"].([]any) {
+			jump := j.(map[string]any)
+			jump["chain"], _, _ = strings.Cut(unbucket.Replace(jump["chain"].(string)), "#")
+		}
+	}
+	for _, cmd := range []string{"iptables", "ip6tables"} {
+		var old []string
+		for _, line := range strings.Split(sandbox.MustRun(t, sb.Node, cmd+"-save", "-t", "nat"), "\n") {
+			if bucketDecl.MatchString(line) {
+				continue
+			}
+			line = inHPBucket.ReplaceAllString(line, "-A CNI-LITE-HOSTPORTS ")
+			old = append(old, inMSBucket.ReplaceAllString(line, "-A CNI-LITE-SNAT "))
+		}
+		text := strings.Join(old, "\n")
+		if strings.Contains(text, "CNI-LITE-HP-") || strings.Contains(text, "CNI-LITE-MS-") || !strings.Contains(text, "-A CNI-LITE-SNAT -d ") {
+			t.Fatalf("%s is not the previous release's layout:\n%s", cmd, text)
+		}
+		file := filepath.Join(t.TempDir(), cmd)
+		if err := os.WriteFile(file, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := sandbox.Run(sb.Node, nil, cmd+"-restore", file); err != nil {
+			t.Fatalf("%s-restore of the previous release's layout: %v\n%s", cmd, err, out)
+		}
 	}
 	if data, err = json.Marshal(rec); err != nil {
 		t.Fatal(err)

@@ -225,8 +225,14 @@ func Check(args *skel.CmdArgs) error {
 			random = randomFully(cfg)
 		}
 		cfg.RandomFully = random
+		installed := plan
 		if plan, err = Build(cfg, key, targets); err != nil {
 			return cnierr.InvalidConfig("runtimeConfig.portMappings", "hostIP", err.Error())
+		}
+		if found && len(installed.Families) == len(plan.Families) {
+			for i := range plan.Families {
+				plan.Families[i].KeepJumpChains(&installed.Families[i])
+			}
 		}
 	} else if !found {
 		return nil

@@ -53,6 +53,7 @@ func TestSourceDocumentRules(t *testing.T) {
 		t.Fatal(err)
 	}
 	dn, sn := nat.DNATChainName(key), nat.SNATChainName(key)
+	hp, ms := nat.BucketChains(key)
 	c := `"name: \"mynet\" id: \"cnitool-77383ca0a0715733ca6f\""`
 	want := strings.Join([]string{
 		"*nat",
@@ -61,8 +62,8 @@ func TestSourceDocumentRules(t *testing.T) {
 		"-A " + dn + " -d 127.0.0.1/32 -p tcp -m tcp --dport 9090 -m comment --comment " + c + " -j DNAT --to-destination 10.244.10.7:80",
 		"-A " + sn + " -s 127.0.0.1/32 -d 10.244.10.7/32 -p tcp -m tcp --dport 80 -m comment --comment " + c + " -j MASQUERADE",
 		"-A " + sn + " -s 10.244.10.7/32 -d 10.244.10.7/32 -p tcp -m tcp --dport 80 -m comment --comment " + c + " -j MASQUERADE",
-		"-A CNI-LITE-HOSTPORTS -p tcp -m multiport --dports 9090 -m comment --comment " + c + " -j " + dn,
-		"-A CNI-LITE-SNAT -d 10.244.10.7/32 -m comment --comment " + c + " -j " + sn,
+		"-A " + hp + " -p tcp -m multiport --dports 9090 -m comment --comment " + c + " -j " + dn,
+		"-A " + ms + " -d 10.244.10.7/32 -m comment --comment " + c + " -j " + sn,
 		"COMMIT", ""}, "\n")
 	if len(plan.Families) != 1 {
 		t.Fatalf("families = %d, want IPv4 only", len(plan.Families))
@@ -76,8 +77,8 @@ func TestSourceDocumentRules(t *testing.T) {
 	}
 	wantDel := strings.Join([]string{
 		"*nat",
-		"-D CNI-LITE-HOSTPORTS -p tcp -m multiport --dports 9090 -m comment --comment " + c + " -j " + dn,
-		"-D CNI-LITE-SNAT -d 10.244.10.7/32 -m comment --comment " + c + " -j " + sn,
+		"-D " + hp + " -p tcp -m multiport --dports 9090 -m comment --comment " + c + " -j " + dn,
+		"-D " + ms + " -d 10.244.10.7/32 -m comment --comment " + c + " -j " + sn,
 		"-F " + dn, "-X " + dn, "-F " + sn, "-X " + sn,
 		"COMMIT", ""}, "\n")
 	if got := fp.DelBatch().Text(); got != wantDel {
@@ -242,22 +243,6 @@ func TestBuildFamiliesAndOptions(t *testing.T) {
 			}
 			tt.check(t, plan)
 		})
-	}
-}
-
-func TestSharedBatch(t *testing.T) {
-	empty := iptbatch.ParseSave("*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n")
-	text := nat.SharedBatch(empty).Text()
-	for _, want := range []string{":CNI-LITE-HOSTPORTS - [0:0]", ":CNI-LITE-SNAT - [0:0]",
-		"-A PREROUTING -m addrtype --dst-type LOCAL -j CNI-LITE-HOSTPORTS",
-		"-A OUTPUT -m addrtype --dst-type LOCAL -j CNI-LITE-HOSTPORTS", "-I POSTROUTING -j CNI-LITE-SNAT"} {
-		if !strings.Contains(text, want) {
-			t.Errorf("nat.SharedBatch lacks %q:\n%s", want, text)
-		}
-	}
-	done := iptbatch.ParseSave(strings.Replace(strings.Replace(text, "*nat\n", "*nat\n:PREROUTING ACCEPT [0:0]\n", 1), "-I ", "-A ", 1))
-	if b := nat.SharedBatch(done); !b.Empty() {
-		t.Fatalf("nat.SharedBatch on a set-up node = %q, want nothing", b.Text())
 	}
 }
 
