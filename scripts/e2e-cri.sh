@@ -203,7 +203,8 @@ containerd_start
 mac=$(runp mac 8080)
 check "CRI whole chain: a lan client reaches the pod on node:8080" fetch lan http://192.168.0.5:8080/
 check "CRI whole chain: a lan client reaches it on [node]:8080 over IPv6" fetch lan "http://[fd00:c0a8::5]:8080/"
-check "CRI whole chain: the node reaches the pod at its own address" fetch node http://192.168.60.30/
+check "CRI whole chain: the node reaches it on its own address:8080" fetch node http://192.168.0.5:8080/
+check "CRI whole chain: the node reaches the pod at the pod's address" fetch node http://192.168.60.30/
 rmp "$mac"
 check "CRI whole chain: stopp/rmp leaves no rule and no route for it" no_mention '192\.168\.60\.30|fd00:c0a8::60:30'
 containerd_stop
