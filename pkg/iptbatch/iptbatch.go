@@ -47,11 +47,6 @@ func (r Runner) binary(f Family, verb string) string {
 	return name + "-" + verb
 }
 
-// Binaries lists the commands r needs for f, for a STATUS check.
-func (r Runner) Binaries(f Family) []string {
-	return []string{r.binary(f, "restore"), r.binary(f, "save")}
-}
-
 // Restore applies text with --noflush (leave other rules alone) and --wait
 // (queue behind other writers rather than fail). iptables-restore commits
 // each table atomically: on error nothing of text is applied.
