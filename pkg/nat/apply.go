@@ -113,33 +113,38 @@ func RepairIPTables(r iptbatch.Runner, stateDir string, fam iptbatch.Family, pla
 const repairBatch = 250
 
 // RepairNFTables repairs a family's attachments in transactions of
-// repairBatch attachments.
-func RepairNFTables(stateDir string, fam iptbatch.Family, plans []*FamilyPlan) error {
+// repairBatch attachments. A dispatch key that another attachment took
+// while an attachment's was gone is left to it, said in taken, and marked
+// in the plan (KeysTaken) for the caller to record.
+func RepairNFTables(stateDir string, fam iptbatch.Family, plans []*FamilyPlan) (taken []string, err error) {
 	b := nftBackend{stateDir: stateDir}
 	c, err := newConn()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if err := b.ensureShared(c, fam); err != nil {
-		return err
+		return nil, err
 	}
 	st, err := readNFTState(c, fam)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	for i, fp := range plans {
-		if err := queueInstall(c, fp, st); err != nil {
-			return err
+		t, err := queueInstall(c, fp, st)
+		taken = append(taken, t...)
+		fp.KeysTaken = fp.KeysTaken || len(t) > 0
+		if err != nil {
+			return taken, err
 		}
 		// Transactions of repairBatch attachments keep each message well
 		// under the socket's buffer however many attachments a node has.
 		if (i+1)%repairBatch == 0 {
 			if err := c.Flush(); err != nil {
-				return err
+				return taken, err
 			}
 		}
 	}
-	return c.Flush()
+	return taken, c.Flush()
 }
 
 // AttachmentChains lists the attachment chains of backend in fam.

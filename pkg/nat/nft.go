@@ -113,7 +113,7 @@ func (b nftBackend) Install(fp *FamilyPlan) error {
 	if err := b.ensureShared(c, fp.Family); err != nil {
 		return fmt.Errorf("nftables table %s: %w", nftTable, err)
 	}
-	if err := queueInstall(c, fp, nftState{}); err != nil {
+	if _, err := queueInstall(c, fp, nftState{}); err != nil {
 		return err
 	}
 	if err := c.Flush(); err != nil {
@@ -228,8 +228,8 @@ func readNFTState(c *nftables.Conn, fam iptbatch.Family) (nftState, error) {
 // queueInstall queues what of fp the table (as st says) lacks: a chain
 // whose rules are all there is left alone, one with a part missing is
 // refilled, a missing element is added; one whose key leads to another
-// attachment's chain is left to it.
-func queueInstall(c *nftables.Conn, fp *FamilyPlan, st nftState) error {
+// attachment's chain is left to it, and said in taken.
+func queueInstall(c *nftables.Conn, fp *FamilyPlan, st nftState) (taken []string, err error) {
 	t := nftTableOf(fp.Family)
 	comment := userdata.AppendString(nil, userdata.TypeComment, fp.Comment)
 	fill := func(name string, exprs [][]expr.Any) {
@@ -254,17 +254,21 @@ func queueInstall(c *nftables.Conn, fp *FamilyPlan, st nftState) error {
 	for name, elems := range groupByMap(dispatchElems(fp)) {
 		var add []nftables.SetElement
 		for _, e := range elems {
-			if _, held := st.dispatch[name][string(e.Key)]; !held && !st.jumped[e.Chain] {
+			holder, held := st.dispatch[name][string(e.Key)]
+			switch {
+			case held && holder != e.Chain:
+				taken = append(taken, fmt.Sprintf("%q in map %s leads to %s, not %s", describeKey(e, fp.Family), name, holder, e.Chain))
+			case !held && !st.jumped[e.Chain]:
 				add = append(add, nftables.SetElement{Key: e.Key, VerdictData: jump(e.Chain), Comment: fp.Comment})
 			}
 		}
 		if len(add) > 0 {
 			if err := c.SetAddElements(mapRef(fp.Family, name), add); err != nil {
-				return err
+				return taken, err
 			}
 		}
 	}
-	return nil
+	return taken, nil
 }
 
 // groupByMap groups elements by the map they belong to.
@@ -328,8 +332,12 @@ func snatExprs(fp *FamilyPlan) [][]expr.Any {
 // Uninstall deletes fp's dispatch elements by key and its chains by name,
 // in one transaction that reads nothing. When part of it is gone already
 // (a second DEL, a flushed ruleset) or was laid out by an older release,
-// that transaction fails whole; then what is left is found and removed.
+// that transaction fails whole; then what is left is found and removed,
+// as it is at once when a restore found one of fp's keys taken.
 func (b nftBackend) Uninstall(fp *FamilyPlan) error {
+	if fp.KeysTaken { // a key of ours may lead to another's chain: by chain only
+		return removeNFTChainsNow(fp.Family, fp.Chains())
+	}
 	c, err := newConn()
 	if err != nil {
 		return err

@@ -94,6 +94,9 @@ type FamilyPlan struct {
 	Maps    []Mapping `json:"maps"`
 	MasqAll bool      `json:"masqAll,omitempty"`
 	Comment string    `json:"comment"`
+	// KeysTaken says a restore found a dispatch key of this attachment held
+	// by another (nftables): its DEL must then not delete by key.
+	KeysTaken bool `json:"keysTaken,omitempty"`
 }
 
 // DNATChainName and SNATChainName name an attachment's chains after its key.

@@ -284,3 +284,59 @@ func TestNFTablesRestoreAtScale(t *testing.T) {
 		t.Fatalf("after DEL of every attachment:\n%s\nwant:\n%s", got, empty)
 	}
 }
+
+// TestRestoreLeavesATakenPort: while an attachment's rules are gone (our
+// tables deleted), another takes its hostPort; restore brings the first
+// back without that port, says so, and the second keeps it, also after the
+// first is deleted (whose DEL must not delete the port's element by key).
+func TestRestoreLeavesATakenPort(t *testing.T) {
+	sb := sandbox.New(t)
+	rtm := sb.Runtime(t)
+	list := sb.Localize(t, sandbox.ListFromJSON(t, dualNetWith(`"type":"portmap-lite","backend":"nftables"`)))
+	add := func(name string) *libcni.RuntimeConf {
+		pod := sb.NewPod(t)
+		att := sandbox.Attachment(pod, name, "eth0")
+		att.CapabilityArgs = map[string]any{"portMappings": []map[string]any{{"hostPort": 9800, "containerPort": 80, "protocol": "tcp"}}}
+		if _, err := rtm.Add(list, att); err != nil {
+			t.Fatalf("ADD %s: %v", name, err)
+		}
+		t.Cleanup(func() { _ = rtm.Del(list, att) })
+		sandbox.ServeTCP(t, pod, 80, "hello from "+name)
+		return att
+	}
+	first := add("first")
+	err := sb.Node.Do(func(ns.NetNS) error {
+		c, err := nftables.New()
+		if err != nil {
+			return err
+		}
+		for _, fam := range []nftables.TableFamily{nftables.TableFamilyIPv4, nftables.TableFamilyIPv6} {
+			c.DelTable(&nftables.Table{Name: "cnichain-portmap", Family: fam})
+		}
+		return c.Flush()
+	})
+	if err != nil {
+		t.Fatalf("delete our tables: %v", err)
+	}
+	add("second")
+	out, err := sandbox.Run(sb.Node, nil, filepath.Join(sandbox.Plugins(t), "portmap-lite"), "restore", "-state-dir", filepath.Join(sb.Dir, "state", "portmap-lite"))
+	if err != nil {
+		t.Fatalf("restore: %v\n%s", err, out)
+	}
+	if !strings.Contains(out, `not restored, another attachment holds the hostPort: "tcp . 9800"`) {
+		t.Errorf("restore does not say the port was taken:\n%s", out)
+	}
+	to := netip.AddrPortFrom(sandbox.NodeIPv4.Addr(), 9800)
+	if got, err := sandbox.DialTCP(sb.LAN, to); err != nil || got != "hello from second" {
+		t.Errorf("%s after restore: %q, %v; want the second pod", to, got, err)
+	}
+	if err := rtm.Del(list, first); err != nil {
+		t.Fatalf("DEL of the first: %v", err)
+	}
+	if got, err := sandbox.DialTCP(sb.LAN, to); err != nil || got != "hello from second" {
+		t.Errorf("%s after the first's DEL: %q, %v; want the second pod", to, got, err)
+	}
+	if state := nftState(t, sb); strings.Count(state, "CNI-LITE-DN-") != 2 { // the second's, in both families
+		t.Errorf("after the first's DEL:\n%s", state)
+	}
+}

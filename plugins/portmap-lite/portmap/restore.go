@@ -18,7 +18,9 @@ import (
 // whose pod is gone (its netns no longer exists) are skipped, and said so
 // on out: GC is what removes them. Runtimes may ADD and DEL meanwhile: they
 // wait for it (Store.HoldAgainstRestore). It writes with one iptables-restore per
-// family, or one nftables transaction per family, for all attachments.
+// family for all attachments, or nftables transactions of 250 attachments.
+// A hostPort that another attachment took while an attachment's rules were
+// gone (nftables refuses two on one key) is left to it, and said on out.
 func Restore(stateDir, flavour string, out io.Writer) error {
 	store := attachstate.Store{Dir: stateDir}
 	names, unlock, err := store.Restoring()
@@ -27,14 +29,15 @@ func Restore(stateDir, flavour string, out io.Writer) error {
 	}
 	defer unlock()
 	plans := map[string]map[iptbatch.Family][]*nat.FamilyPlan{BackendIPTables: {}, BackendNFTables: {}}
+	records := map[*nat.FamilyPlan]*record{} // the record of each nftables plan, to mark taken keys in
 	var localnet []*nat.FamilyPlan
 	count := 0
 	for _, name := range names {
 		if !attachstate.IsKeyID(name) {
 			continue
 		}
-		var rec record
-		if found, err := store.Load(name, &rec); err != nil || !found {
+		rec := &record{}
+		if found, err := store.Load(name, rec); err != nil || !found {
 			continue // deleted meanwhile, or unreadable: nothing to restore from
 		}
 		if attachstate.NetnsGone(rec.Netns) {
@@ -49,6 +52,7 @@ func Restore(stateDir, flavour string, out io.Writer) error {
 		for i := range rec.Families {
 			fp := &rec.Families[i]
 			plans[backend][fp.Family] = append(plans[backend][fp.Family], fp)
+			records[fp] = rec
 			if fp.Localnet {
 				localnet = append(localnet, fp)
 			}
@@ -60,7 +64,16 @@ func Restore(stateDir, flavour string, out io.Writer) error {
 		errs = append(errs, nat.RepairIPTables(iptbatch.Runner{Flavour: flavour}, stateDir, fam, list))
 	}
 	for fam, list := range plans[BackendNFTables] {
-		errs = append(errs, nat.RepairNFTables(stateDir, fam, list))
+		taken, err := nat.RepairNFTables(stateDir, fam, list)
+		for _, t := range taken {
+			fmt.Fprintf(out, "not restored, another attachment holds the hostPort: %s\n", t)
+		}
+		errs = append(errs, err)
+		for _, fp := range list {
+			if rec := records[fp]; fp.KeysTaken {
+				errs = append(errs, store.Save(rec.Key.ID(), rec))
+			}
+		}
 	}
 	for _, fp := range localnet {
 		if err := hostnet.EnableRouteLocalnet(fp.PodIP); err != nil && !errors.Is(err, hostnet.ErrNoRoute) {
