@@ -11,10 +11,9 @@
 # here from the static busybox, with no registry.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/ensure-tools.sh
+scripts/ensure-tools.sh containerd runc podman
 . scripts/sandbox.sh
 . scripts/e2e-lib.sh
-install_missing containerd runc podman
 
 # crictl, pinned, built once per machine from the Go module proxy (its
 # Kubernetes modules stay out of our go.mod).

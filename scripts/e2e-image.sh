@@ -6,8 +6,8 @@
 # storage is a temporary root, removed afterwards with everything else.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scripts/ensure-tools.sh podman runc
 . scripts/e2e-lib.sh
-install_missing podman runc
 T=$(mktemp -d /tmp/cnichain-image.XXXXXX)
 SLEEPER=""
 cleanup() {

@@ -1,18 +1,6 @@
 # shellcheck shell=bash
-# What the end-to-end scripts share: installing the runtime they drive,
-# counting checks, and the whole chain's conflist. Source it after
-# sandbox.sh when the sandbox is used.
-
-# install_missing TOOL...: apt-get installs the packages of that name whose
-# command is missing; nothing when all are there.
-install_missing() {
-  local need=() tool
-  for tool in "$@"; do command -v "$tool" >/dev/null || need+=("$tool"); done
-  [ ${#need[@]} -eq 0 ] && return 0
-  echo "$(basename "$0"): installing ${need[*]}" >&2
-  apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-}
+# What the end-to-end scripts share: counting checks, and the whole chain's
+# conflist. Source it after sandbox.sh when the sandbox is used.
 
 passed=0 failed=0
 check() { # check NAME CMD...: runs CMD, counts and reports the result

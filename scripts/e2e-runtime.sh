@@ -7,10 +7,9 @@
 # ensure-tools.sh provides the static /bin/busybox the container runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/ensure-tools.sh
+scripts/ensure-tools.sh podman runc
 . scripts/sandbox.sh
 . scripts/e2e-lib.sh
-install_missing podman runc
 SB_BIN="${SB_BIN:-$(pwd)/bin}"
 
 # podman puts its netns under /run/netns and libcni's cache under

@@ -3,6 +3,8 @@
 # nsenter/unshare, curl, and a static busybox whose httpd serves the demo's
 # pages and which runs alone in a container's empty rootfs) on Debian or
 # Ubuntu when they are missing; does nothing when they are all present.
+# Arguments name more tools, each installed from the package of its name
+# (`ensure-tools.sh podman runc` for the runtime tests).
 #
 # A tool counts as present only when it can do what we use it for: Debian's
 # `busybox` package ships a dynamically linked /bin/busybox that a container
@@ -20,6 +22,8 @@ declare -A pkg_for=(
   [chroot]=coreutils
   [curl]=curl
 )
+
+for tool in "$@"; do pkg_for[$tool]=$tool; done
 
 missing=()
 for tool in "${!pkg_for[@]}"; do

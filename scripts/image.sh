@@ -5,11 +5,7 @@
 # IMAGE_ARCHIVE is set. PODMAN_OPTS (e.g. --root DIR) go to every podman.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v podman >/dev/null; then
-  echo "image: installing podman" >&2
-  apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends podman >/dev/null
-fi
+scripts/ensure-tools.sh podman
 IMAGE=${IMAGE:-localhost/cnichain-plugins:latest}
 read -r -a opts <<<"${PODMAN_OPTS:-}"
 stage=$(mktemp -d /tmp/cnichain-image-stage.XXXXXX)

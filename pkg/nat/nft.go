@@ -117,31 +117,37 @@ func (b nftBackend) Install(fp *FamilyPlan) error {
 		return err
 	}
 	if err := c.Flush(); err != nil {
-		if taken := takenKeys(fp); taken != "" {
-			return fmt.Errorf("%s (%w)", taken, err)
+		if taken := takenKeys(fp); len(taken) > 0 {
+			return fmt.Errorf("hostPort taken: %s (%w)", strings.Join(taken, "; "), err)
 		}
 		return err
 	}
 	return nil
 }
 
-// takenKeys describes fp's dispatch elements that lead elsewhere.
-func takenKeys(fp *FamilyPlan) string {
+// takenKeys reads which of fp's dispatch keys lead to other chains.
+func takenKeys(fp *FamilyPlan) []string {
 	c, err := newConn()
 	if err != nil {
-		return ""
+		return nil
 	}
 	st, err := readDispatch(c, fp.Family)
 	if err != nil {
-		return ""
+		return nil
 	}
+	return takenElems(fp, st)
+}
+
+// takenElems describes fp's dispatch elements whose keys lead, in st, to
+// another attachment's chain.
+func takenElems(fp *FamilyPlan, st dispatchState) []string {
 	var taken []string
 	for _, e := range dispatchElems(fp) {
-		if other, ok := st[e.Map][string(e.Key)]; ok && other != e.Chain {
-			taken = append(taken, fmt.Sprintf("hostPort taken: %q in map %s leads to %s, another attachment's chain", describeKey(e, fp.Family), e.Map, other))
+		if holder, held := st[e.Map][string(e.Key)]; held && holder != e.Chain {
+			taken = append(taken, fmt.Sprintf("%q in map %s leads to %s, another attachment's chain, not %s", describeKey(e, fp.Family), e.Map, holder, e.Chain))
 		}
 	}
-	return strings.Join(taken, "; ")
+	return taken
 }
 
 // describeKey renders a dispatch key as nft would: address . protocol . port.
@@ -254,21 +260,17 @@ func queueInstall(c *nftables.Conn, fp *FamilyPlan, st nftState) (taken []string
 	for name, elems := range groupByMap(dispatchElems(fp)) {
 		var add []nftables.SetElement
 		for _, e := range elems {
-			holder, held := st.dispatch[name][string(e.Key)]
-			switch {
-			case held && holder != e.Chain:
-				taken = append(taken, fmt.Sprintf("%q in map %s leads to %s, not %s", describeKey(e, fp.Family), name, holder, e.Chain))
-			case !held && !st.jumped[e.Chain]:
+			if _, held := st.dispatch[name][string(e.Key)]; !held && !st.jumped[e.Chain] {
 				add = append(add, nftables.SetElement{Key: e.Key, VerdictData: jump(e.Chain), Comment: fp.Comment})
 			}
 		}
 		if len(add) > 0 {
 			if err := c.SetAddElements(mapRef(fp.Family, name), add); err != nil {
-				return taken, err
+				return nil, err
 			}
 		}
 	}
-	return taken, nil
+	return takenElems(fp, st.dispatch), nil
 }
 
 // groupByMap groups elements by the map they belong to.

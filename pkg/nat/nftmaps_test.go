@@ -73,3 +73,19 @@ func TestDispatchMapKeys(t *testing.T) {
 		}
 	}
 }
+
+// TestTakenElems: only keys held by another chain are taken; a key held
+// by the attachment's own chain, or not held, is not.
+func TestTakenElems(t *testing.T) {
+	fp := FamilyPlan{Family: iptbatch.IPv4, PodIP: netip.MustParseAddr("10.0.0.7"), DNATChain: "DN", SNATChain: "SN",
+		Maps: []Mapping{{HostPort: 80, ContainerPort: 80, Protocol: "tcp"}, {HostPort: 53, ContainerPort: 53, Protocol: "udp"}}}
+	elems := dispatchElems(&fp)
+	st := dispatchState{anyAddrMap: {string(elems[0].Key): "OTHER", string(elems[1].Key): "DN"}}
+	got := takenElems(&fp, st)
+	if len(got) != 1 || got[0] != `"tcp . 80" in map hostports-any leads to OTHER, another attachment's chain, not DN` {
+		t.Errorf("taken = %q", got)
+	}
+	if got := takenElems(&fp, dispatchState{}); got != nil {
+		t.Errorf("on an empty table, taken = %q", got)
+	}
+}

@@ -67,21 +67,14 @@ func TestAfterOtherMainPlugins(t *testing.T) {
 				rtm := sb.Runtime(t)
 				list := sb.Localize(t, sandbox.ListFromJSON(t, fmt.Sprintf(`{"cniVersion":"1.1.0","name":"after","plugins":[%s,
 					{"type":"portmap-lite","backend":%q,"capabilities":{"portMappings":true}}]}`, tt.main, backend)))
-				pod := sb.NewPod(t)
-				att := sandbox.Attachment(pod, "after", "eth0")
-				att.CapabilityArgs = map[string]any{"portMappings": []map[string]any{{"hostPort": 9090, "containerPort": 80, "protocol": "tcp"}}}
-				if _, err := rtm.Add(list, att); err != nil {
-					t.Fatalf("ADD: %v", err)
-				}
-				t.Cleanup(func() { _ = rtm.Del(list, att) })
-				sandbox.ServeTCP(t, pod, 80, "hello from the pod")
+				att := mustAddServing(t, sb, rtm, list, "after", tcpPort(9090))
 				for _, from := range []struct {
 					name string
 					ns   ns.NetNS
 					to   string
 				}{{"the lan", sb.LAN, "192.168.0.5:9090"}, {"the node", sb.Node, "192.168.0.5:9090"}, {"the node on 127.0.0.1", sb.Node, "127.0.0.1:9090"}} {
 					got, err := sandbox.DialTCP(from.ns, netip.MustParseAddrPort(from.to))
-					if err != nil || got != "hello from the pod" {
+					if err != nil || got != "hello from after" {
 						t.Errorf("hostPort from %s: %q, %v", from.name, got, err)
 					}
 				}
@@ -115,18 +108,11 @@ func TestMasqAllFalseBehindARouter(t *testing.T) {
 		{"type":"macvlan-host-route","master":"eno1"},
 		{"type":"portmap-lite","masqAll":false,"capabilities":{"portMappings":true}}]}`))
 	rtm := sb.Runtime(t)
-	pod := sb.NewPod(t)
-	att := sandbox.Attachment(pod, "nomasq", "eth0")
-	att.CapabilityArgs = map[string]any{"portMappings": []map[string]any{{"hostPort": 9090, "containerPort": 80, "protocol": "tcp"}}}
-	if _, err := rtm.Add(list, att); err != nil {
-		t.Fatalf("ADD: %v", err)
-	}
-	t.Cleanup(func() { _ = rtm.Del(list, att) })
-	sandbox.ServeTCP(t, pod, 80, "hello from the pod")
+	mustAddServing(t, sb, rtm, list, "nomasq", tcpPort(9090))
 	if got, err := sandbox.DialTCP(sb.LAN, netip.MustParseAddrPort("192.168.0.5:9090")); err == nil {
 		t.Fatalf("the lan got %q with masqAll false: the decision would not matter", got)
 	}
-	if got, err := sandbox.DialTCP(sb.Node, netip.MustParseAddrPort("192.168.0.5:9090")); err != nil || got != "hello from the pod" {
+	if got, err := sandbox.DialTCP(sb.Node, netip.MustParseAddrPort("192.168.0.5:9090")); err != nil || got != "hello from nomasq" {
 		t.Fatalf("from the node: %q, %v", got, err)
 	}
 }

@@ -15,6 +15,61 @@ import (
 	"github.com/cnichain/plugins/pkg/sandbox"
 )
 
+// addServing adds a pod on list with maps as its portMappings and, when the
+// ADD succeeds, a web server in it answering "hello from NAME"; the pod is
+// deleted at cleanup.
+func addServing(t *testing.T, sb *sandbox.Sandbox, rtm *sandbox.Runtime, list *libcni.NetworkConfigList, name string, maps ...map[string]any) (*libcni.RuntimeConf, error) {
+	t.Helper()
+	pod := sb.NewPod(t)
+	att := sandbox.Attachment(pod, name, "eth0")
+	att.CapabilityArgs = map[string]any{"portMappings": maps}
+	if _, err := rtm.Add(list, att); err != nil {
+		return att, err
+	}
+	t.Cleanup(func() { _ = rtm.Del(list, att) })
+	sandbox.ServeTCP(t, pod, 80, "hello from "+name)
+	return att, nil
+}
+
+// mustAddServing is addServing where the ADD must succeed.
+func mustAddServing(t *testing.T, sb *sandbox.Sandbox, rtm *sandbox.Runtime, list *libcni.NetworkConfigList, name string, maps ...map[string]any) *libcni.RuntimeConf {
+	t.Helper()
+	att, err := addServing(t, sb, rtm, list, name, maps...)
+	if err != nil {
+		t.Fatalf("ADD %s: %v", name, err)
+	}
+	return att
+}
+
+func tcpPort(port int) map[string]any {
+	return map[string]any{"hostPort": port, "containerPort": 80, "protocol": "tcp"}
+}
+
+// deleteOurTables deletes portmap-lite's nftables tables, as `nft flush
+// ruleset` would.
+func deleteOurTables(t *testing.T, sb *sandbox.Sandbox) {
+	t.Helper()
+	err := sb.Node.Do(func(ns.NetNS) error {
+		c, err := nftables.New()
+		if err != nil {
+			return err
+		}
+		tables, err := c.ListTables()
+		if err != nil {
+			return err
+		}
+		for _, table := range tables {
+			if table.Name == "cnichain-portmap" {
+				c.DelTable(table)
+			}
+		}
+		return c.Flush()
+	})
+	if err != nil {
+		t.Fatalf("delete our tables: %v", err)
+	}
+}
+
 // TestOnePortOnTwoAddresses: two pods map the same hostPort, one on
 // 127.0.0.1 and the node's IPv6 address, the other on every address; each
 // address reaches its own pod, the more specific mapping winning. With
@@ -32,26 +87,16 @@ func onePortOnTwoAddresses(t *testing.T, backend string) {
 	rtm := sb.Runtime(t)
 	list := sb.Localize(t, sandbox.ListFromJSON(t, dualNetWith(`"type":"portmap-lite","backend":"`+backend+`"`)))
 	before := natState(t, sb)
-	add := func(name string, maps ...map[string]any) (*libcni.RuntimeConf, ns.NetNS, error) {
-		pod := sb.NewPod(t)
-		att := sandbox.Attachment(pod, name, "eth0")
-		att.CapabilityArgs = map[string]any{"portMappings": maps}
-		_, err := rtm.Add(list, att)
-		t.Cleanup(func() { _ = rtm.Del(list, att) })
-		return att, pod, err
-	}
-	local, localPod, err := add("local",
+	local, err := addServing(t, sb, rtm, list, "local",
 		map[string]any{"hostPort": 9600, "containerPort": 80, "protocol": "tcp", "hostIP": "127.0.0.1"},
 		map[string]any{"hostPort": 9600, "containerPort": 80, "protocol": "tcp", "hostIP": sandbox.NodeIPv6.Addr().String()})
 	if err != nil {
 		t.Fatalf("ADD of the pod on 127.0.0.1: %v", err)
 	}
-	every, everyPod, err := add("every", map[string]any{"hostPort": 9600, "containerPort": 80, "protocol": "tcp"})
+	every, err := addServing(t, sb, rtm, list, "every", tcpPort(9600))
 	if err != nil {
 		t.Fatalf("ADD of the pod on every address: %v", err)
 	}
-	sandbox.ServeTCP(t, localPod, 80, "the pod on 127.0.0.1")
-	sandbox.ServeTCP(t, everyPod, 80, "the pod on every address")
 	sandbox.WaitDAD(t, sb.Node)
 	for _, tt := range []struct {
 		name string
@@ -59,9 +104,9 @@ func onePortOnTwoAddresses(t *testing.T, backend string) {
 		to   netip.AddrPort
 		want string
 	}{
-		{"the node on 127.0.0.1", sb.Node, netip.MustParseAddrPort("127.0.0.1:9600"), "the pod on 127.0.0.1"},
-		{"a lan client on the node's IPv6 address", sb.LAN, netip.AddrPortFrom(sandbox.NodeIPv6.Addr(), 9600), "the pod on 127.0.0.1"},
-		{"a lan client on the node's IPv4 address", sb.LAN, netip.AddrPortFrom(sandbox.NodeIPv4.Addr(), 9600), "the pod on every address"},
+		{"the node on 127.0.0.1", sb.Node, netip.MustParseAddrPort("127.0.0.1:9600"), "hello from local"},
+		{"a lan client on the node's IPv6 address", sb.LAN, netip.AddrPortFrom(sandbox.NodeIPv6.Addr(), 9600), "hello from local"},
+		{"a lan client on the node's IPv4 address", sb.LAN, netip.AddrPortFrom(sandbox.NodeIPv4.Addr(), 9600), "hello from every"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			if got, err := sandbox.DialTCP(tt.from, tt.to); err != nil || got != tt.want {
@@ -72,7 +117,7 @@ func onePortOnTwoAddresses(t *testing.T, backend string) {
 	if backend == "nftables" {
 		t.Run("a third pod on a taken port is refused and installs nothing", func(t *testing.T) {
 			held, heldNAT := nftState(t, sb), natState(t, sb)
-			att, _, err := add("taken", map[string]any{"hostPort": 9600, "containerPort": 80, "protocol": "tcp"})
+			att, err := addServing(t, sb, rtm, list, "taken", tcpPort(9600))
 			if err == nil {
 				t.Fatal("ADD of a hostPort another attachment holds on every address succeeded")
 			}
@@ -110,18 +155,7 @@ func TestUpgradeFromPerPodJumps(t *testing.T) {
 	rtm := sb.Runtime(t)
 	list := sb.Localize(t, sandbox.ListFromJSON(t, dualNetWith(`"type":"portmap-lite","backend":"nftables"`)))
 	before := natState(t, sb)
-	newPod := func(name string, port int) (*libcni.RuntimeConf, ns.NetNS) {
-		pod := sb.NewPod(t)
-		att := sandbox.Attachment(pod, name, "eth0")
-		att.CapabilityArgs = map[string]any{"portMappings": []map[string]any{{"hostPort": port, "containerPort": 80, "protocol": "tcp"}}}
-		if _, err := rtm.Add(list, att); err != nil {
-			t.Fatalf("ADD %s: %v", name, err)
-		}
-		t.Cleanup(func() { _ = rtm.Del(list, att) })
-		sandbox.ServeTCP(t, pod, 80, "hello from "+name)
-		return att, pod
-	}
-	old, _ := newPod("old", 9700)
+	old := mustAddServing(t, sb, rtm, list, "old", tcpPort(9700))
 	if err := sb.Node.Do(func(ns.NetNS) error { return toPerPodJumps(t) }); err != nil {
 		t.Fatalf("rewrite the table as the previous release laid it out: %v", err)
 	}
@@ -131,7 +165,7 @@ func TestUpgradeFromPerPodJumps(t *testing.T) {
 	if err := rtm.Check(list, old); err != nil {
 		t.Fatalf("CHECK of the old attachment: %v", err)
 	}
-	cur, _ := newPod("new", 9701)
+	cur := mustAddServing(t, sb, rtm, list, "new", tcpPort(9701))
 	for port, want := range map[uint16]string{9700: "hello from old", 9701: "hello from new"} {
 		to := netip.AddrPortFrom(sandbox.NodeIPv4.Addr(), port)
 		if got, err := sandbox.DialTCP(sb.LAN, to); err != nil || got != want {
@@ -249,19 +283,7 @@ func TestNFTablesRestoreAtScale(t *testing.T) {
 	if !strings.Contains(installed, fmt.Sprintf("map hostports-any: %d elements", pods)) {
 		t.Fatalf("after %d ADDs:\n%s", pods, installed)
 	}
-	err := sb.Node.Do(func(ns.NetNS) error {
-		c, err := nftables.New()
-		if err != nil {
-			return err
-		}
-		for _, fam := range []nftables.TableFamily{nftables.TableFamilyIPv4, nftables.TableFamilyIPv6} {
-			c.DelTable(&nftables.Table{Name: "cnichain-portmap", Family: fam})
-		}
-		return c.Flush()
-	})
-	if err != nil && !strings.Contains(err.Error(), "no such file") {
-		t.Fatalf("delete our tables: %v", err)
-	}
+	deleteOurTables(t, sb)
 	restore := func() {
 		t.Helper()
 		out, err := sandbox.Run(sb.Node, nil, filepath.Join(sandbox.Plugins(t), "portmap-lite"), "restore", "-state-dir", stateDir)
@@ -293,32 +315,9 @@ func TestRestoreLeavesATakenPort(t *testing.T) {
 	sb := sandbox.New(t)
 	rtm := sb.Runtime(t)
 	list := sb.Localize(t, sandbox.ListFromJSON(t, dualNetWith(`"type":"portmap-lite","backend":"nftables"`)))
-	add := func(name string) *libcni.RuntimeConf {
-		pod := sb.NewPod(t)
-		att := sandbox.Attachment(pod, name, "eth0")
-		att.CapabilityArgs = map[string]any{"portMappings": []map[string]any{{"hostPort": 9800, "containerPort": 80, "protocol": "tcp"}}}
-		if _, err := rtm.Add(list, att); err != nil {
-			t.Fatalf("ADD %s: %v", name, err)
-		}
-		t.Cleanup(func() { _ = rtm.Del(list, att) })
-		sandbox.ServeTCP(t, pod, 80, "hello from "+name)
-		return att
-	}
-	first := add("first")
-	err := sb.Node.Do(func(ns.NetNS) error {
-		c, err := nftables.New()
-		if err != nil {
-			return err
-		}
-		for _, fam := range []nftables.TableFamily{nftables.TableFamilyIPv4, nftables.TableFamilyIPv6} {
-			c.DelTable(&nftables.Table{Name: "cnichain-portmap", Family: fam})
-		}
-		return c.Flush()
-	})
-	if err != nil {
-		t.Fatalf("delete our tables: %v", err)
-	}
-	add("second")
+	first := mustAddServing(t, sb, rtm, list, "first", tcpPort(9800))
+	deleteOurTables(t, sb)
+	mustAddServing(t, sb, rtm, list, "second", tcpPort(9800))
 	out, err := sandbox.Run(sb.Node, nil, filepath.Join(sandbox.Plugins(t), "portmap-lite"), "restore", "-state-dir", filepath.Join(sb.Dir, "state", "portmap-lite"))
 	if err != nil {
 		t.Fatalf("restore: %v\n%s", err, out)
