@@ -13,6 +13,9 @@ import (
 
 const prevResult = `"prevResult":{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"/x"}],"ips":[{"address":"192.168.1.40/16","interface":0}]}`
 
+// prevWith is a prevResult with the given body.
+func prevWith(body string) string { return `"prevResult":{"cniVersion":"1.0.0",` + body + `}` }
+
 // TestMalformedInput: each bad configuration or environment fails with the
 // spec's code, a message naming the field, and no change on the node.
 func TestMalformedInput(t *testing.T) {
@@ -71,6 +74,9 @@ func TestMalformedInput(t *testing.T) {
 		{"macvlan-host-route", "no prevResult", hr(`"master":"eno1"`), "", "", "", 7, "prevResult"},
 		{"macvlan-host-route", "prevResult without IPs", hr(`"master":"eno1","prevResult":{"cniVersion":"1.0.0"}`), "", "", "", 7, "prevResult.ips"},
 		{"macvlan-host-route", "prevResult that is not a result", hr(`"master":"eno1","prevResult":{"cniVersion":"1.0.0","ips":"x"}`), "", "", "", 6, "prevResult"},
+		{"macvlan-host-route", "prevResult with a null interface", hr(`"master":"eno1",` + prevWith(`"interfaces":[null],"ips":[{"address":"192.168.1.40/16","interface":0}]`)), "", "", "", 7, "prevResult.interfaces[0]"},
+		{"macvlan-host-route", "prevResult with a null address", hr(`"master":"eno1",` + prevWith(`"ips":[null]`)), "", "", "", 7, "prevResult.ips[0]"},
+		{"macvlan-host-route", "prevResult naming a missing interface", hr(`"master":"eno1",` + prevWith(`"interfaces":[{"name":"eth0","sandbox":"/x"}],"ips":[{"address":"192.168.1.40/16","interface":3}]`)), "", "", "", 7, "prevResult.ips[0].interface"},
 		{"macvlan-host-route", "master absent from the node", hr(`"master":"eno9",` + prevResult), "", "", "", 7, "master"},
 		{"macvlan-host-route", "container ID starting with -A", hr(`"master":"eno1",` + prevResult), "-A", "", "", 4, "containerID"},
 
@@ -88,6 +94,9 @@ func TestMalformedInput(t *testing.T) {
 		{"portmap-lite", "a condition spanning lines", pm(`"conditionsV4":["-s","10.0.0.0/8\n-A INPUT -j ACCEPT"],` + maps(`{"hostPort":80,"containerPort":80}`)), "", "", "", 7, "conditionsV4[1]"},
 		{"portmap-lite", "no prevResult", pm(`"runtimeConfig":{"portMappings":[{"hostPort":80,"containerPort":80}]}`), "", "", "", 7, "prevResult"},
 		{"portmap-lite", "prevResult without container IPs", pm(`"prevResult":{"cniVersion":"1.0.0"},"runtimeConfig":{"portMappings":[{"hostPort":80,"containerPort":80}]}`), "", "", "", 7, "prevResult.ips"},
+		{"portmap-lite", "prevResult with a null interface", pm(prevWith(`"interfaces":[null],"ips":[{"address":"192.168.1.40/16","interface":0}]`) + `,"runtimeConfig":{"portMappings":[{"hostPort":80,"containerPort":80}]}`), "", "", "", 7, "prevResult.interfaces[0]"},
+		{"portmap-lite", "prevResult with a negative interface index", pm(prevWith(`"interfaces":[{"name":"eth0","sandbox":"/x"}],"ips":[{"address":"192.168.1.40/16","interface":-1}]`) + `,"runtimeConfig":{"portMappings":[{"hostPort":80,"containerPort":80}]}`), "", "", "", 7, "prevResult.ips[0].interface"},
+		{"portmap-lite", "prevResult with a null route", pm(prevWith(`"ips":[{"address":"192.168.1.40/16"}],"routes":[null]`) + `,"runtimeConfig":{"portMappings":[{"hostPort":80,"containerPort":80}]}`), "", "", "", 7, "prevResult.routes[0]"},
 		{"portmap-lite", "container ID with a quote and #", pm(maps(`{"hostPort":80,"containerPort":80}`)), `x" #`, "", "", 4, "containerID"},
 		{"portmap-lite", "network name with a space", `{"cniVersion":"1.0.0","name":"my net","type":"portmap-lite"}`, "", "", "", 7, "network name"},
 

@@ -22,6 +22,9 @@ func PrevResult(conf *types.PluginConf) (*current.Result, error) {
 	if conf.RawPrevResult == nil {
 		return nil, nil
 	}
+	if err := CheckShape(conf.RawPrevResult, "prevResult"); err != nil {
+		return nil, err
+	}
 	if err := version.ParsePrevResult(conf); err != nil {
 		return nil, cnierr.Decode("prevResult", err)
 	}

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/containernetworking/cni/pkg/types"
+	types040 "github.com/containernetworking/cni/pkg/types/040"
 	current "github.com/containernetworking/cni/pkg/types/100"
 )
 
@@ -96,6 +97,11 @@ func FuzzPrevResult(f *testing.F) {
 	f.Add([]byte(`{"cniVersion":"1.0.0","name":"n","prevResult":{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"/p"}],"ips":[{"address":"10.0.0.7/24","interface":0}]}}`))
 	f.Add([]byte(`{"cniVersion":"0.2.0","name":"n","prevResult":{"cniVersion":"0.2.0","ip4":{"ip":"192.168.2.7/24"},"ip6":{"ip":"fd00::7/64"}}}`))
 	f.Add([]byte(`{"cniVersion":"0.3.1","name":"n","prevResult":{"cniVersion":"0.3.1","ips":[{"version":"4","address":"10.0.0.7/24","interface":9}]}}`))
+	for _, v := range []string{"0.3.1", "0.4.0", "1.0.0"} {
+		for _, body := range shapeCases {
+			f.Add([]byte(`{"cniVersion":"` + v + `","name":"n","prevResult":{"cniVersion":"` + v + `",` + body.json + `}}`))
+		}
+	}
 	f.Fuzz(func(t *testing.T, conf []byte) {
 		var pc types.PluginConf
 		if json.Unmarshal(conf, &pc) != nil {
@@ -104,21 +110,74 @@ func FuzzPrevResult(f *testing.F) {
 		res, err := PrevResult(&pc)
 		if err != nil {
 			var cniErr *types.Error
-			if !errors.As(err, &cniErr) || cniErr.Code != types.ErrDecodingFailure {
-				t.Fatalf("PrevResult returned %v, not a code-6 CNI error", err)
+			if !errors.As(err, &cniErr) || (cniErr.Code != types.ErrDecodingFailure && cniErr.Code != types.ErrInvalidNetworkConfig) {
+				t.Fatalf("PrevResult returned %v, not a code-6 or code-7 CNI error", err)
 			}
 			return
 		}
 		if res == nil {
 			return
 		}
-		// Whatever the indexes say, picking addresses must not panic and must give valid ones.
+		// What the plugins read of a result must not panic and must give valid addresses.
 		for _, p := range ContainerIPs(res) {
 			if !p.IsValid() {
 				t.Fatalf("invalid container address %v from %s", p, conf)
 			}
+			Gateway(res, p.Addr())
+		}
+		ContainerMACs(res)
+	})
+}
+
+// shapeCases are results that crashed libcni's converters or the plugins'
+// indexing, and the field each error must name.
+var shapeCases = []struct {
+	name, json, field string
+}{
+	{"a null interface", `"interfaces":[null],"ips":[{"address":"10.0.0.7/24","interface":0}]`, "prevResult.interfaces[0]"},
+	{"a null address entry", `"interfaces":[{"name":"eth0"}],"ips":[{"address":"10.0.0.7/24","interface":0},null]`, "prevResult.ips[1]"},
+	{"a null route", `"ips":[{"address":"10.0.0.7/24"}],"routes":[null]`, "prevResult.routes[0]"},
+	{"an interface index past the list", `"interfaces":[{"name":"eth0"}],"ips":[{"address":"10.0.0.7/24","interface":1}]`, "prevResult.ips[0].interface"},
+	{"a negative interface index", `"interfaces":[{"name":"eth0"}],"ips":[{"address":"10.0.0.7/24","interface":-1}]`, "prevResult.ips[0].interface"},
+	{"an interface index and no interfaces", `"ips":[{"address":"10.0.0.7/24","interface":0}]`, "prevResult.ips[0].interface"},
+}
+
+func TestPrevResultShape(t *testing.T) {
+	for _, v := range []string{"0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"} {
+		for _, tt := range shapeCases {
+			t.Run(v+"/"+tt.name, func(t *testing.T) {
+				var pc types.PluginConf
+				conf := `{"cniVersion":"` + v + `","name":"n","prevResult":{"cniVersion":"` + v + `",` + tt.json + `}}`
+				if err := json.Unmarshal([]byte(conf), &pc); err != nil {
+					t.Fatal(err)
+				}
+				_, err := PrevResult(&pc)
+				var cniErr *types.Error
+				if !errors.As(err, &cniErr) || cniErr.Code != types.ErrInvalidNetworkConfig || !strings.Contains(cniErr.Msg, tt.field) {
+					t.Fatalf("PrevResult error = %v, want code 7 naming %s", err, tt.field)
+				}
+			})
+		}
+	}
+	t.Run("null dns and a valid result pass", func(t *testing.T) {
+		var pc types.PluginConf
+		conf := `{"cniVersion":"1.0.0","name":"n","prevResult":{"cniVersion":"1.0.0","dns":null,"interfaces":[{"name":"eth0","sandbox":"/p"}],"ips":[{"address":"10.0.0.7/24","interface":0}]}}`
+		_ = json.Unmarshal([]byte(conf), &pc)
+		if res, err := PrevResult(&pc); err != nil || len(ContainerIPs(res)) != 1 {
+			t.Fatalf("PrevResult = %v, %v", res, err)
 		}
 	})
+}
+
+func TestFromPlugin(t *testing.T) {
+	r, err := types040.NewResult([]byte(`{"cniVersion":"0.4.0","interfaces":[null],"ips":[{"version":"4","address":"10.0.0.7/24","interface":0}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = FromPlugin(r, "the result of network bridge")
+	if err == nil || !strings.Contains(err.Error(), "the result of network bridge.interfaces[0]") {
+		t.Fatalf("FromPlugin = %v, want an error naming the null interface", err)
+	}
 }
 
 func TestGateway(t *testing.T) {

@@ -34,6 +34,21 @@ func (s Saved) HasRule(chain string, rule Rule) bool {
 	return slices.Contains(s.Rules, "-A "+chain+" "+rule.String())
 }
 
+// RulesTo returns the rules of chain that jump to target, as printed: how
+// rules are told apart whose matches iptables-save may print in an order
+// or a form of its own (a user's conditions), when the target is a chain
+// only their owner jumps to.
+func (s Saved) RulesTo(chain, to string) []string {
+	var out []string
+	prefix := "-A " + chain + " "
+	for _, line := range s.Rules {
+		if strings.HasPrefix(line, prefix) && target(line) == to {
+			out = append(out, line)
+		}
+	}
+	return out
+}
+
 // target returns the chain or target a saved rule jumps to.
 func target(line string) string {
 	fields := strings.Fields(line)

@@ -279,11 +279,47 @@ func (fp *FamilyPlan) Repair(b *iptbatch.Batch, saved iptbatch.Saved) {
 			}
 		}
 	}
-	for _, j := range fp.Jumps {
-		if !saved.HasRule(j.Chain, j.Rule) {
+	// The jumps are told by where they are and where they lead, not by
+	// their text: iptables-save prints a user's conditions its own way.
+	// A chain short of some gets all of them anew, in order.
+	for _, group := range fp.jumpGroups() {
+		have := saved.RulesTo(group[0].Chain, group[0].Target())
+		if len(have) == len(group) {
+			continue
+		}
+		for _, line := range have {
+			b.Raw("-D" + strings.TrimPrefix(line, "-A"))
+		}
+		for _, j := range group {
 			b.Append(j.Chain, j.Rule)
 		}
 	}
+}
+
+// jumpGroups are fp's jumps grouped by the chain they sit in and the chain
+// they lead to, in plan order.
+func (fp *FamilyPlan) jumpGroups() [][]Jump {
+	var groups [][]Jump
+	index := map[[2]string]int{}
+	for _, j := range fp.Jumps {
+		k := [2]string{j.Chain, j.Target()}
+		i, ok := index[k]
+		if !ok {
+			i = len(groups)
+			index[k] = i
+			groups = append(groups, nil)
+		}
+		groups[i] = append(groups[i], j)
+	}
+	return groups
+}
+
+// Target is the attachment chain the jump leads to.
+func (j Jump) Target() string {
+	if n := len(j.Rule); n >= 2 && j.Rule[n-2] == "-j" {
+		return j.Rule[n-1]
+	}
+	return ""
 }
 
 // DelBatch removes exactly what AddBatch installed.
@@ -334,8 +370,9 @@ func (fp *FamilyPlan) Missing(saved iptbatch.Saved) (string, bool) {
 			return "-A " + fp.SNATChain + " " + r.String(), true
 		}
 	}
-	for _, j := range fp.Jumps {
-		if !saved.HasRule(j.Chain, j.Rule) {
+	for _, group := range fp.jumpGroups() {
+		if have := saved.RulesTo(group[0].Chain, group[0].Target()); len(have) < len(group) {
+			j := group[len(have)]
 			return "-A " + j.Chain + " " + j.Rule.String(), true
 		}
 	}

@@ -164,7 +164,7 @@ func (a *attachment) addOne(ctx context.Context, d delegated) (*current.Result, 
 	if err != nil {
 		return nil, err
 	}
-	return current.NewResultFromResult(res)
+	return chain.FromPlugin(res, "the result of network "+d.Type)
 }
 
 // delete runs DEL of each network, last first, going on past failures; the
