@@ -22,6 +22,7 @@
 package nat
 
 import (
+	"cmp"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -53,20 +54,28 @@ type Mapping struct {
 // CNI-DN-*, so both plugins can serve pods on one node.
 //
 // The per-pod jumps are spread over Buckets chains under each shared
-// chain, by the attachment's key: iptables-restore's -D reads the rules of
-// the chain it deletes from, so a DEL that read one chain holding every
-// pod's jump would grow with the pods on the node; a bucket holds 1/32 of
-// them. A new connection walks the buckets' jumps and the jumps in them.
+// chain: iptables-restore's -D reads the rules of the chain it deletes
+// from, so a DEL that read one chain holding every pod's jump would grow
+// with the pods on the node; a bucket holds 1/32 of them. A dispatch jump
+// goes to the bucket of its hostPort, so the pods that map one port meet
+// in one chain, in the order they were added, and the first one keeps the
+// port, as with the reference portmap. The buckets of mappings on one
+// hostIP (HA) are walked before those of mappings on every address (HP):
+// a pod mapped on one address wins it over a pod mapped on all, whichever
+// came first, as the nftables backend's two maps decide. The masquerade
+// jumps, one per pod address, go to the bucket of the attachment's key.
 const (
 	HostPortsChain   = "CNI-LITE-HOSTPORTS" // from PREROUTING and OUTPUT, for local destinations
 	SNATChain        = "CNI-LITE-SNAT"      // from POSTROUTING
-	hostPortsPrefix  = "CNI-LITE-HP-"       // CNI-LITE-HP-00 .. -1f, from CNI-LITE-HOSTPORTS
+	oneAddrPrefix    = "CNI-LITE-HA-"       // CNI-LITE-HA-00 .. -1f, first in CNI-LITE-HOSTPORTS
+	hostPortsPrefix  = "CNI-LITE-HP-"       // CNI-LITE-HP-00 .. -1f, after them
 	snatBucketPrefix = "CNI-LITE-MS-"       // CNI-LITE-MS-00 .. -1f, from CNI-LITE-SNAT
 	Buckets          = 32
 	dnatPrefix       = "CNI-LITE-DN-"
 	snatPrefix       = "CNI-LITE-SN-"
 	// HashLen keeps chain names at iptables' limit of 28 characters.
 	HashLen = 28 - len(dnatPrefix)
+	portsPerBucketRun = 8
 	// multiportMax is how many ports one multiport match takes.
 	multiportMax = 15
 )
@@ -103,13 +112,30 @@ type FamilyPlan struct {
 func DNATChainName(k attachstate.Key) string { return dnatPrefix + k.ID()[:HashLen] }
 func SNATChainName(k attachstate.Key) string { return snatPrefix + k.ID()[:HashLen] }
 
-// BucketChains are the bucket chains under HostPortsChain and SNATChain
-// that hold the jumps into k's chains.
-func BucketChains(k attachstate.Key) (hostPorts, snat string) {
+// SNATBucket is the bucket chain under SNATChain that holds the jumps
+// into k's masquerade chain.
+func SNATBucket(k attachstate.Key) string {
 	n, _ := strconv.ParseUint(k.ID()[:4], 16, 32) // the ID is hex
-	b := fmt.Sprintf("%02x", n%Buckets)
-	return hostPortsPrefix + b, snatBucketPrefix + b
+	return bucketName(snatBucketPrefix, int(n%Buckets))
 }
+
+// DispatchBucket is the bucket chain under HostPortsChain that holds the
+// dispatch jumps of mapping m: by its hostPort, in the tier of mappings on
+// one address or of those on every address. Runs of portsPerBucketRun
+// consecutive ports share a bucket, so a pod mapping a range of ports
+// needs few multiport jumps, and the runs spread over all buckets.
+func DispatchBucket(m Mapping) string {
+	prefix := hostPortsPrefix
+	if onOneAddress(m) {
+		prefix = oneAddrPrefix
+	}
+	return bucketName(prefix, int(m.HostPort/portsPerBucketRun)%Buckets)
+}
+
+func bucketName(prefix string, i int) string { return fmt.Sprintf("%s%02x", prefix, i) }
+
+// onOneAddress reports whether m listens on one address of the node only.
+func onOneAddress(m Mapping) bool { return m.HostIP.IsValid() && !m.HostIP.IsUnspecified() }
 
 // IsAttachmentChain reports whether chain is an attachment chain of ours,
 // and the key-ID prefix it carries.
@@ -141,44 +167,66 @@ type Spec struct {
 // NewFamilyPlan plans the rules of s.
 func NewFamilyPlan(s Spec) FamilyPlan {
 	fp := FamilyPlan{Family: s.Family, PodIP: s.PodIP, DNATChain: DNATChainName(s.Key), Maps: s.Maps, MasqAll: s.MasqAll, Comment: s.Comment}
-	hostPortsBucket, snatBucket := BucketChains(s.Key)
-	fp.Jumps = dispatchJumps(hostPortsBucket, fp.DNATChain, s.Maps, s.Conditions, s.Comment)
+	fp.Jumps = dispatchJumps(fp.DNATChain, s.Maps, s.Conditions, s.Comment)
+	// Mappings on one address first: a packet for it that entered the
+	// chain must not meet the pod's mapping of the same port on every one.
 	for _, m := range s.Maps {
-		fp.DNAT = append(fp.DNAT, dnatRule(m, s.PodIP, s.Comment))
+		if onOneAddress(m) {
+			fp.DNAT = append(fp.DNAT, dnatRule(m, s.PodIP, s.Comment))
+		}
+	}
+	for _, m := range s.Maps {
+		if !onOneAddress(m) {
+			fp.DNAT = append(fp.DNAT, dnatRule(m, s.PodIP, s.Comment))
+		}
 	}
 	if s.SNAT {
 		fp.SNATChain = SNATChainName(s.Key)
 		fp.SNAT, fp.Localnet = snatRules(s.Maps, s.PodIP, s.MasqAll, s.RandomFully, s.Comment)
-		fp.Jumps = append(fp.Jumps, Jump{snatBucket, iptbatch.Rule{"-d", hostPrefix(s.PodIP), "-m", "comment", "--comment", s.Comment, "-j", fp.SNATChain}})
+		fp.Jumps = append(fp.Jumps, Jump{SNATBucket(s.Key), iptbatch.Rule{"-d", hostPrefix(s.PodIP), "-m", "comment", "--comment", s.Comment, "-j", fp.SNATChain}})
 	}
 	return fp
 }
 
-// dispatchJumps sends traffic for the mapped ports, per protocol, from
-// bucket into the attachment's DNAT chain, so a packet only enters the
-// chains of pods that map its port.
-func dispatchJumps(bucket, chain string, maps []Mapping, conditions *[]string, comment string) []Jump {
-	ports := map[string][]string{}
-	var protos []string
+// dispatchJumps send traffic for the mapped ports into the attachment's
+// DNAT chain, from the bucket of each port, per protocol and, for mappings
+// on one address, per address, so that a packet only enters the chains of
+// pods that map its port there.
+func dispatchJumps(chain string, maps []Mapping, conditions *[]string, comment string) []Jump {
+	type group struct {
+		bucket, proto string
+		addr          netip.Addr // valid for mappings on one address
+	}
+	var groups []group
+	ports := map[group][]string{}
 	for _, m := range maps {
-		p := strconv.Itoa(int(m.HostPort))
-		if !slices.Contains(protos, m.Protocol) {
-			protos = append(protos, m.Protocol)
+		g := group{DispatchBucket(m), m.Protocol, netip.Addr{}}
+		if onOneAddress(m) {
+			g.addr = m.HostIP
 		}
-		if !slices.Contains(ports[m.Protocol], p) {
-			ports[m.Protocol] = append(ports[m.Protocol], p)
+		if _, seen := ports[g]; !seen {
+			groups = append(groups, g)
+		}
+		if p := strconv.Itoa(int(m.HostPort)); !slices.Contains(ports[g], p) {
+			ports[g] = append(ports[g], p)
 		}
 	}
-	slices.Sort(protos)
+	slices.SortFunc(groups, func(a, b group) int {
+		return cmp.Or(strings.Compare(a.bucket, b.bucket), strings.Compare(a.proto, b.proto), a.addr.Compare(b.addr))
+	})
 	var jumps []Jump
-	for _, proto := range protos {
-		for chunk := range slices.Chunk(ports[proto], multiportMax) {
-			rule := iptbatch.Rule{"-p", proto, "-m", "multiport", "--dports", strings.Join(chunk, ",")}
+	for _, g := range groups {
+		for chunk := range slices.Chunk(ports[g], multiportMax) {
+			var rule iptbatch.Rule
+			if g.addr.IsValid() {
+				rule = iptbatch.Rule{"-d", hostPrefix(g.addr)}
+			}
+			rule = append(rule, "-p", g.proto, "-m", "multiport", "--dports", strings.Join(chunk, ","))
 			if conditions != nil {
 				rule = append(rule, *conditions...)
 			}
 			rule = append(rule, "-m", "comment", "--comment", comment, "-j", chain)
-			jumps = append(jumps, Jump{bucket, rule})
+			jumps = append(jumps, Jump{g.bucket, rule})
 		}
 	}
 	return jumps
@@ -186,7 +234,7 @@ func dispatchJumps(bucket, chain string, maps []Mapping, conditions *[]string, c
 
 func dnatRule(m Mapping, pod netip.Addr, comment string) iptbatch.Rule {
 	var r iptbatch.Rule
-	if m.HostIP.IsValid() && !m.HostIP.IsUnspecified() {
+	if onOneAddress(m) {
 		r = append(r, "-d", hostPrefix(m.HostIP))
 	}
 	return append(r, "-p", m.Protocol, "-m", m.Protocol, "--dport", strconv.Itoa(int(m.HostPort)),
@@ -335,21 +383,6 @@ func (fp *FamilyPlan) DelBatch() *iptbatch.Batch {
 	return b
 }
 
-// KeepJumpChains makes fp jump from the chains installed jumps from, rule
-// for rule, where the rules are the same: an attachment added by the
-// previous release jumps from the shared chains themselves, not from their
-// buckets, and is checked where it is.
-func (fp *FamilyPlan) KeepJumpChains(installed *FamilyPlan) {
-	if len(fp.Jumps) != len(installed.Jumps) {
-		return
-	}
-	for i, j := range installed.Jumps {
-		if slices.Equal(fp.Jumps[i].Rule, j.Rule) {
-			fp.Jumps[i].Chain = j.Chain
-		}
-	}
-}
-
 // Chains are the attachment chains of fp.
 func (fp *FamilyPlan) Chains() []string {
 	if fp.SNATChain == "" {
@@ -380,27 +413,48 @@ func (fp *FamilyPlan) Missing(saved iptbatch.Saved) (string, bool) {
 }
 
 // SharedBatch adds whatever of the shared chains and their entry jumps
-// saved lacks; it is empty on a node already set up.
+// saved lacks; it is empty on a node already set up. The buckets of
+// mappings on one address must come first in HostPortsChain: when one of
+// their jumps is missing (a node of the previous release has none), all
+// go in anew at its head.
 func SharedBatch(saved iptbatch.Saved) *iptbatch.Batch {
 	b := iptbatch.NewBatch("nat")
-	type link struct{ parent, bucket string }
-	var buckets []link
-	for i := range Buckets {
-		buckets = append(buckets, link{HostPortsChain, fmt.Sprintf("%s%02x", hostPortsPrefix, i)}, link{SNATChain, fmt.Sprintf("%s%02x", snatBucketPrefix, i)})
-	}
+	tiers := []struct{ parent, prefix string }{{HostPortsChain, oneAddrPrefix}, {HostPortsChain, hostPortsPrefix}, {SNATChain, snatBucketPrefix}}
 	for _, c := range []string{HostPortsChain, SNATChain} {
 		if !saved.HasChain(c) {
 			b.DeclareChain(c)
 		}
 	}
-	for _, l := range buckets {
-		if !saved.HasChain(l.bucket) {
-			b.DeclareChain(l.bucket)
+	for _, tier := range tiers {
+		for i := range Buckets {
+			if bucket := bucketName(tier.prefix, i); !saved.HasChain(bucket) {
+				b.DeclareChain(bucket)
+			}
 		}
 	}
-	for _, l := range buckets {
-		if jump := (iptbatch.Rule{"-j", l.bucket}); !saved.HasRule(l.parent, jump) {
-			b.Append(l.parent, jump)
+	for _, tier := range tiers {
+		head := tier.prefix == oneAddrPrefix
+		var missing bool
+		for i := range Buckets {
+			missing = missing || !saved.HasRule(tier.parent, iptbatch.Rule{"-j", bucketName(tier.prefix, i)})
+		}
+		switch {
+		case !missing:
+		case head:
+			for i := range Buckets {
+				for _, line := range saved.RulesTo(tier.parent, bucketName(tier.prefix, i)) {
+					b.Raw("-D" + strings.TrimPrefix(line, "-A"))
+				}
+			}
+			for i := Buckets - 1; i >= 0; i-- {
+				b.Insert(tier.parent, iptbatch.Rule{"-j", bucketName(tier.prefix, i)})
+			}
+		default:
+			for i := range Buckets {
+				if jump := (iptbatch.Rule{"-j", bucketName(tier.prefix, i)}); !saved.HasRule(tier.parent, jump) {
+					b.Append(tier.parent, jump)
+				}
+			}
 		}
 	}
 	local := iptbatch.Rule{"-m", "addrtype", "--dst-type", "LOCAL", "-j", HostPortsChain}

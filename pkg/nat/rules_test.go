@@ -40,13 +40,14 @@ func TestChainNames(t *testing.T) {
 
 // TestSharedBatch: on an empty nat table the shared chains, their
 // buckets and their entry jumps are created, the SNAT jump first in
-// POSTROUTING; on a node set up already nothing is; on a node of the
-// previous release (no buckets) the buckets are added.
+// POSTROUTING and the buckets of mappings on one address first in
+// CNI-LITE-HOSTPORTS; on a node set up already nothing is; on a node of
+// the previous release (HP buckets only) the HA buckets go in at the head.
 func TestSharedBatch(t *testing.T) {
 	lines := strings.Split(SharedBatch(iptbatch.Saved{}).Text(), "\n")
 	for _, want := range []string{
-		":CNI-LITE-HOSTPORTS - [0:0]", ":CNI-LITE-SNAT - [0:0]", ":CNI-LITE-HP-00 - [0:0]", ":CNI-LITE-MS-1f - [0:0]",
-		"-A CNI-LITE-HOSTPORTS -j CNI-LITE-HP-00", "-A CNI-LITE-HOSTPORTS -j CNI-LITE-HP-1f", "-A CNI-LITE-SNAT -j CNI-LITE-MS-1f",
+		":CNI-LITE-HOSTPORTS - [0:0]", ":CNI-LITE-SNAT - [0:0]", ":CNI-LITE-HA-00 - [0:0]", ":CNI-LITE-HP-00 - [0:0]", ":CNI-LITE-MS-1f - [0:0]",
+		"-I CNI-LITE-HOSTPORTS -j CNI-LITE-HA-00", "-A CNI-LITE-HOSTPORTS -j CNI-LITE-HP-00", "-A CNI-LITE-HOSTPORTS -j CNI-LITE-HP-1f", "-A CNI-LITE-SNAT -j CNI-LITE-MS-1f",
 		"-A PREROUTING -m addrtype --dst-type LOCAL -j CNI-LITE-HOSTPORTS",
 		"-A OUTPUT -m addrtype --dst-type LOCAL -j CNI-LITE-HOSTPORTS",
 		"-I POSTROUTING -j CNI-LITE-SNAT",
@@ -55,40 +56,120 @@ func TestSharedBatch(t *testing.T) {
 			t.Errorf("on an empty table, no %q in:\n%s", want, strings.Join(lines, "\n"))
 		}
 	}
-	if n := len(lines); n != 1+2+2*Buckets+2*Buckets+3+2 { // *nat, chains, buckets, their jumps, entry jumps, COMMIT, ""
+	if n := len(lines); n != 1+2+3*Buckets+3*Buckets+3+2 { // *nat, chains, buckets, their jumps, entry jumps, COMMIT, ""
 		t.Errorf("%d lines on an empty table", n)
 	}
 	if slices.Index(lines, ":CNI-LITE-MS-1f - [0:0]") > slices.Index(lines, "-A CNI-LITE-HOSTPORTS -j CNI-LITE-HP-00") {
 		t.Error("a chain is declared after the first rule")
 	}
-	done := iptbatch.ParseSave(strings.Replace(strings.Join(lines, "\n"), "-I POSTROUTING", "-A POSTROUTING", 1))
+	if got := hostPortsOrder(applied(lines)); got[0] != "CNI-LITE-HA-00" || got[Buckets-1] != "CNI-LITE-HA-1f" || got[Buckets] != "CNI-LITE-HP-00" {
+		t.Errorf("CNI-LITE-HOSTPORTS walks %v, want HA-00..1f, then HP-00..1f", got)
+	}
+	done := iptbatch.ParseSave(strings.Join(applied(lines), "\n"))
 	if b := SharedBatch(done); !b.Empty() {
 		t.Fatalf("on a node set up:\n%s", b.Text())
 	}
-	old := iptbatch.ParseSave(strings.Join([]string{"*nat", ":CNI-LITE-HOSTPORTS - [0:0]", ":CNI-LITE-SNAT - [0:0]",
-		"-A PREROUTING -m addrtype --dst-type LOCAL -j CNI-LITE-HOSTPORTS",
-		"-A OUTPUT -m addrtype --dst-type LOCAL -j CNI-LITE-HOSTPORTS",
-		"-A POSTROUTING -j CNI-LITE-SNAT", "COMMIT", ""}, "\n"))
-	upgrade := SharedBatch(old).Text()
-	if strings.Contains(upgrade, "POSTROUTING") || strings.Contains(upgrade, ":CNI-LITE-HOSTPORTS") || !strings.Contains(upgrade, "-A CNI-LITE-SNAT -j CNI-LITE-MS-00") {
-		t.Errorf("on the previous release's node:\n%s", upgrade)
+	var old []string
+	for _, l := range applied(lines) {
+		if !strings.Contains(l, "CNI-LITE-HA-") {
+			old = append(old, l)
+		}
+	}
+	upgraded := applied(append(old[:len(old)-2:len(old)-2], strings.Split(SharedBatch(iptbatch.ParseSave(strings.Join(old, "\n"))).Text(), "\n")[1:]...))
+	if got := hostPortsOrder(upgraded); len(got) != 2*Buckets || got[0] != "CNI-LITE-HA-00" || got[Buckets] != "CNI-LITE-HP-00" {
+		t.Errorf("on the previous release's node, CNI-LITE-HOSTPORTS walks %v", got)
 	}
 }
 
-// TestBucketChains: an attachment's jumps go to one bucket of each shared
-// chain, the same for its key whenever asked, and keys spread over all.
-func TestBucketChains(t *testing.T) {
-	hp, ms := BucketChains(key)
-	if hp2, ms2 := BucketChains(key); hp != hp2 || ms != ms2 || hp[len(hp)-2:] != ms[len(ms)-2:] {
-		t.Fatalf("BucketChains = %s %s, then %s %s", hp, ms, hp2, ms2)
+// applied is the table a batch's lines leave, as iptables-save prints it:
+// -I rules at the head of their chain, -D rules gone.
+func applied(lines []string) []string {
+	var chains, rules []string
+	for _, l := range lines {
+		switch {
+		case strings.HasPrefix(l, ":"):
+			chains = append(chains, l)
+		case strings.HasPrefix(l, "-A "):
+			rules = append(rules, l)
+		case strings.HasPrefix(l, "-I "):
+			f := strings.Fields(l)
+			at := slices.IndexFunc(rules, func(r string) bool { return strings.HasPrefix(r, "-A "+f[1]+" ") })
+			if at < 0 {
+				at = len(rules)
+			}
+			rules = slices.Insert(rules, at, "-A"+strings.TrimPrefix(l, "-I"))
+		case strings.HasPrefix(l, "-D "):
+			rules = slices.DeleteFunc(rules, func(r string) bool { return r == "-A"+strings.TrimPrefix(l, "-D") })
+		}
+	}
+	return append(append([]string{"*nat"}, append(chains, rules...)...), "COMMIT", "")
+}
+
+// hostPortsOrder lists the chains CNI-LITE-HOSTPORTS jumps to, in order.
+func hostPortsOrder(lines []string) []string {
+	var out []string
+	for _, l := range lines {
+		if c, ok := strings.CutPrefix(l, "-A CNI-LITE-HOSTPORTS -j "); ok {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// TestBuckets: the dispatch jumps of a mapping go to the bucket of its
+// hostPort, in the tier of mappings on one address or on every address;
+// the masquerade jumps to the bucket of the attachment's key, the same
+// whenever asked, and keys spread over all buckets.
+func TestBuckets(t *testing.T) {
+	for _, tt := range []struct {
+		m    Mapping
+		want string
+	}{
+		{Mapping{HostPort: 8080, Protocol: "tcp"}, "CNI-LITE-HP-12"},
+		{Mapping{HostPort: 8087, Protocol: "udp"}, "CNI-LITE-HP-12"},
+		{Mapping{HostPort: 8088, Protocol: "tcp"}, "CNI-LITE-HP-13"},
+		{Mapping{HostPort: 8080 + 256, Protocol: "tcp"}, "CNI-LITE-HP-12"},
+		{Mapping{HostPort: 8080, Protocol: "tcp", HostIP: netip.MustParseAddr("0.0.0.0")}, "CNI-LITE-HP-12"},
+		{Mapping{HostPort: 8080, Protocol: "tcp", HostIP: netip.MustParseAddr("127.0.0.1")}, "CNI-LITE-HA-12"},
+		{Mapping{HostPort: 31, Protocol: "tcp", HostIP: netip.MustParseAddr("fd00::5")}, "CNI-LITE-HA-03"},
+	} {
+		if got := DispatchBucket(tt.m); got != tt.want {
+			t.Errorf("DispatchBucket(%+v) = %s, want %s", tt.m, got, tt.want)
+		}
+	}
+	if SNATBucket(key) != SNATBucket(key) {
+		t.Fatal("SNATBucket differs between two calls")
 	}
 	seen := map[string]bool{}
 	for i := range 1000 {
-		hp, _ := BucketChains(attachstate.Key{Network: "n", ContainerID: fmt.Sprint(i), IfName: "eth0"})
-		seen[hp] = true
+		seen[SNATBucket(attachstate.Key{Network: "n", ContainerID: fmt.Sprint(i), IfName: "eth0"})] = true
 	}
 	if len(seen) != Buckets {
 		t.Errorf("1000 keys fill %d buckets, want %d", len(seen), Buckets)
+	}
+}
+
+// TestDispatchJumps: one multiport jump per bucket, protocol and address.
+func TestDispatchJumps(t *testing.T) {
+	node := netip.MustParseAddr("192.168.0.5")
+	maps := []Mapping{
+		{HostPort: 8080, Protocol: "tcp"}, {HostPort: 8087, Protocol: "tcp"}, // one bucket
+		{HostPort: 8088, Protocol: "tcp"},               // another
+		{HostPort: 8080, Protocol: "udp"},               // another protocol
+		{HostPort: 8080, Protocol: "tcp", HostIP: node}, // one address
+	}
+	var got []string
+	for _, j := range dispatchJumps("CNI-LITE-DN-x", maps, nil, "c") {
+		got = append(got, "-A "+j.Chain+" "+j.Rule.String())
+	}
+	want := []string{
+		"-A CNI-LITE-HA-12 -d 192.168.0.5/32 -p tcp -m multiport --dports 8080 -m comment --comment c -j CNI-LITE-DN-x",
+		"-A CNI-LITE-HP-12 -p tcp -m multiport --dports 8080,8087 -m comment --comment c -j CNI-LITE-DN-x",
+		"-A CNI-LITE-HP-12 -p udp -m multiport --dports 8080 -m comment --comment c -j CNI-LITE-DN-x",
+		"-A CNI-LITE-HP-13 -p tcp -m multiport --dports 8088 -m comment --comment c -j CNI-LITE-DN-x",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("dispatchJumps =\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
 
@@ -127,43 +208,6 @@ func TestNewFamilyPlan(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			if msg := tt.want(NewFamilyPlan(tt.spec)); msg != "" {
 				t.Fatal(msg)
-			}
-		})
-	}
-}
-
-// TestKeepJumpChains: a rebuilt plan checks an attachment where its jumps
-// were installed when the rules are the same, and nowhere else.
-func TestKeepJumpChains(t *testing.T) {
-	spec := Spec{Family: iptbatch.IPv4, Key: key, PodIP: netip.MustParseAddr("10.0.0.7"), SNAT: true, Comment: "c",
-		Maps: []Mapping{{HostPort: 8080, ContainerPort: 80, Protocol: "tcp"}}}
-	for _, tt := range []struct {
-		name      string
-		installed func(fp *FamilyPlan)
-		want      []string
-	}{
-		{"the previous release's jumps from the shared chains", func(fp *FamilyPlan) {
-			fp.Jumps[0].Chain, fp.Jumps[1].Chain = HostPortsChain, SNATChain
-		}, []string{HostPortsChain, SNATChain}},
-		{"a jump with another rule keeps the bucket", func(fp *FamilyPlan) {
-			fp.Jumps[0].Chain, fp.Jumps[0].Rule = HostPortsChain, iptbatch.Rule{"-j", "ELSEWHERE"}
-		}, nil},
-		{"another number of jumps changes nothing", func(fp *FamilyPlan) {
-			fp.Jumps = fp.Jumps[:1]
-			fp.Jumps[0].Chain = HostPortsChain
-		}, nil},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			fp, installed := NewFamilyPlan(spec), NewFamilyPlan(spec)
-			tt.installed(&installed)
-			fp.KeepJumpChains(&installed)
-			hp, ms := BucketChains(key)
-			want := tt.want
-			if want == nil {
-				want = []string{hp, ms}
-			}
-			if got := []string{fp.Jumps[0].Chain, fp.Jumps[1].Chain}; !slices.Equal(got, want) {
-				t.Errorf("jumps from %v, want %v", got, want)
 			}
 		})
 	}

@@ -182,8 +182,8 @@ func pretendOlderIPTables(t *testing.T) {
 // The bucket chains in iptables-save's output: their declarations and
 // entry jumps, and the rules in each.
 var (
-	bucketDecl = regexp.MustCompile(`^:CNI-LITE-(HP|MS)-|^-A CNI-LITE-(HOSTPORTS|SNAT) -j CNI-LITE-(HP|MS)-..$`)
-	inHPBucket = regexp.MustCompile(`^-A CNI-LITE-HP-.. `)
+	bucketDecl = regexp.MustCompile(`^:CNI-LITE-(HA|HP|MS)-|^-A CNI-LITE-(HOSTPORTS|SNAT) -j CNI-LITE-(HA|HP|MS)-..$`)
+	inHPBucket = regexp.MustCompile(`^-A CNI-LITE-H[AP]-.. `)
 	inMSBucket = regexp.MustCompile(`^-A CNI-LITE-MS-.. `)
 )
 
@@ -220,7 +220,7 @@ func TestUpgradeFromAnOlderRecord(t *testing.T) {
 	}
 	// The previous release jumped from the shared chains themselves, not
 	// from buckets under them: so do the node and the record.
-	unbucket := strings.NewReplacer("CNI-LITE-HP-", "CNI-LITE-HOSTPORTS#", "CNI-LITE-MS-", "CNI-LITE-SNAT#")
+	unbucket := strings.NewReplacer("CNI-LITE-HA-", "CNI-LITE-HOSTPORTS#", "CNI-LITE-HP-", "CNI-LITE-HOSTPORTS#", "CNI-LITE-MS-", "CNI-LITE-SNAT#")
 	for _, fam := range rec["families"].([]any) {
 		for _, j := range fam.(map[string]any)["jumps"].([]any) {
 			jump := j.(map[string]any)
@@ -237,7 +237,7 @@ func TestUpgradeFromAnOlderRecord(t *testing.T) {
 			old = append(old, inMSBucket.ReplaceAllString(line, "-A CNI-LITE-SNAT "))
 		}
 		text := strings.Join(old, "\n")
-		if strings.Contains(text, "CNI-LITE-HP-") || strings.Contains(text, "CNI-LITE-MS-") || !strings.Contains(text, "-A CNI-LITE-SNAT -d ") {
+		if strings.Contains(text, "CNI-LITE-HA-") || strings.Contains(text, "CNI-LITE-HP-") || strings.Contains(text, "CNI-LITE-MS-") || !strings.Contains(text, "-A CNI-LITE-SNAT -d ") {
 			t.Fatalf("%s is not the previous release's layout:\n%s", cmd, text)
 		}
 		file := filepath.Join(t.TempDir(), cmd)

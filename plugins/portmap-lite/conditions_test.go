@@ -66,6 +66,7 @@ func TestConditions(t *testing.T) {
 	if err := rtm.Check(list, att); err != nil {
 		t.Fatalf("CHECK after restore: %v", err)
 	}
+	sandbox.WaitDAD(t, sb.Node)
 	for _, to := range []netip.Addr{sandbox.NodeIPv4.Addr(), sandbox.NodeIPv6.Addr()} {
 		if got, err := sandbox.DialTCP(sb.LAN, netip.AddrPortFrom(to, 8081)); err != nil || got != "hello from cond" {
 			t.Errorf("lan -> %s:8081 (matched by the conditions): %q, %v", to, got, err)

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -12,12 +13,17 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 
+	"github.com/cnichain/plugins/pkg/attachstate"
+	"github.com/cnichain/plugins/pkg/nat"
 	"github.com/cnichain/plugins/pkg/sandbox"
 )
 
+// Buckets is how many bucket chains the iptables backend spreads jumps over.
+const Buckets = nat.Buckets
+
 // addServing adds a pod on list with maps as its portMappings and, when the
-// ADD succeeds, a web server in it answering "hello from NAME"; the pod is
-// deleted at cleanup.
+// ADD succeeds, a web server in it answering "hello from NAME", once its
+// IPv6 addresses are usable; the pod is deleted at cleanup.
 func addServing(t *testing.T, sb *sandbox.Sandbox, rtm *sandbox.Runtime, list *libcni.NetworkConfigList, name string, maps ...map[string]any) (*libcni.RuntimeConf, error) {
 	t.Helper()
 	pod := sb.NewPod(t)
@@ -27,6 +33,7 @@ func addServing(t *testing.T, sb *sandbox.Sandbox, rtm *sandbox.Runtime, list *l
 		return att, err
 	}
 	t.Cleanup(func() { _ = rtm.Del(list, att) })
+	sandbox.WaitDAD(t, pod)
 	sandbox.ServeTCP(t, pod, 80, "hello from "+name)
 	return att, nil
 }
@@ -87,16 +94,21 @@ func onePortOnTwoAddresses(t *testing.T, backend string) {
 	rtm := sb.Runtime(t)
 	list := sb.Localize(t, sandbox.ListFromJSON(t, dualNetWith(`"type":"portmap-lite","backend":"`+backend+`"`)))
 	before := natState(t, sb)
-	local, err := addServing(t, sb, rtm, list, "local",
+	// The pod on every address comes first, the one on two addresses after
+	// it: the more specific must win whatever the order, and whatever
+	// bucket its key would pick (the release before sorted by that, and
+	// "local" here is named to have come after "every" there).
+	every, err := addServing(t, sb, rtm, list, "every", tcpPort(9600))
+	if err != nil {
+		t.Fatalf("ADD of the pod on every address: %v", err)
+	}
+	local, err := addServing(t, sb, rtm, list, nameInKeyBucket(t, "local", keyBucket("every")+1, Buckets),
 		map[string]any{"hostPort": 9600, "containerPort": 80, "protocol": "tcp", "hostIP": "127.0.0.1"},
 		map[string]any{"hostPort": 9600, "containerPort": 80, "protocol": "tcp", "hostIP": sandbox.NodeIPv6.Addr().String()})
 	if err != nil {
 		t.Fatalf("ADD of the pod on 127.0.0.1: %v", err)
 	}
-	every, err := addServing(t, sb, rtm, list, "every", tcpPort(9600))
-	if err != nil {
-		t.Fatalf("ADD of the pod on every address: %v", err)
-	}
+	localName := local.ContainerID
 	sandbox.WaitDAD(t, sb.Node)
 	for _, tt := range []struct {
 		name string
@@ -104,13 +116,26 @@ func onePortOnTwoAddresses(t *testing.T, backend string) {
 		to   netip.AddrPort
 		want string
 	}{
-		{"the node on 127.0.0.1", sb.Node, netip.MustParseAddrPort("127.0.0.1:9600"), "hello from local"},
-		{"a lan client on the node's IPv6 address", sb.LAN, netip.AddrPortFrom(sandbox.NodeIPv6.Addr(), 9600), "hello from local"},
+		{"the node on 127.0.0.1", sb.Node, netip.MustParseAddrPort("127.0.0.1:9600"), "hello from " + localName},
+		{"a lan client on the node's IPv6 address", sb.LAN, netip.AddrPortFrom(sandbox.NodeIPv6.Addr(), 9600), "hello from " + localName},
 		{"a lan client on the node's IPv4 address", sb.LAN, netip.AddrPortFrom(sandbox.NodeIPv4.Addr(), 9600), "hello from every"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			if got, err := sandbox.DialTCP(tt.from, tt.to); err != nil || got != tt.want {
 				t.Fatalf("%s: %q, %v; want %q", tt.to, got, err, tt.want)
+			}
+		})
+	}
+	if backend == "iptables" {
+		t.Run("a third pod on a taken port waits behind the first, as with the reference", func(t *testing.T) {
+			// Named so that the release before would have put it first.
+			later := mustAddServing(t, sb, rtm, list, nameInKeyBucket(t, "later", 0, keyBucket("every")), tcpPort(9600))
+			to := netip.AddrPortFrom(sandbox.NodeIPv4.Addr(), 9600)
+			if got, err := sandbox.DialTCP(sb.LAN, to); err != nil || got != "hello from every" {
+				t.Fatalf("%s with a later pod on the port: %q, %v; want the first", to, got, err)
+			}
+			if err := rtm.Del(list, later); err != nil {
+				t.Fatal(err)
 			}
 		})
 	}
@@ -144,6 +169,28 @@ func onePortOnTwoAddresses(t *testing.T, backend string) {
 	if after := natState(t, sb); after != before {
 		t.Fatalf("nat tables after DEL:\n%s\nbefore:\n%s", after, before)
 	}
+}
+
+// keyBucket is the bucket the release before put the jumps of container
+// id's attachment on dualnet's eth0 in: by the hash of its key.
+func keyBucket(id string) int {
+	k := attachstate.Key{Network: "dualnet", ContainerID: id, IfName: "eth0"}
+	n, _ := strconv.ParseUint(k.ID()[:4], 16, 32)
+	return int(n % Buckets)
+}
+
+// nameInKeyBucket is the first of prefix-0, prefix-1, ... whose keyBucket
+// is in [lo, hi).
+func nameInKeyBucket(t *testing.T, prefix string, lo, hi int) string {
+	t.Helper()
+	for i := range 10000 {
+		name := fmt.Sprintf("%s-%d", prefix, i)
+		if b := keyBucket(name); b >= lo && b < hi {
+			return name
+		}
+	}
+	t.Fatalf("no %s-N in key buckets [%d, %d)", prefix, lo, hi)
+	return ""
 }
 
 // TestUpgradeFromPerPodJumps: the previous release dispatched with one jump

@@ -97,7 +97,7 @@ func nftBaseRules(t *testing.T, sb *sandbox.Sandbox) map[string]int {
 
 func iptablesState(t *testing.T, sb *sandbox.Sandbox) string {
 	t.Helper()
-	shared := regexp.MustCompile(`CNI-LITE-HOSTPORTS|CNI-LITE-SNAT|CNI-HOSTPORT-|^:CNI-LITE-(HP|MS)-`)
+	shared := regexp.MustCompile(`CNI-LITE-HOSTPORTS|CNI-LITE-SNAT|CNI-HOSTPORT-|^:CNI-LITE-(HA|HP|MS)-`)
 	counters := regexp.MustCompile(`\[\d+:\d+\]`)
 	var keep []string
 	for _, cmd := range []string{"iptables-save", "ip6tables-save", "iptables-legacy-save", "ip6tables-legacy-save"} {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	current "github.com/containernetworking/cni/pkg/types/100"
@@ -225,14 +226,14 @@ func Check(args *skel.CmdArgs) error {
 			random = randomFully(cfg)
 		}
 		cfg.RandomFully = random
-		installed := plan
-		if plan, err = Build(cfg, key, targets); err != nil {
+		wanted, err := Build(cfg, key, targets)
+		if err != nil {
 			return cnierr.InvalidConfig("runtimeConfig.portMappings", "hostIP", err.Error())
 		}
-		if found && len(installed.Families) == len(plan.Families) {
-			for i := range plan.Families {
-				plan.Families[i].KeepJumpChains(&installed.Families[i])
-			}
+		// The same mappings as recorded: check what was installed, in the
+		// layout of the release that installed it.
+		if !found || !sameMappings(wanted, plan) {
+			plan = wanted
 		}
 	} else if !found {
 		return nil
@@ -252,6 +253,13 @@ func Check(args *skel.CmdArgs) error {
 		}
 	}
 	return nil
+}
+
+// sameMappings reports whether a and b map the same ports in the same families.
+func sameMappings(a, b *Plan) bool {
+	return slices.EqualFunc(a.Families, b.Families, func(x, y nat.FamilyPlan) bool {
+		return x.Family == y.Family && x.PodIP == y.PodIP && slices.Equal(x.Maps, y.Maps)
+	})
 }
 
 // GC removes the rules of this network's attachments that are not in

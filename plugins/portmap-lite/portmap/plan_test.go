@@ -53,7 +53,7 @@ func TestSourceDocumentRules(t *testing.T) {
 		t.Fatal(err)
 	}
 	dn, sn := nat.DNATChainName(key), nat.SNATChainName(key)
-	hp, ms := nat.BucketChains(key)
+	hp, ms := nat.DispatchBucket(cfg.Mappings[0]), nat.SNATBucket(key)
 	c := `"name: \"mynet\" id: \"cnitool-77383ca0a0715733ca6f\""`
 	want := strings.Join([]string{
 		"*nat",
@@ -62,7 +62,7 @@ func TestSourceDocumentRules(t *testing.T) {
 		"-A " + dn + " -d 127.0.0.1/32 -p tcp -m tcp --dport 9090 -m comment --comment " + c + " -j DNAT --to-destination 10.244.10.7:80",
 		"-A " + sn + " -s 127.0.0.1/32 -d 10.244.10.7/32 -p tcp -m tcp --dport 80 -m comment --comment " + c + " -j MASQUERADE",
 		"-A " + sn + " -s 10.244.10.7/32 -d 10.244.10.7/32 -p tcp -m tcp --dport 80 -m comment --comment " + c + " -j MASQUERADE",
-		"-A " + hp + " -p tcp -m multiport --dports 9090 -m comment --comment " + c + " -j " + dn,
+		"-A " + hp + " -d 127.0.0.1/32 -p tcp -m multiport --dports 9090 -m comment --comment " + c + " -j " + dn,
 		"-A " + ms + " -d 10.244.10.7/32 -m comment --comment " + c + " -j " + sn,
 		"COMMIT", ""}, "\n")
 	if len(plan.Families) != 1 {
@@ -77,7 +77,7 @@ func TestSourceDocumentRules(t *testing.T) {
 	}
 	wantDel := strings.Join([]string{
 		"*nat",
-		"-D " + hp + " -p tcp -m multiport --dports 9090 -m comment --comment " + c + " -j " + dn,
+		"-D " + hp + " -d 127.0.0.1/32 -p tcp -m multiport --dports 9090 -m comment --comment " + c + " -j " + dn,
 		"-D " + ms + " -d 10.244.10.7/32 -m comment --comment " + c + " -j " + sn,
 		"-F " + dn, "-X " + dn, "-F " + sn, "-X " + sn,
 		"COMMIT", ""}, "\n")
@@ -201,7 +201,7 @@ func TestBuildFamiliesAndOptions(t *testing.T) {
 			},
 		},
 		{
-			name: "50 mappings: one multiport jump per 15 ports and protocol, one DNAT rule each",
+			name: "50 mappings: one multiport jump per bucket and protocol, one DNAT rule each",
 			mappings: func() string {
 				var m []string
 				for i := 0; i < 50; i++ {
@@ -216,8 +216,9 @@ func TestBuildFamiliesAndOptions(t *testing.T) {
 			pod: addrs("10.0.0.7"),
 			check: func(t *testing.T, p *Plan) {
 				fp := p.Families[0]
-				// 40 tcp ports in 3 jumps, 10 udp ports in 1, and the SNAT jump.
-				if len(fp.DNAT) != 50 || len(fp.Jumps) != 5 || len(p.UDPPorts) != 10 {
+				// Ports 10000-10049 fall in 7 runs of 8 (7 buckets): 40 tcp
+				// ports in 7 jumps, 10 udp ports in 6, and the SNAT jump.
+				if len(fp.DNAT) != 50 || len(fp.Jumps) != 14 || len(p.UDPPorts) != 10 {
 					t.Fatalf("DNAT %d, jumps %d, udp ports %d", len(fp.DNAT), len(fp.Jumps), len(p.UDPPorts))
 				}
 			},
