@@ -74,7 +74,7 @@ const (
 	dnatPrefix       = "CNI-LITE-DN-"
 	snatPrefix       = "CNI-LITE-SN-"
 	// HashLen keeps chain names at iptables' limit of 28 characters.
-	HashLen = 28 - len(dnatPrefix)
+	HashLen           = 28 - len(dnatPrefix)
 	portsPerBucketRun = 8
 	// multiportMax is how many ports one multiport match takes.
 	multiportMax = 15
