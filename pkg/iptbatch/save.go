@@ -49,6 +49,57 @@ func (s Saved) RulesTo(chain, to string) []string {
 	return out
 }
 
+// Comments returns the comments of chain's rules, as iptables-save quoted
+// them, unquoted, in order.
+func (s Saved) Comments(chain string) []string {
+	var out []string
+	prefix := "-A " + chain + " "
+	for _, line := range s.Rules {
+		if !strings.HasPrefix(line, prefix) {
+			continue
+		}
+		args := Split(line)
+		for i := 0; i+1 < len(args); i++ {
+			if args[i] == "--comment" {
+				out = append(out, args[i+1])
+			}
+		}
+	}
+	return out
+}
+
+// Split splits a line as iptables-save prints it (and iptables-restore
+// reads it) into arguments: words apart from spaces, or text in double
+// quotes in which \" and \\ stand for " and \.
+func Split(line string) []string {
+	var args []string
+	var arg strings.Builder
+	inArg, quoted := false, false
+	for i := 0; i < len(line); i++ {
+		c := line[i]
+		switch {
+		case quoted && c == '\\' && i+1 < len(line) && (line[i+1] == '"' || line[i+1] == '\\'):
+			i++
+			arg.WriteByte(line[i])
+		case c == '"':
+			quoted, inArg = !quoted, true
+		case !quoted && (c == ' ' || c == '\t'):
+			if inArg {
+				args = append(args, arg.String())
+				arg.Reset()
+				inArg = false
+			}
+		default:
+			arg.WriteByte(c)
+			inArg = true
+		}
+	}
+	if inArg {
+		args = append(args, arg.String())
+	}
+	return args
+}
+
 // target returns the chain or target a saved rule jumps to.
 func target(line string) string {
 	fields := strings.Fields(line)

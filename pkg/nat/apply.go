@@ -1,8 +1,8 @@
 package nat
 
 import (
-	"github.com/cnichain/plugins/pkg/attachstate"
 	"github.com/cnichain/plugins/pkg/iptbatch"
+	"github.com/cnichain/plugins/pkg/netnslock"
 )
 
 // Backend installs, removes and checks an attachment's rules in one family.
@@ -13,18 +13,17 @@ type Backend interface {
 }
 
 // BackendFor is the backend called name ("iptables", the default, or
-// "nftables"); flavour picks the iptables binaries, stateDir holds locks.
-func BackendFor(name, flavour, stateDir string) Backend {
+// "nftables"); flavour picks the iptables binaries.
+func BackendFor(name, flavour string) Backend {
 	if name == BackendNFTables {
-		return nftBackend{stateDir: stateDir}
+		return nftBackend{}
 	}
-	return iptablesBackend{r: iptbatch.Runner{Flavour: flavour}, stateDir: stateDir}
+	return iptablesBackend{r: iptbatch.Runner{Flavour: flavour}}
 }
 
 // iptablesBackend writes with one iptables-restore per family and change.
 type iptablesBackend struct {
-	r        iptbatch.Runner
-	stateDir string
+	r iptbatch.Runner
 }
 
 // Install applies fp in one iptables-restore. On a node where the shared
@@ -35,7 +34,7 @@ func (b iptablesBackend) Install(fp *FamilyPlan) error {
 	if err := b.r.Restore(fp.Family, fp.AddBatch().Text()); err == nil {
 		return nil
 	}
-	if err := ensureShared(b.r, b.stateDir, fp.Family); err != nil {
+	if err := ensureShared(b.r, fp.Family); err != nil {
 		return err
 	}
 	return b.r.Restore(fp.Family, fp.AddBatch().Text())
@@ -63,8 +62,8 @@ func (b iptablesBackend) Missing(fp *FamilyPlan) (string, bool, error) {
 // ensureShared creates what is missing of the shared chains and their entry
 // jumps, under a lock so that concurrent first ADDs never duplicate a jump:
 // a restore with no attachment to repair.
-func ensureShared(r iptbatch.Runner, stateDir string, fam iptbatch.Family) error {
-	return RepairIPTables(r, stateDir, fam, nil)
+func ensureShared(r iptbatch.Runner, fam iptbatch.Family) error {
+	return RepairIPTables(r, fam, nil)
 }
 
 // removeChains removes chains and every rule jumping to them, as found.
@@ -80,16 +79,17 @@ func removeChains(r iptbatch.Runner, fam iptbatch.Family, chains []string) error
 	return r.Restore(fam, b.Text())
 }
 
-// sharedLock names the lock that serializes the setting up of a
-// backend's shared chains in one family.
-func sharedLock(backend string, fam iptbatch.Family) string {
-	return "shared-" + backend + "-" + fam.String()
+// lockShared takes the lock that serializes the setting up of a backend's
+// shared chains in one family: node-wide (netnslock), for the networks of
+// every state directory and runtime on the node share those chains.
+func lockShared(backend string, fam iptbatch.Family) (release func(), err error) {
+	return netnslock.Acquire("portmap-shared-" + backend + "-" + fam.String())
 }
 
 // RepairIPTables repairs a family's attachments in one iptables-restore,
 // the shared chains included, after one iptables-save.
-func RepairIPTables(r iptbatch.Runner, stateDir string, fam iptbatch.Family, plans []*FamilyPlan) error {
-	unlock, err := attachstate.Store{Dir: stateDir}.Lock(sharedLock(BackendIPTables, fam), true)
+func RepairIPTables(r iptbatch.Runner, fam iptbatch.Family, plans []*FamilyPlan) error {
+	unlock, err := lockShared(BackendIPTables, fam)
 	if err != nil {
 		return err
 	}
@@ -116,8 +116,8 @@ const repairBatch = 250
 // repairBatch attachments. A dispatch key that another attachment took
 // while an attachment's was gone is left to it, said in taken, and marked
 // in the plan (KeysTaken) for the caller to record.
-func RepairNFTables(stateDir string, fam iptbatch.Family, plans []*FamilyPlan) (taken []string, err error) {
-	b := nftBackend{stateDir: stateDir}
+func RepairNFTables(fam iptbatch.Family, plans []*FamilyPlan) (taken []string, err error) {
+	b := nftBackend{}
 	c, err := newConn()
 	if err != nil {
 		return nil, err
@@ -147,8 +147,14 @@ func RepairNFTables(stateDir string, fam iptbatch.Family, plans []*FamilyPlan) (
 	return taken, c.Flush()
 }
 
+// AttachmentChain is an attachment chain of ours found on the node, and
+// the network its rules' comment names ("" when it names none).
+type AttachmentChain struct {
+	Name, Network string
+}
+
 // AttachmentChains lists the attachment chains of backend in fam.
-func AttachmentChains(backend, flavour string, fam iptbatch.Family) ([]string, error) {
+func AttachmentChains(backend, flavour string, fam iptbatch.Family) ([]AttachmentChain, error) {
 	if backend == BackendNFTables {
 		return nftAttachmentChains(fam)
 	}
@@ -156,13 +162,24 @@ func AttachmentChains(backend, flavour string, fam iptbatch.Family) ([]string, e
 	if err != nil {
 		return nil, err
 	}
-	var out []string
-	for _, c := range iptbatch.ParseSave(text).Chains {
+	saved := iptbatch.ParseSave(text)
+	var out []AttachmentChain
+	for _, c := range saved.Chains {
 		if _, ok := IsAttachmentChain(c); ok {
-			out = append(out, c)
+			out = append(out, AttachmentChain{Name: c, Network: commentsNetwork(saved.Comments(c))})
 		}
 	}
 	return out, nil
+}
+
+// commentsNetwork is the network the first of comments names, if any.
+func commentsNetwork(comments []string) string {
+	for _, c := range comments {
+		if network, ok := CommentNetwork(c); ok {
+			return network
+		}
+	}
+	return ""
 }
 
 // RemoveChains removes chains of backend in fam and the jumps into them.

@@ -13,7 +13,6 @@ import (
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/cnichain/plugins/pkg/attachstate"
 	"github.com/cnichain/plugins/pkg/iptbatch"
 )
 
@@ -28,7 +27,7 @@ const (
 	nftMasq      = "masq"
 )
 
-type nftBackend struct{ stateDir string }
+type nftBackend struct{}
 
 func nftFamily(f iptbatch.Family) nftables.TableFamily {
 	if f == iptbatch.IPv6 {
@@ -47,7 +46,7 @@ func chainOf(t *nftables.Table, name string) *nftables.Chain {
 
 // ensureShared creates what is missing of the table, its base chains and
 // their jumps, and the dispatch maps with the rules that look them up, under
-// the same lock as the iptables backend's bootstrap so concurrent first
+// the node-wide lock of the shared chains (lockShared) so concurrent first
 // ADDs never duplicate a rule. The pod map is created last of all: when it
 // is there, so is the rest, and an ADD checks no more than that.
 func (b nftBackend) ensureShared(c *nftables.Conn, fam iptbatch.Family) error {
@@ -55,7 +54,7 @@ func (b nftBackend) ensureShared(c *nftables.Conn, fam iptbatch.Family) error {
 	if _, err := c.GetSetByName(t, podMap); err == nil {
 		return nil
 	}
-	unlock, err := attachstate.Store{Dir: b.stateDir}.Lock(sharedLock(BackendNFTables, fam), true)
+	unlock, err := lockShared(BackendNFTables, fam)
 	if err != nil {
 		return err
 	}
@@ -479,8 +478,9 @@ func readJumps(c *nftables.Conn, fam iptbatch.Family) (map[string]bool, error) {
 	return out, nil
 }
 
-// nftAttachmentChains lists our attachment chains in fam's table.
-func nftAttachmentChains(fam iptbatch.Family) ([]string, error) {
+// nftAttachmentChains lists our attachment chains in fam's table, with
+// the network their rules' comments name.
+func nftAttachmentChains(fam iptbatch.Family) ([]AttachmentChain, error) {
 	c, err := newConn()
 	if err != nil {
 		return nil, err
@@ -489,11 +489,22 @@ func nftAttachmentChains(fam iptbatch.Family) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	var out []string
+	var out []AttachmentChain
 	for _, ch := range chains {
-		if _, ok := IsAttachmentChain(ch.Name); ok && ch.Table.Name == nftTable {
-			out = append(out, ch.Name)
+		if _, ok := IsAttachmentChain(ch.Name); !ok || ch.Table.Name != nftTable {
+			continue
 		}
+		rules, err := c.GetRules(ch.Table, ch)
+		if err != nil {
+			return nil, err
+		}
+		var comments []string
+		for _, r := range rules {
+			if text, ok := userdata.GetString(r.UserData, userdata.TypeComment); ok {
+				comments = append(comments, text)
+			}
+		}
+		out = append(out, AttachmentChain{Name: ch.Name, Network: commentsNetwork(comments)})
 	}
 	return out, nil
 }

@@ -481,10 +481,29 @@ func FamilyOf(ip netip.Addr) iptbatch.Family {
 
 func hostPrefix(ip netip.Addr) string { return netip.PrefixFrom(ip, ip.BitLen()).String() }
 
-// TrimComment keeps a comment within iptables' 256 bytes.
-func TrimComment(s string) string {
+// Comment is what every rule of an attachment says, as the reference
+// portmap's do: the network and the container, quoted, within iptables'
+// 256 bytes. It is how a GC tells the chains of its own network from
+// other networks' that no record of its own accounts for.
+func Comment(network, containerID string) string {
+	s := fmt.Sprintf("name: %q id: %q", network, containerID)
 	if len(s) > 255 {
 		return s[:255]
 	}
 	return s
+}
+
+// CommentNetwork is the network a Comment names; ok is false for any
+// other text, a comment cut short inside the network's name included.
+func CommentNetwork(comment string) (network string, ok bool) {
+	rest, found := strings.CutPrefix(comment, "name: ")
+	if !found {
+		return "", false
+	}
+	quoted, err := strconv.QuotedPrefix(rest)
+	if err != nil {
+		return "", false
+	}
+	network, err = strconv.Unquote(quoted)
+	return network, err == nil
 }

@@ -212,3 +212,38 @@ func TestNewFamilyPlan(t *testing.T) {
 		})
 	}
 }
+
+// TestCommentNetwork: the network a rule's comment names, as GC reads it.
+func TestCommentNetwork(t *testing.T) {
+	long := strings.Repeat("n", 300)
+	for _, tt := range []struct {
+		comment, want string
+		ok            bool
+	}{
+		{Comment("dualnet", "c1"), "dualnet", true},
+		{Comment(`we"ird net`, `id "x"`), `we"ird net`, true},
+		{Comment("n", strings.Repeat("c", 300)), "n", true}, // cut short in the container ID
+		{Comment(long, "c"), "", false},                     // cut short in the network's name
+		{"name: dualnet id: c1", "", false},
+		{"left by hand", "", false},
+		{"", "", false},
+	} {
+		if got, ok := CommentNetwork(tt.comment); got != tt.want || ok != tt.ok {
+			t.Errorf("CommentNetwork(%q) = %q, %v; want %q, %v", tt.comment, got, ok, tt.want, tt.ok)
+		}
+	}
+}
+
+func FuzzCommentNetwork(f *testing.F) {
+	f.Add("dualnet", "c1")
+	f.Add(`a"b\c`, strings.Repeat("x", 260))
+	f.Fuzz(func(t *testing.T, network, id string) {
+		c := Comment(network, id)
+		if len(c) > 255 {
+			t.Fatalf("Comment is %d bytes", len(c))
+		}
+		if got, ok := CommentNetwork(c); ok && got != network {
+			t.Fatalf("CommentNetwork(%q) = %q, want %q", c, got, network)
+		}
+	})
+}

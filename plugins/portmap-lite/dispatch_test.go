@@ -174,9 +174,13 @@ func onePortOnTwoAddresses(t *testing.T, backend string) {
 // keyBucket is the bucket the release before put the jumps of container
 // id's attachment on dualnet's eth0 in: by the hash of its key.
 func keyBucket(id string) int {
-	k := attachstate.Key{Network: "dualnet", ContainerID: id, IfName: "eth0"}
-	n, _ := strconv.ParseUint(k.ID()[:4], 16, 32)
+	n, _ := strconv.ParseUint(attachKey(id).ID()[:4], 16, 32)
 	return int(n % Buckets)
+}
+
+// attachKey is the key of container id's attachment on dualnet's eth0.
+func attachKey(id string) attachstate.Key {
+	return attachstate.Key{Network: "dualnet", ContainerID: id, IfName: "eth0"}
 }
 
 // nameInKeyBucket is the first of prefix-0, prefix-1, ... whose keyBucket

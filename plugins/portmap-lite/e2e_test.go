@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -18,10 +19,12 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
+	"github.com/google/nftables/userdata"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/cnichain/plugins/pkg/attachstate"
+	"github.com/cnichain/plugins/pkg/nat"
 	"github.com/cnichain/plugins/pkg/sandbox"
 )
 
@@ -379,10 +382,14 @@ func TestConcurrentFirstADDs(t *testing.T) {
 	}
 }
 
+// concurrentFirstADDs: half the pods keep their records in one stateDir,
+// half in another, as two runtimes would: the shared chains are set up
+// under a node-wide lock, so neither duplicates the other's entry jumps.
 func concurrentFirstADDs(t *testing.T, backend string) {
 	sb := sandbox.New(t)
 	rtm := sb.Runtime(t)
 	list := sb.Localize(t, sandbox.ListFromJSON(t, dualNetWith(`"type":"portmap-lite","backend":"`+backend+`"`)))
+	lists := []*libcni.NetworkConfigList{list, withStateDir(t, list, filepath.Join(sb.Dir, "state", "other-runtime"))}
 	before := natState(t, sb)
 	const n = 8
 	atts := make([]*libcni.RuntimeConf, n)
@@ -390,7 +397,7 @@ func concurrentFirstADDs(t *testing.T, backend string) {
 	for i := range atts {
 		atts[i] = sandbox.Attachment(sb.NewPod(t), fmt.Sprintf("race-%d", i), "eth0")
 		atts[i].CapabilityArgs = map[string]any{"portMappings": []map[string]any{{"hostPort": 30000 + i, "containerPort": 80, "protocol": "tcp"}}}
-		go func(att *libcni.RuntimeConf) { _, err := rtm.Add(list, att); errs <- err }(atts[i])
+		go func(att *libcni.RuntimeConf) { _, err := rtm.Add(lists[i%2], att); errs <- err }(atts[i])
 	}
 	for range atts {
 		if err := <-errs; err != nil {
@@ -419,7 +426,8 @@ func concurrentFirstADDs(t *testing.T, backend string) {
 			break
 		}
 		save := sandbox.MustRun(t, sb.Node, cmd, "-t", "nat")
-		for _, jump := range []string{"-A PREROUTING -m addrtype --dst-type LOCAL -j CNI-LITE-HOSTPORTS", "-A OUTPUT -m addrtype --dst-type LOCAL -j CNI-LITE-HOSTPORTS", "-A POSTROUTING -j CNI-LITE-SNAT"} {
+		for _, jump := range []string{"-A PREROUTING -m addrtype --dst-type LOCAL -j CNI-LITE-HOSTPORTS", "-A OUTPUT -m addrtype --dst-type LOCAL -j CNI-LITE-HOSTPORTS", "-A POSTROUTING -j CNI-LITE-SNAT",
+			"-A CNI-LITE-HOSTPORTS -j CNI-LITE-HA-00", "-A CNI-LITE-HOSTPORTS -j CNI-LITE-HP-1f", "-A CNI-LITE-SNAT -j CNI-LITE-MS-00"} {
 			if c := strings.Count(save, jump+"\n"); c != 1 {
 				t.Errorf("%s: %q appears %d times, want once", cmd, jump, c)
 			}
@@ -428,8 +436,8 @@ func concurrentFirstADDs(t *testing.T, backend string) {
 			t.Errorf("%s: %d DNAT chains, want %d", cmd, c, n)
 		}
 	}
-	for _, att := range atts {
-		go func(att *libcni.RuntimeConf) { errs <- rtm.Del(list, att) }(att)
+	for i, att := range atts {
+		go func(att *libcni.RuntimeConf) { errs <- rtm.Del(lists[i%2], att) }(att)
 	}
 	for range atts {
 		if err := <-errs; err != nil {
@@ -439,6 +447,25 @@ func concurrentFirstADDs(t *testing.T, backend string) {
 	if after := natState(t, sb); after != before {
 		t.Fatalf("nat tables after concurrent DELs:\n%s\nbefore:\n%s", after, before)
 	}
+}
+
+// withStateDir is list with portmap-lite's stateDir set to dir.
+func withStateDir(t *testing.T, list *libcni.NetworkConfigList, dir string) *libcni.NetworkConfigList {
+	t.Helper()
+	var raw map[string]any
+	if err := json.Unmarshal(list.Bytes, &raw); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range raw["plugins"].([]any) {
+		if plugin := p.(map[string]any); plugin["type"] == "portmap-lite" {
+			plugin["stateDir"] = dir
+		}
+	}
+	text, err := json.Marshal(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sandbox.ListFromJSON(t, string(text))
 }
 
 // TestGC: GC keeps the valid attachments' rules and removes the others',
@@ -462,26 +489,21 @@ func gc(t *testing.T, backend string) {
 		}
 		t.Cleanup(func() { _ = rtm.Del(list, att) })
 	}
-	// A chain a crashed plugin left behind, with no record.
-	orphan := "CNI-LITE-DN-0123456789abcdef"
-	if backend == "iptables" {
-		sandbox.MustRun(t, sb.Node, "iptables", "-t", "nat", "-N", orphan)
-		sandbox.MustRun(t, sb.Node, "iptables", "-t", "nat", "-A", "CNI-LITE-HOSTPORTS", "-j", orphan)
-	} else {
-		err := sb.Node.Do(func(ns.NetNS) error {
-			c, err := nftables.New()
-			if err != nil {
-				return err
-			}
-			table := &nftables.Table{Name: "cnichain-portmap", Family: nftables.TableFamilyIPv4}
-			c.AddChain(&nftables.Chain{Name: orphan, Table: table})
-			c.AddRule(&nftables.Rule{Table: table, Chain: &nftables.Chain{Name: "hostports", Table: table},
-				Exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: orphan}}})
-			return c.Flush()
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
+	// Another network, with its records in a stateDir of its own: its pod
+	// is nothing this network's GC may touch.
+	other := strings.NewReplacer(`"dualnet"`, `"othernet"`, `"dual0"`, `"other0"`, "10.244.20.", "10.244.21.", "fd00:f4::", "fd00:f5::").Replace(text)
+	otherList := withStateDir(t, sb.Localize(t, sandbox.ListFromJSON(t, other)), filepath.Join(sb.Dir, "state", "othernet"))
+	mustAddServing(t, sb, rtm, otherList, "other", tcpPort(31100))
+	// Chains a crashed plugin left behind with no record: one of this
+	// network, one of the other (GC must leave it), one whose rules name
+	// no network (GC cannot tell whose: it stays too).
+	orphans := map[string]string{
+		"CNI-LITE-DN-0123456789abcdef": nat.Comment("dualnet", "crashed"),
+		"CNI-LITE-DN-fedcba9876543210": nat.Comment("othernet", "crashed"),
+		"CNI-LITE-DN-aaaaaaaaaaaaaaaa": "left by hand",
+	}
+	for chain, comment := range orphans {
+		addOrphan(t, sb, backend, chain, comment)
 	}
 	if err := rtm.GC(list, []types.GCAttachment{{ContainerID: "gc-1", IfName: "eth0"}}); err != nil {
 		t.Fatalf("GC: %v", err)
@@ -490,14 +512,49 @@ func gc(t *testing.T, backend string) {
 	if backend == "nftables" {
 		state, chainMark = nftState(t, sb), " CNI-LITE-DN-"
 	}
-	if n := strings.Count(state, chainMark); n != 2 { // gc-1's, in both families
-		t.Errorf("%d DNAT chains after GC, want gc-1's two:\n%s", n, state)
+	// gc-1's and the other network's, in both families, and two orphans.
+	if n := strings.Count(state, chainMark); n != 6 {
+		t.Errorf("%d DNAT chains after GC, want gc-1's two, the other network's two and two orphans:\n%s", n, state)
 	}
-	if strings.Contains(state, orphan) {
-		t.Errorf("the orphan chain survived GC:\n%s", state)
+	for chain := range orphans {
+		if gone := !strings.Contains(state, chain); gone != (chain == "CNI-LITE-DN-0123456789abcdef") {
+			t.Errorf("orphan %s (%q) gone: %v, want only this network's gone:\n%s", chain, orphans[chain], gone, state)
+		}
 	}
 	if backend == "iptables" && !strings.Contains(state, "--dport 31001") {
 		t.Errorf("the valid attachment's rules went:\n%s", state)
+	}
+	to := netip.AddrPortFrom(sandbox.NodeIPv4.Addr(), 31100)
+	if got, err := sandbox.DialTCP(sb.LAN, to); err != nil || got != "hello from other" {
+		t.Errorf("the other network's pod at %s after this network's GC: %q, %v", to, got, err)
+	}
+}
+
+// addOrphan adds an attachment chain with one rule commented comment, and
+// a jump to it, as a plugin that crashed before writing its record would.
+func addOrphan(t *testing.T, sb *sandbox.Sandbox, backend, chain, comment string) {
+	t.Helper()
+	if backend == "iptables" {
+		sandbox.MustRun(t, sb.Node, "iptables", "-t", "nat", "-N", chain)
+		sandbox.MustRun(t, sb.Node, "iptables", "-t", "nat", "-A", chain, "-m", "comment", "--comment", comment, "-j", "RETURN")
+		sandbox.MustRun(t, sb.Node, "iptables", "-t", "nat", "-A", "CNI-LITE-HP-00", "-j", chain)
+		return
+	}
+	err := sb.Node.Do(func(ns.NetNS) error {
+		c, err := nftables.New()
+		if err != nil {
+			return err
+		}
+		table := &nftables.Table{Name: "cnichain-portmap", Family: nftables.TableFamilyIPv4}
+		ch := c.AddChain(&nftables.Chain{Name: chain, Table: table})
+		c.AddRule(&nftables.Rule{Table: table, Chain: ch, Exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictReturn}},
+			UserData: userdata.AppendString(nil, userdata.TypeComment, comment)})
+		c.AddRule(&nftables.Rule{Table: table, Chain: &nftables.Chain{Name: "hostports", Table: table},
+			Exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: chain}}})
+		return c.Flush()
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
 

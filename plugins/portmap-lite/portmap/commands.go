@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	current "github.com/containernetworking/cni/pkg/types/100"
@@ -24,14 +25,19 @@ const prevHint = "chain portmap-lite after a plugin that yields the container's 
 type record struct {
 	attachstate.Key
 	Plan
-	// Backend is the one that installed the rules; DEL uses it whatever
-	// the configuration says now.
-	Backend string `json:"backend"`
+	// Backend and IptablesFlavour are what installed the rules; DEL, CHECK
+	// and restore use them whatever the configuration says now. Records of
+	// earlier releases have no flavour (nil).
+	Backend         string  `json:"backend"`
+	IptablesFlavour *string `json:"iptablesFlavour,omitempty"`
 	// Netns is the pod's, so that a restore can tell a pod that is gone.
 	Netns string `json:"netns,omitempty"`
 	// RandomFully is what the node's iptables supported at ADD, so that
 	// CHECK rebuilds the same rules.
 	RandomFully bool `json:"randomFully,omitempty"`
+	// Added is when ADD ran: a restore puts attachments back in that order,
+	// so the first pod to map a port keeps it (iptables).
+	Added time.Time `json:"added,omitzero"`
 }
 
 // planTargets are the pod addresses of the record's plan with the
@@ -45,12 +51,26 @@ func (rec *record) planTargets() []Target {
 	return out
 }
 
+// backend is the one that installed rec's rules.
 func (rec *record) backend(cfg *Config) nat.Backend {
-	name := rec.Backend
-	if name == "" {
-		name = BackendIPTables
+	return nat.BackendFor(rec.backendName(), rec.flavour(cfg.IptablesFlavour))
+}
+
+// flavour is the iptables flavour rec's rules were installed with; for a
+// record of a release that did not keep it, unknown, as then.
+func (rec *record) flavour(unknown string) string {
+	if rec.IptablesFlavour == nil {
+		return unknown
 	}
-	return nat.BackendFor(name, cfg.IptablesFlavour, cfg.StateDir)
+	return *rec.IptablesFlavour
+}
+
+// backendName is rec's backend; records of the first release have none.
+func (rec *record) backendName() string {
+	if rec.Backend == "" {
+		return BackendIPTables
+	}
+	return rec.Backend
 }
 
 func setup(args *skel.CmdArgs) (*Config, attachstate.Key, attachstate.Store, error) {
@@ -94,7 +114,7 @@ func Add(args *skel.CmdArgs) (err error) {
 	if err != nil {
 		return cnierr.InvalidConfig("runtimeConfig.portMappings", "hostIP", err.Error())
 	}
-	rec := record{Key: key, Plan: *plan, Backend: cfg.Backend, Netns: args.Netns, RandomFully: cfg.RandomFully}
+	rec := record{Key: key, Plan: *plan, Backend: cfg.Backend, IptablesFlavour: &cfg.IptablesFlavour, Netns: args.Netns, RandomFully: cfg.RandomFully, Added: time.Now()}
 	if err := store.Save(key.ID(), rec); err != nil {
 		return cnierr.Internal("state "+cfg.StateDir, err)
 	}
@@ -239,7 +259,7 @@ func Check(args *skel.CmdArgs) error {
 		return nil
 	}
 	if !found {
-		rec.Backend = cfg.Backend
+		rec.Backend, rec.IptablesFlavour = cfg.Backend, &cfg.IptablesFlavour
 	}
 	be := rec.backend(cfg)
 	for i := range plan.Families {
@@ -263,9 +283,12 @@ func sameMappings(a, b *Plan) bool {
 }
 
 // GC removes the rules of this network's attachments that are not in
-// cni.dev/valid-attachments, then any attachment chain of ours (of the
-// configured backend) that no record accounts for: a crash between two
-// steps, a lost state directory. It goes on past errors and reports them all.
+// cni.dev/valid-attachments, then any attachment chain of this network (of
+// the configured backend and flavour, told by its rules' comment) that no
+// record accounts for: a crash between two steps, a lost state directory.
+// What other networks installed, from whatever state directory or runtime,
+// it leaves alone, and so chains whose comment names no network. It goes
+// on past errors and reports them all.
 func GC(args *skel.CmdArgs) error {
 	cfg, _, store, err := setup(args)
 	if err != nil {
@@ -301,8 +324,8 @@ func GC(args *skel.CmdArgs) error {
 	for fam, list := range chains {
 		var orphans []string
 		for _, c := range list {
-			if id, _ := nat.IsAttachmentChain(c); !accounted[id] {
-				orphans = append(orphans, c)
+			if id, _ := nat.IsAttachmentChain(c.Name); !accounted[id] && c.Network == cfg.Name {
+				orphans = append(orphans, c.Name)
 			}
 		}
 		errs = append(errs, nat.RemoveChains(cfg.Backend, cfg.IptablesFlavour, fam, orphans))
@@ -317,8 +340,8 @@ func GC(args *skel.CmdArgs) error {
 }
 
 // attachmentChains lists the attachment chains of the configured backend, per family.
-func attachmentChains(cfg *Config) (map[iptbatch.Family][]string, []error) {
-	out := map[iptbatch.Family][]string{}
+func attachmentChains(cfg *Config) (map[iptbatch.Family][]nat.AttachmentChain, []error) {
+	out := map[iptbatch.Family][]nat.AttachmentChain{}
 	var errs []error
 	for _, fam := range []iptbatch.Family{iptbatch.IPv4, iptbatch.IPv6} {
 		list, err := nat.AttachmentChains(cfg.Backend, cfg.IptablesFlavour, fam)

@@ -46,7 +46,7 @@ func MasqueradeAll(explicit *bool, t Target) bool {
 // container has no address in.
 func Build(cfg *Config, k attachstate.Key, targets []Target) (*Plan, error) {
 	plan := &Plan{}
-	comment := nat.TrimComment(fmt.Sprintf("name: %q id: %q", cfg.Name, k.ContainerID))
+	comment := nat.Comment(cfg.Name, k.ContainerID)
 	for _, fam := range []iptbatch.Family{iptbatch.IPv4, iptbatch.IPv6} {
 		target, ok := first(targets, fam)
 		pod := target.IP

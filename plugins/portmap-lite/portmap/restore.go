@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"slices"
 
 	"github.com/cnichain/plugins/pkg/attachstate"
 	"github.com/cnichain/plugins/pkg/hostnet"
@@ -17,8 +18,11 @@ import (
 // table. It touches nothing that is there and removes nothing. Attachments
 // whose pod is gone (its netns no longer exists) are skipped, and said so
 // on out: GC is what removes them. Runtimes may ADD and DEL meanwhile: they
-// wait for it (Store.HoldAgainstRestore). It writes with one iptables-restore per
-// family for all attachments, or nftables transactions of 250 attachments.
+// wait for it (Store.HoldAgainstRestore). Each record is restored by the
+// backend and iptables flavour that installed it (flavour for records of
+// releases that did not keep theirs), in the order the attachments were
+// added, with one iptables-restore per family and flavour for all of them,
+// or nftables transactions of 250 attachments.
 // A hostPort that another attachment took while an attachment's rules were
 // gone (nftables refuses two on one key) is left to it, and said on out.
 func Restore(stateDir, flavour string, out io.Writer) error {
@@ -28,10 +32,16 @@ func Restore(stateDir, flavour string, out io.Writer) error {
 		return err
 	}
 	defer unlock()
-	plans := map[string]map[iptbatch.Family][]*nat.FamilyPlan{BackendIPTables: {}, BackendNFTables: {}}
+	// Each record is restored by the backend and iptables flavour that
+	// installed it.
+	type installer struct {
+		backend, flavour string
+		fam              iptbatch.Family
+	}
+	plans := map[installer][]*nat.FamilyPlan{}
 	records := map[*nat.FamilyPlan]*record{} // the record of each nftables plan, to mark taken keys in
 	var localnet []*nat.FamilyPlan
-	count := 0
+	var recs []*record
 	for _, name := range names {
 		if !attachstate.IsKeyID(name) {
 			continue
@@ -45,26 +55,32 @@ func Restore(stateDir, flavour string, out io.Writer) error {
 				name[:nat.HashLen], rec.Network, rec.ContainerID, rec.Netns)
 			continue
 		}
-		backend := rec.Backend
-		if backend == "" {
-			backend = BackendIPTables
-		}
+		recs = append(recs, rec)
+	}
+	// In the order they were added: of two pods on one port, the first
+	// gets its jump back first and keeps the port.
+	slices.SortStableFunc(recs, func(a, b *record) int { return a.Added.Compare(b.Added) })
+	for _, rec := range recs {
 		for i := range rec.Families {
 			fp := &rec.Families[i]
-			plans[backend][fp.Family] = append(plans[backend][fp.Family], fp)
+			by := installer{rec.backendName(), rec.flavour(flavour), fp.Family}
+			if by.backend == BackendNFTables {
+				by.flavour = ""
+			}
+			plans[by] = append(plans[by], fp)
 			records[fp] = rec
 			if fp.Localnet {
 				localnet = append(localnet, fp)
 			}
 		}
-		count++
 	}
 	var errs []error
-	for fam, list := range plans[BackendIPTables] {
-		errs = append(errs, nat.RepairIPTables(iptbatch.Runner{Flavour: flavour}, stateDir, fam, list))
-	}
-	for fam, list := range plans[BackendNFTables] {
-		taken, err := nat.RepairNFTables(stateDir, fam, list)
+	for by, list := range plans {
+		if by.backend == BackendIPTables {
+			errs = append(errs, nat.RepairIPTables(iptbatch.Runner{Flavour: by.flavour}, by.fam, list))
+			continue
+		}
+		taken, err := nat.RepairNFTables(by.fam, list)
 		for _, t := range taken {
 			fmt.Fprintf(out, "not restored, another attachment holds the hostPort: %s\n", t)
 		}
@@ -80,18 +96,19 @@ func Restore(stateDir, flavour string, out io.Writer) error {
 			errs = append(errs, err)
 		}
 	}
-	fmt.Fprintf(out, "restored what was missing of %d attachments from %s\n", count, stateDir)
+	fmt.Fprintf(out, "restored what was missing of %d attachments from %s\n", len(recs), stateDir)
 	return errors.Join(errs...)
 }
 
-// RestoreMain is `portmap-lite restore [-state-dir DIR] [-iptables-flavour F]`,
+// RestoreMain is `portmap-lite restore [-state-dir DIR] [-iptables-flavour F]`
+// (the flavour of records of releases that did not keep theirs),
 // run by hand or by the systemd unit after a firewall reload; it returns
 // the exit status.
 func RestoreMain(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("portmap-lite restore", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	stateDir := fs.String("state-dir", DefaultStateDir, "the stateDir of the networks to restore")
-	flavour := fs.String("iptables-flavour", "", `"legacy" or "nft" to pick those iptables binaries, as the iptablesFlavour key`)
+	flavour := fs.String("iptables-flavour", "", `"legacy" or "nft": the iptablesFlavour of records of earlier releases, which did not keep it`)
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
