@@ -71,4 +71,3 @@ func TestFlavourIsRecorded(t *testing.T) {
 		t.Errorf("nat tables after DEL:\n%s\nbefore:\n%s", after, before)
 	}
 }
-
