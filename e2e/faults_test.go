@@ -97,6 +97,26 @@ func TestTeardownFaults(t *testing.T) {
 				mustDel(t, rtm, list, att)
 				clean(t, "DEL without prevResult")
 			})
+			t.Run("a torn record: GC passes and keeps the valid pod, DEL removes what the key names", func(t *testing.T) {
+				att, _ := newPod()
+				mustAdd(t, rtm, list, att)
+				if n := tearRecords(t, sb); n == 0 {
+					t.Fatal("no record to tear: the test proves nothing")
+				}
+				for range 2 { // the second finds the record moved aside
+					if err := rtm.GC(list, []types.GCAttachment{{ContainerID: att.ContainerID, IfName: "eth0"}}); err != nil {
+						t.Fatalf("GC with a torn record: %v", err)
+					}
+				}
+				if strings.Contains(name, "portmap-lite") {
+					if save := sandbox.MustRun(t, sb.Node, "iptables-save", "-t", "nat"); !strings.Contains(save, "--dport 8080") && !strings.Contains(name, "nftables") {
+						t.Fatalf("GC removed the valid pod's rules:\n%s", save)
+					}
+				}
+				mustDel(t, rtm, list, att)
+				mustDel(t, rtm, list, att)
+				clean(t, "DEL after a torn record")
+			})
 			t.Run("GC with some pods missing removes exactly theirs", func(t *testing.T) {
 				keep, _ := newPod()
 				drop, _ := newPod()
@@ -182,6 +202,32 @@ func records(t *testing.T, sb *sandbox.Sandbox) int {
 			if !e.IsDir() && !strings.HasPrefix(e.Name(), ".") && !strings.HasPrefix(e.Name(), "answers-") {
 				n++
 			}
+		}
+	}
+	return n
+}
+
+// tearRecords cuts every attachment record of our plugins in the sandbox
+// to half its length, as a disk that lost the end of a write would, and
+// returns how many it cut.
+func tearRecords(t *testing.T, sb *sandbox.Sandbox) int {
+	t.Helper()
+	n := 0
+	for _, plugin := range []string{"macvlan-host-route", "portmap-lite", "multinic"} {
+		dir := sb.Dir + "/state/" + plugin
+		entries, _ := os.ReadDir(dir)
+		for _, e := range entries {
+			if e.IsDir() || strings.HasPrefix(e.Name(), ".") || strings.HasPrefix(e.Name(), "answers-") {
+				continue
+			}
+			data, err := os.ReadFile(dir + "/" + e.Name())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(dir+"/"+e.Name(), data[:len(data)/2], 0o600); err != nil {
+				t.Fatal(err)
+			}
+			n++
 		}
 	}
 	return n

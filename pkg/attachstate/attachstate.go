@@ -3,8 +3,9 @@
 // longer carries what the ADD was given (no prevResult, no portMappings),
 // or the plugin that did the ADD crashed.
 //
-// A record is one JSON file, written to a temporary name and renamed into
-// place, so a reader sees the old record or the new one, never half of one.
+// A record is one JSON file, written to a temporary name, synced and
+// renamed into place, so a reader sees the old record or the new one,
+// never half of one, also after a crash.
 package attachstate
 
 import (
@@ -20,6 +21,8 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 	"golang.org/x/sys/unix"
+
+	"github.com/cnichain/plugins/pkg/atomicfile"
 )
 
 // Key names one attachment: a container's interface on a network.
@@ -61,67 +64,107 @@ func (k Key) In(valid []types.GCAttachment) bool {
 // Store is a directory of records.
 type Store struct{ Dir string }
 
-// Save writes v as the record called name, replacing any earlier one.
+// Save writes v as the record called name, replacing any earlier one,
+// durably: a DEL after a crash or a power cut finds the whole record.
 func (s Store) Save(name string, v any) error {
 	data, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
+	if err := s.ensureDir(); err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(s.Dir, ".tmp-"+name+"-")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name()) // after a successful rename this is a no-op
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), filepath.Join(s.Dir, name))
+	return atomicfile.Write(filepath.Join(s.Dir, name), data, 0o600)
 }
 
-// Load reads the record called name into v; found is false when there is none.
+// TornError is a record that could not be decoded (a disk that lost part
+// of it, a hand edit): Load moved it aside, out of every later verb's way,
+// and the caller falls back to what the attachment's key alone names.
+type TornError struct {
+	Path, MovedTo string
+	Err           error
+}
+
+func (e *TornError) Error() string {
+	return fmt.Sprintf("state record %s cannot be read (%v); moved aside to %s", e.Path, e.Err, e.MovedTo)
+}
+
+// Load reads the record called name into v; found is false when there is
+// none. A record that cannot be decoded is moved aside to .torn-<name> (a
+// dot file, which Names does not list, so GC and restore pass it by) and
+// reported as a *TornError with found false, now and by every later Load
+// of name until Delete: the verbs of that attachment fall back to what its
+// key alone names.
 func (s Store) Load(name string, v any) (found bool, err error) {
-	data, err := os.ReadFile(filepath.Join(s.Dir, name))
+	path := filepath.Join(s.Dir, name)
+	aside := filepath.Join(s.Dir, ".torn-"+name)
+	data, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
+		if _, serr := os.Stat(aside); serr == nil {
+			return false, &TornError{Path: path, MovedTo: aside, Err: errors.New("torn earlier")}
+		}
 		return false, nil
 	}
 	if err != nil {
 		return false, err
 	}
 	if err := json.Unmarshal(data, v); err != nil {
-		return false, fmt.Errorf("state record %s: %w", filepath.Join(s.Dir, name), err)
+		if rerr := os.Rename(path, aside); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
+			return false, fmt.Errorf("state record %s cannot be read (%v) nor moved aside: %w", path, err, rerr)
+		}
+		return false, &TornError{Path: path, MovedTo: aside, Err: err}
 	}
 	return true, nil
 }
 
-// Delete removes the record called name; a missing record is not an error.
-func (s Store) Delete(name string) error {
-	err := os.Remove(filepath.Join(s.Dir, name))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	return err
+// IsTorn reports whether err is a record Load moved aside.
+func IsTorn(err error) bool {
+	var torn *TornError
+	return errors.As(err, &torn)
 }
 
-// Lock takes the lock called name (a dot file beside the records, so never
-// a record itself), exclusive or shared, waiting for it; unlock releases it.
-func (s Store) Lock(name string, exclusive bool) (unlock func(), err error) {
+// Delete removes the record called name, and what Load moved aside of
+// it; a missing record is not an error.
+func (s Store) Delete(name string) error {
+	var errs []error
+	for _, path := range []string{filepath.Join(s.Dir, name), filepath.Join(s.Dir, ".torn-"+name)} {
+		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// ensureDir creates the store's directory, and refuses one that is a
+// symbolic link or that others than its owner may write to: either would
+// let someone else redirect or forge the records DEL and GC act on.
+func (s Store) ensureDir() error {
 	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
+		return err
+	}
+	info, err := os.Lstat(s.Dir)
+	if err != nil {
+		return err
+	}
+	if info.Mode()&fs.ModeSymlink != 0 {
+		return fmt.Errorf("stateDir %s is a symbolic link: refusing it, records must stay where they were written", s.Dir)
+	}
+	if info.Mode().Perm()&0o022 != 0 {
+		return fmt.Errorf("stateDir %s is writable by group or others (mode %v): refusing it, its records decide what DEL removes", s.Dir, info.Mode().Perm())
+	}
+	return nil
+}
+
+// lock takes the lock called name (a dot file beside the records, so
+// never a record itself), shared or exclusive (unix.LOCK_SH, LOCK_EX),
+// waiting for it; unlock releases it.
+func (s Store) lock(name string, how int) (unlock func(), err error) {
+	if err := s.ensureDir(); err != nil {
 		return nil, err
 	}
 	f, err := os.OpenFile(filepath.Join(s.Dir, "."+name+".lock"), os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
 		return nil, err
-	}
-	how := unix.LOCK_SH
-	if exclusive {
-		how = unix.LOCK_EX
 	}
 	if err := unix.Flock(int(f.Fd()), how); err != nil {
 		f.Close()
@@ -130,17 +173,18 @@ func (s Store) Lock(name string, exclusive bool) (unlock func(), err error) {
 	return func() { f.Close() }, nil
 }
 
-// HoldAgainstRestore is taken shared by the verbs that change a plugin's
-// state (ADD, DEL, GC) and exclusively by its restore, so that a restore
-// never puts back what a DEL is taking away, nor races an ADD.
-func (s Store) HoldAgainstRestore(restore bool) (unlock func(), err error) {
-	return s.Lock("restore", restore)
+// HoldAgainstRestore is taken (shared) by the verbs that change a plugin's
+// state, ADD, DEL and GC, which may run side by side; Restoring takes it
+// exclusively, so that a restore never puts back what a DEL is taking
+// away, nor races an ADD.
+func (s Store) HoldAgainstRestore() (unlock func(), err error) {
+	return s.lock("restore", unix.LOCK_SH)
 }
 
 // Restoring is how a restore starts: it takes the lock ADD, DEL and GC
 // share exclusively and lists the records; unlock releases the lock.
 func (s Store) Restoring() (names []string, unlock func(), err error) {
-	unlock, err = s.HoldAgainstRestore(true)
+	unlock, err = s.lock("restore", unix.LOCK_EX)
 	if err != nil {
 		return nil, nil, err
 	}

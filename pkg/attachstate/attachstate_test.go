@@ -102,3 +102,67 @@ func TestIsKeyID(t *testing.T) {
 		}
 	}
 }
+
+// TestTornRecord: a record that cannot be decoded is moved aside, out of
+// Names, and reported as torn by every Load until Delete.
+func TestTornRecord(t *testing.T) {
+	s := Store{Dir: t.TempDir()}
+	if err := s.Save("rec", map[string]int{"a": 1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(s.Dir, "rec"), []byte(`{"a":`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		var v map[string]int
+		found, err := s.Load("rec", &v)
+		if found || !IsTorn(err) || !strings.Contains(err.Error(), "rec") {
+			t.Fatalf("Load #%d of a torn record = %v, %v; want a TornError", i+1, found, err)
+		}
+	}
+	if names, _ := s.Names(); len(names) != 0 {
+		t.Fatalf("Names = %v: the torn record is still listed", names)
+	}
+	if err := s.Delete("rec"); err != nil {
+		t.Fatal(err)
+	}
+	if found, err := s.Load("rec", new(map[string]int)); found || err != nil {
+		t.Fatalf("Load after Delete = %v, %v; want nothing", found, err)
+	}
+	if entries, _ := os.ReadDir(s.Dir); len(entries) != 0 {
+		t.Fatalf("%d files left after Delete", len(entries))
+	}
+}
+
+// TestUnsafeStateDir: a stateDir that is a symbolic link, or that others
+// may write to, is refused before anything is written into it.
+func TestUnsafeStateDir(t *testing.T) {
+	base := t.TempDir()
+	real := filepath.Join(base, "real")
+	if err := os.Mkdir(real, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(base, "link")
+	if err := os.Symlink(real, link); err != nil {
+		t.Fatal(err)
+	}
+	open := filepath.Join(base, "open")
+	if err := os.Mkdir(open, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(open, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	for dir, want := range map[string]string{link: "symbolic link", open: "writable by group or others"} {
+		s := Store{Dir: dir}
+		if err := s.Save("rec", 1); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Save into %s = %v, want %q", dir, err, want)
+		}
+		if _, err := s.HoldAgainstRestore(); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("HoldAgainstRestore in %s = %v, want %q", dir, err, want)
+		}
+	}
+	if entries, _ := os.ReadDir(real); len(entries) != 0 {
+		t.Errorf("%d files written through the link", len(entries))
+	}
+}

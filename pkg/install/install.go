@@ -13,6 +13,8 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+
+	"github.com/cnichain/plugins/pkg/atomicfile"
 )
 
 // Outcome says what File did to one target.
@@ -30,27 +32,7 @@ func File(dst string, data []byte, mode fs.FileMode) (Outcome, error) {
 			return Unchanged, nil
 		}
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+".tmp-")
-	if err != nil {
-		return "", err
-	}
-	defer os.Remove(tmp.Name()) // gone after the rename; removes a failed write's leftovers
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return "", fmt.Errorf("write %s: %w", tmp.Name(), err)
-	}
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return "", err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return "", err
-	}
-	if err := tmp.Close(); err != nil {
-		return "", err
-	}
-	if err := os.Rename(tmp.Name(), dst); err != nil {
+	if err := atomicfile.Write(dst, data, mode); err != nil {
 		return "", err
 	}
 	return Written, nil

@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"github.com/coreos/go-iptables/iptables"
+
+	"github.com/cnichain/plugins/pkg/atomicfile"
 )
 
 // Features are what the node's iptables can do that a rule set depends on.
@@ -60,7 +62,10 @@ func (r Runner) Features(cacheDir string) Features {
 	}
 	f := Features{RandomFully: ipt.HasRandomFully()}
 	if data, err := json.Marshal(map[string]Features{key: f}); err == nil && os.MkdirAll(cacheDir, 0o700) == nil {
-		_ = os.WriteFile(cache, data, 0o600) // a cache: failing to keep it costs a process next time
+		// Replaced whole, never written through (a symbolic link put there
+		// is replaced, not followed); failing to keep it costs a process
+		// next time.
+		_ = atomicfile.Write(cache, data, 0o600)
 	}
 	return f
 }

@@ -1,7 +1,9 @@
 package hostroute
 
 import (
+	"fmt"
 	"net/netip"
+	"os"
 	"slices"
 
 	"github.com/vishvananda/netlink"
@@ -38,7 +40,10 @@ func answerForNode(cfg *Config, link netlink.Link, masterAddrs []netip.Prefix, s
 		return err
 	}
 	var rec answers
-	if _, err := store.Load(answersRecord(cfg.Bridge), &rec); err != nil {
+	if _, err := store.Load(answersRecord(cfg.Bridge), &rec); attachstate.IsTorn(err) {
+		// Moved aside: the copies it listed are found again by this ADD.
+		fmt.Fprintf(os.Stderr, "macvlan-host-route: %v\n", err)
+	} else if err != nil {
 		return cnierr.Internal("state "+cfg.StateDir, err)
 	}
 	was := rec

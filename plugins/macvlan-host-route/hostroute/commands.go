@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"slices"
 	"strings"
 
@@ -94,7 +95,7 @@ func Add(args *skel.CmdArgs) (err error) {
 		return cnierr.Internal("addresses of "+cfg.Master, err)
 	}
 	store := attachstate.Store{Dir: cfg.StateDir}
-	unlock, err := store.HoldAgainstRestore(false)
+	unlock, err := store.HoldAgainstRestore()
 	if err != nil {
 		return cnierr.Internal("state "+cfg.StateDir, err)
 	}
@@ -136,7 +137,7 @@ func Del(args *skel.CmdArgs) error {
 	}
 	key := keyOf(cfg, args)
 	store := attachstate.Store{Dir: cfg.StateDir}
-	unlock, err := store.HoldAgainstRestore(false)
+	unlock, err := store.HoldAgainstRestore()
 	if err != nil {
 		return cnierr.Internal("state "+cfg.StateDir, err)
 	}
@@ -162,7 +163,12 @@ func Del(args *skel.CmdArgs) error {
 	for _, ip := range targets {
 		var rec owner
 		found, err := store.Load(recordName(ip), &rec)
-		if err != nil {
+		if attachstate.IsTorn(err) {
+			// Moved aside: the route to this attachment's own address is
+			// removed through the configured sub-device, as without a record.
+			log.Warn("torn record", "error", err)
+			fmt.Fprintf(os.Stderr, "macvlan-host-route: %v\n", err)
+		} else if err != nil {
 			return cnierr.Internal("state "+cfg.StateDir, err)
 		}
 		if found && rec.Key != key {
@@ -287,7 +293,7 @@ func GC(args *skel.CmdArgs) error {
 		}
 	}
 	store := attachstate.Store{Dir: cfg.StateDir}
-	unlock, err := store.HoldAgainstRestore(false)
+	unlock, err := store.HoldAgainstRestore()
 	if err != nil {
 		return cnierr.Internal("state "+cfg.StateDir, err)
 	}
@@ -304,7 +310,10 @@ func GC(args *skel.CmdArgs) error {
 			continue // not a route's record
 		}
 		var rec owner
-		if _, err := store.Load(name, &rec); err != nil {
+		if _, err := store.Load(name, &rec); attachstate.IsTorn(err) {
+			fmt.Fprintf(os.Stderr, "macvlan-host-route: %v\n", err)
+			continue // its route is left below
+		} else if err != nil {
 			errs = append(errs, err)
 			continue
 		}
@@ -321,9 +330,15 @@ func GC(args *skel.CmdArgs) error {
 		errs = append(errs, store.Delete(name))
 	}
 	for _, ip := range routed {
-		if !claimed[recordName(ip)] {
-			errs = append(errs, hostnet.DelHostRoute(link.Attrs().Index, ip))
+		if claimed[recordName(ip)] {
+			continue
 		}
+		// A torn record cannot say whose the route is: it may be a valid
+		// pod's, which only that pod's DEL may take.
+		if _, err := store.Load(recordName(ip), &owner{}); attachstate.IsTorn(err) {
+			continue
+		}
+		errs = append(errs, hostnet.DelHostRoute(link.Attrs().Index, ip))
 	}
 	if err := errors.Join(errs...); err != nil {
 		log, closeLog := cfg.Open("network", cfg.Name, "verb", "GC")

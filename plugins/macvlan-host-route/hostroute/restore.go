@@ -38,7 +38,11 @@ func Restore(stateDir string, out io.Writer) error {
 			continue
 		}
 		var rec owner
-		if found, err := store.Load(name, &rec); err != nil || !found {
+		found, err := store.Load(name, &rec)
+		if attachstate.IsTorn(err) {
+			fmt.Fprintf(out, "not restored: %v\n", err)
+		}
+		if err != nil || !found {
 			continue
 		}
 		if attachstate.NetnsGone(rec.Netns) {
@@ -67,7 +71,7 @@ func Restore(stateDir string, out io.Writer) error {
 // and returns how many routes it added.
 func restoreDevice(store attachstate.Store, dev owner, ips []netip.Addr) (int, error) {
 	var ans answers
-	if _, err := store.Load(answersRecord(dev.Bridge), &ans); err != nil {
+	if _, err := store.Load(answersRecord(dev.Bridge), &ans); err != nil && !attachstate.IsTorn(err) {
 		return 0, err
 	}
 	var link netlink.Link

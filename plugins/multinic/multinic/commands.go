@@ -3,6 +3,8 @@ package multinic
 import (
 	"context"
 	"errors"
+	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 
@@ -66,6 +68,14 @@ func setupWithRecord(args *skel.CmdArgs) (*attachment, *record, error) {
 	}
 	var rec record
 	found, err := a.store.Load(a.key.ID(), &rec)
+	if attachstate.IsTorn(err) {
+		// Moved aside: which delegates the ADD ran cannot be known.
+		fmt.Fprintf(os.Stderr, "multinic: %v; its networks' DEL cannot be run\n", err)
+		log, closeLog := a.cfg.Open("network", a.cfg.Name, "containerID", args.ContainerID)
+		log.Error("torn record", "error", err)
+		closeLog()
+		return a, nil, nil
+	}
 	if err != nil {
 		return nil, nil, cnierr.Internal("state "+a.cfg.StateDir, err)
 	}
@@ -194,8 +204,15 @@ func (a *attachment) delOne(ctx context.Context, d delegated) error {
 // asked, so DEL works when it is down or has forgotten the pod.
 func Del(args *skel.CmdArgs) error {
 	a, rec, err := setupWithRecord(args)
-	if err != nil || rec == nil {
+	if err != nil {
 		return err
+	}
+	if rec == nil {
+		// Nothing to delete; a torn record, moved aside, goes too.
+		if err := a.store.Delete(a.key.ID()); err != nil {
+			return cnierr.Internal("state "+a.cfg.StateDir, err)
+		}
+		return nil
 	}
 	log, closeLog := a.cfg.Open("network", a.cfg.Name, "containerID", args.ContainerID, "verb", "DEL")
 	defer closeLog()
@@ -249,7 +266,12 @@ func GC(args *skel.CmdArgs) error {
 			continue // another plugin's file, in a shared stateDir
 		}
 		var rec record
-		if found, err := a.store.Load(name, &rec); err != nil || !found {
+		found, err := a.store.Load(name, &rec)
+		if attachstate.IsTorn(err) {
+			fmt.Fprintf(os.Stderr, "multinic: %v\n", err)
+			continue
+		}
+		if err != nil || !found {
 			errs = append(errs, err)
 			continue
 		}

@@ -93,7 +93,7 @@ func Add(args *skel.CmdArgs) (err error) {
 	if err != nil {
 		return err
 	}
-	unlock, err := store.HoldAgainstRestore(false)
+	unlock, err := store.HoldAgainstRestore()
 	if err != nil {
 		return cnierr.Internal("state "+cfg.StateDir, err)
 	}
@@ -189,7 +189,7 @@ func Del(args *skel.CmdArgs) error {
 	}
 	log, closeLog := cfg.Open("network", cfg.Name, "containerID", args.ContainerID, "verb", "DEL")
 	defer closeLog()
-	unlock, err := store.HoldAgainstRestore(false)
+	unlock, err := store.HoldAgainstRestore()
 	if err != nil {
 		return cnierr.Internal("state "+cfg.StateDir, err)
 	}
@@ -202,9 +202,25 @@ func Del(args *skel.CmdArgs) error {
 	return nil
 }
 
+// removeRecorded removes what the attachment's record says its ADD
+// installed, and the record. A torn record (moved aside by Load) leaves
+// what the key alone names: the attachment's chains, in both families, of
+// the configured backend.
 func removeRecorded(cfg *Config, store attachstate.Store, key attachstate.Key) error {
 	var rec record
 	found, err := store.Load(key.ID(), &rec)
+	if attachstate.IsTorn(err) {
+		fmt.Fprintf(os.Stderr, "portmap-lite: %v; removing the chains the attachment's key names\n", err)
+		chains := []string{nat.DNATChainName(key), nat.SNATChainName(key)}
+		var errs []error
+		for _, fam := range []iptbatch.Family{iptbatch.IPv4, iptbatch.IPv6} {
+			errs = append(errs, nat.RemoveChains(cfg.Backend, cfg.IptablesFlavour, fam, chains))
+		}
+		if err := errors.Join(errs...); err != nil {
+			return err
+		}
+		return store.Delete(key.ID())
+	}
 	if err != nil || !found {
 		return err
 	}
@@ -232,7 +248,9 @@ func Check(args *skel.CmdArgs) error {
 	}
 	var rec record
 	found, err := store.Load(key.ID(), &rec)
-	if err != nil {
+	if attachstate.IsTorn(err) {
+		fmt.Fprintf(os.Stderr, "portmap-lite: %v; checking the request's portMappings\n", err)
+	} else if err != nil {
 		return cnierr.Internal("state "+cfg.StateDir, err)
 	}
 	plan := &rec.Plan
@@ -294,7 +312,7 @@ func GC(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	unlock, err := store.HoldAgainstRestore(false)
+	unlock, err := store.HoldAgainstRestore()
 	if err != nil {
 		return cnierr.Internal("state "+cfg.StateDir, err)
 	}
@@ -306,13 +324,28 @@ func GC(args *skel.CmdArgs) error {
 	if err != nil {
 		return cnierr.Internal("state "+cfg.StateDir, err)
 	}
+	// A valid attachment's chains are never orphans, whether or not its
+	// record can be read.
 	accounted := map[string]bool{}
+	for _, v := range cfg.ValidAttachments {
+		accounted[attachstate.Key{Network: cfg.Name, ContainerID: v.ContainerID, IfName: v.IfName}.ID()[:nat.HashLen]] = true
+	}
 	for _, name := range names {
 		if !attachstate.IsKeyID(name) {
 			continue // another plugin's file, in a shared stateDir
 		}
 		var rec record
-		if found, err := store.Load(name, &rec); err != nil || !found {
+		found, err := store.Load(name, &rec)
+		if attachstate.IsTorn(err) {
+			fmt.Fprintf(os.Stderr, "portmap-lite: %v\n", err)
+			if !accounted[name[:nat.HashLen]] {
+				// Not a valid attachment: its chains, unaccounted, go below
+				// if they are this network's, and nothing is left to DEL.
+				errs = append(errs, store.Delete(name))
+			}
+			continue
+		}
+		if err != nil || !found {
 			errs = append(errs, err)
 			continue
 		}

@@ -47,7 +47,11 @@ func Restore(stateDir, flavour string, out io.Writer) error {
 			continue
 		}
 		rec := &record{}
-		if found, err := store.Load(name, rec); err != nil || !found {
+		found, err := store.Load(name, rec)
+		if attachstate.IsTorn(err) {
+			fmt.Fprintf(out, "not restored: %v\n", err)
+		}
+		if err != nil || !found {
 			continue // deleted meanwhile, or unreadable: nothing to restore from
 		}
 		if attachstate.NetnsGone(rec.Netns) {
