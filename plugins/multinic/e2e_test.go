@@ -15,7 +15,9 @@ import (
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
+	"github.com/containernetworking/plugins/pkg/ns"
 
+	"github.com/cnichain/plugins/pkg/attachstate"
 	"github.com/cnichain/plugins/pkg/sandbox"
 )
 
@@ -245,4 +247,136 @@ func TestGCAndStatus(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "resource manager") {
 		t.Fatalf("STATUS with the RM down = %v", err)
 	}
+}
+
+// flakyBin is a plugin directory with every plugin of the sandbox and
+// "flaky-bridge": bridge, whose ADD fails after doing its work, and whose
+// first DEL fails; the DELs after it are bridge's.
+func flakyBin(t *testing.T, sb *sandbox.Sandbox) string {
+	t.Helper()
+	dir := filepath.Join(sb.Dir, "flaky-bin")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	entries, err := os.ReadDir(sandbox.Plugins(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if err := os.Symlink(filepath.Join(sandbox.Plugins(t), e.Name()), filepath.Join(dir, e.Name())); err != nil {
+			t.Fatal(err)
+		}
+	}
+	script := fmt.Sprintf(`#!/bin/sh
+real=%s
+case "$CNI_COMMAND" in
+ADD) "$real" >/dev/null
+     echo '{"cniVersion":"0.4.0","code":11,"msg":"flaky: ADD fails after bridge did its work"}'; exit 1;;
+DEL) if [ ! -e %s ]; then
+       touch %s
+       echo '{"cniVersion":"0.4.0","code":11,"msg":"flaky: the first DEL fails"}'; exit 1
+     fi
+     exec "$real";;
+*)   exec "$real";;
+esac
+`, filepath.Join(sandbox.Plugins(t), "bridge"), filepath.Join(sb.Dir, "flaky-del-failed"), filepath.Join(sb.Dir, "flaky-del-failed"))
+	if err := os.WriteFile(filepath.Join(dir, "flaky-bridge"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// TestFailedDelegateKeepsTheRecord: the second delegate's ADD fails after
+// creating its interface, and its DEL in the rollback fails too: the ADD
+// fails with the delegate's error, the record stays, and the runtime's
+// DEL after the failed ADD removes what both delegates left.
+func TestFailedDelegateKeepsTheRecord(t *testing.T) {
+	sb := sandbox.New(t)
+	r := startRM(t, sb)
+	r.answer(200, answer(eth0, strings.Replace(net0, `"dockin"`, `"flaky"`, 1)))
+	rtm := sb.Runtime(t)
+	list := setupNetworks(t, sb, r.url)
+	flaky := `{"cniVersion":"0.4.0","name":"flaky","type":"flaky-bridge","bridge":"br3","isGateway":true}`
+	if err := os.WriteFile(filepath.Join(sb.Dir, "multinic.d", "flaky.json"), []byte(flaky), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	list = sandbox.ListFromJSON(t, strings.Replace(string(list.Bytes), `"type":"multinic",`, fmt.Sprintf(`"type":"multinic","binDir":%q,`, flakyBin(t, sb)), 1))
+	pod := sb.NewPod(t)
+	att := sandbox.Attachment(pod, "flaky-pod", "eth0")
+	att.Args = podArgs("web-3")
+	_, err := rtm.Add(list, att)
+	var cniErr *types.Error
+	if !errors.As(err, &cniErr) || cniErr.Code != 11 || !strings.Contains(cniErr.Msg, `network "flaky" (ifName net0): ADD`) {
+		t.Fatalf("ADD = %v, want the flaky delegate's error", err)
+	}
+	if _, err := os.Stat(filepath.Join(sb.Dir, "flaky-del-failed")); err != nil {
+		t.Fatal("the rollback did not DEL the failed delegate")
+	}
+	if n := records(t, sb); n != 1 {
+		t.Fatalf("%d records after the failed ADD whose rollback failed, want the attachment's", n)
+	}
+	if err := rtm.Del(list, att); err != nil {
+		t.Fatalf("the runtime's DEL after the failed ADD: %v", err)
+	}
+	if out := sandbox.MustRun(t, pod, "ip", "-o", "link"); strings.Count(out, "\n") != 1 {
+		t.Errorf("pod links after DEL (want lo only):\n%s", out)
+	}
+	if out := sandbox.MustRun(t, sb.Node, "ip", "-o", "link", "show", "type", "veth"); strings.Count(out, "\n") != 1 {
+		t.Errorf("node veths after DEL (want the uplink only):\n%s", out)
+	}
+	if n := records(t, sb); n != 0 {
+		t.Errorf("%d records after DEL", n)
+	}
+}
+
+// TestGCPassedOnToDelegates: multinic loses an attachment's record (a
+// state directory wiped); GC, passed on to the delegate networks, removes
+// the interfaces the delegates still hold for it, and keeps a valid pod's.
+func TestGCPassedOnToDelegates(t *testing.T) {
+	sb := sandbox.New(t)
+	r := startRM(t, sb)
+	r.answer(200, answer(eth0, net0))
+	rtm := sb.Runtime(t)
+	list := setupNetworks(t, sb, r.url)
+	list = sandbox.ListFromJSON(t, strings.Replace(string(list.Bytes), `"cniVersion":"1.0.0"`, `"cniVersion":"1.1.0"`, 1))
+	pods := map[string]ns.NetNS{}
+	for _, id := range []string{"kept", "lost"} {
+		pods[id] = sb.NewPod(t)
+		att := sandbox.Attachment(pods[id], id, "eth0")
+		att.Args = podArgs("web-" + id)
+		if _, err := rtm.Add(list, att); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = rtm.Del(list, att) })
+	}
+	lost := attachstate.Key{Network: "dockin-cni", ContainerID: "lost", IfName: "eth0"}.ID()
+	if err := os.Remove(filepath.Join(sb.Dir, "state", lost)); err != nil {
+		t.Fatalf("remove lost's record: %v", err)
+	}
+	if err := rtm.GC(list, []types.GCAttachment{{ContainerID: "kept", IfName: "eth0"}}); err != nil {
+		t.Fatalf("GC: %v", err)
+	}
+	links := func(id string) int { return strings.Count(sandbox.MustRun(t, pods[id], "ip", "-o", "link"), "\n") }
+	if n := links("lost"); n != 1 {
+		t.Errorf("the lost attachment's pod has %d links after GC, want lo only", n)
+	}
+	if n := links("kept"); n != 3 {
+		t.Errorf("the valid pod has %d links after GC, want lo, eth0 and net0", n)
+	}
+}
+
+// records counts multinic's attachment records in the sandbox.
+func records(t *testing.T, sb *sandbox.Sandbox) int {
+	t.Helper()
+	names, err := attachstate.Store{Dir: filepath.Join(sb.Dir, "state")}.Names()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, name := range names {
+		if attachstate.IsKeyID(name) {
+			n++
+		}
+	}
+	return n
 }

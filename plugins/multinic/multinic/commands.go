@@ -4,12 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
 
@@ -29,6 +32,8 @@ type record struct {
 type delegated struct {
 	Network
 	List string `json:"list"`
+	// AddError is the delegate's error when its ADD failed (see refusedAlike).
+	AddError *types.Error `json:"addError,omitempty"`
 }
 
 // podArgs are the CNI_ARGS keys runtimes send that we read.
@@ -147,11 +152,19 @@ func Add(args *skel.CmdArgs) (err error) {
 		res, err := a.addOne(ctx, d)
 		if err != nil {
 			log.Error("delegate", "type", d.Type, "ifName", d.IfName, "error", err)
-			// The failed delegate may have done part of its work: its DEL is
-			// best effort (its config may be what failed); the others' must work.
-			_ = a.delOne(ctx, d)
-			if derr := a.delete(ctx, rec.Networks[:i]); derr != nil {
-				log.Error("rollback", "error", derr)
+			// The failed delegate may have done part of its work: it is
+			// deleted with the others. Should any DEL fail, the record
+			// stays, and the runtime's DEL after this failed ADD (or GC)
+			// runs them all again.
+			var cniErr *types.Error
+			if errors.As(err, &cniErr) {
+				rec.Networks[i].AddError = cniErr
+			}
+			if derr := a.delete(ctx, rec.Networks[:i+1]); derr != nil {
+				log.Error("rollback, the record is kept for the runtime's DEL", "error", derr)
+				if serr := a.store.Save(a.key.ID(), rec); serr != nil {
+					log.Error("record", "error", serr)
+				}
 			}
 			return delegateError("ADD", d.Network, err)
 		}
@@ -182,7 +195,7 @@ func (a *attachment) addOne(ctx context.Context, d delegated) (*current.Result, 
 func (a *attachment) delete(ctx context.Context, nets []delegated) error {
 	var errs []error
 	for i := len(nets) - 1; i >= 0; i-- {
-		if err := a.delOne(ctx, nets[i]); err != nil {
+		if err := a.delOne(ctx, nets[i]); err != nil && !refusedAlike(nets[i], err) {
 			errs = append(errs, delegateError("DEL", nets[i].Network, err))
 		}
 	}
@@ -190,6 +203,20 @@ func (a *attachment) delete(ctx context.Context, nets []delegated) error {
 		return errors.Join(errs...)
 	}
 	return a.store.Delete(a.key.ID())
+}
+
+// refusedAlike reports whether a delegate of one plugin, whose ADD failed,
+// failed its DEL with the very same error: it refused its configuration
+// on both verbs before doing anything (bridge with a bad vlan, say), so
+// there is nothing of it to remove, and a DEL that can never succeed must
+// not keep the attachment's teardown failing for ever.
+func refusedAlike(d delegated, delErr error) bool {
+	var cniErr *types.Error
+	if d.AddError == nil || !errors.As(delErr, &cniErr) {
+		return false
+	}
+	list, err := libcni.ConfListFromBytes([]byte(d.List))
+	return err == nil && len(list.Plugins) == 1 && cniErr.Code == d.AddError.Code && cniErr.Msg == d.AddError.Msg
 }
 
 func (a *attachment) delOne(ctx context.Context, d delegated) error {
@@ -250,7 +277,10 @@ func Check(args *skel.CmdArgs) error {
 }
 
 // GC removes the networks of this network's attachments that are not in
-// cni.dev/valid-attachments, going on past errors.
+// cni.dev/valid-attachments, then passes GC on to every delegate network
+// (those the records name and those of confDir), with the delegates'
+// attachments of the valid ones: what a delegate holds for an attachment
+// multinic lost track of goes too. It goes on past errors.
 func GC(args *skel.CmdArgs) error {
 	a, err := setup(args)
 	if err != nil {
@@ -260,7 +290,10 @@ func GC(args *skel.CmdArgs) error {
 	if err != nil {
 		return cnierr.Internal("state "+a.cfg.StateDir, err)
 	}
+	ctx := context.Background()
 	var errs []error
+	delegates := map[string]string{} // a delegate network's name: its list
+	var valid []types.GCAttachment   // the delegates' attachments of the valid ones
 	for _, name := range names {
 		if !attachstate.IsKeyID(name) {
 			continue // another plugin's file, in a shared stateDir
@@ -275,13 +308,40 @@ func GC(args *skel.CmdArgs) error {
 			errs = append(errs, err)
 			continue
 		}
-		if rec.Network != a.cfg.Name || rec.In(a.cfg.ValidAttachments) {
+		if rec.Network != a.cfg.Name {
+			continue
+		}
+		for _, d := range rec.Networks {
+			if list, err := libcni.ConfListFromBytes([]byte(d.List)); err == nil {
+				delegates[list.Name] = d.List
+			}
+		}
+		if rec.In(a.cfg.ValidAttachments) {
+			for _, d := range rec.Networks {
+				valid = append(valid, types.GCAttachment{ContainerID: rec.ContainerID, IfName: d.IfName})
+			}
 			continue
 		}
 		stale := *a
 		stale.key = rec.Key
 		stale.args = &skel.CmdArgs{ContainerID: rec.ContainerID, IfName: rec.IfName, Args: args.Args}
-		errs = append(errs, stale.delete(context.Background(), rec.Networks))
+		errs = append(errs, stale.delete(ctx, rec.Networks))
+	}
+	for _, list := range ConfDirLists(a.cfg.ConfDir) {
+		if conf, err := libcni.ConfListFromBytes(list); err == nil {
+			if _, recorded := delegates[conf.Name]; !recorded {
+				delegates[conf.Name] = string(list)
+			}
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(delegates)) {
+		list, err := libcni.ConfListFromBytes([]byte(delegates[name]))
+		if err == nil {
+			err = a.cni.GCNetworkList(ctx, list, &libcni.GCArgs{ValidAttachments: valid})
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("network %q: GC: %w", name, err))
+		}
 	}
 	if err := errors.Join(errs...); err != nil {
 		return cnierr.Internal("gc", err)

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/containernetworking/cni/libcni"
@@ -48,6 +49,28 @@ func LoadDelegate(confDir, netType string) ([]byte, error) {
 	}
 	return nil, cnierr.InvalidConfig("confDir", confDir,
 		fmt.Sprintf("no configuration for network type %q (%s)", netType, strings.Join(withExt(netType), ", ")))
+}
+
+// ConfDirLists are the delegate lists of every network type in confDir,
+// as LoadDelegate reads them; unreadable ones are left out.
+func ConfDirLists(confDir string) [][]byte {
+	entries, err := os.ReadDir(confDir)
+	if err != nil {
+		return nil
+	}
+	seen := map[string]bool{}
+	var out [][]byte
+	for _, e := range entries {
+		netType := strings.TrimSuffix(e.Name(), filepath.Ext(e.Name()))
+		if e.IsDir() || seen[netType] || !slices.Contains(confExtensions, filepath.Ext(e.Name())) {
+			continue
+		}
+		seen[netType] = true
+		if list, err := LoadDelegate(confDir, netType); err == nil {
+			out = append(out, list)
+		}
+	}
+	return out
 }
 
 func withExt(netType string) []string {
