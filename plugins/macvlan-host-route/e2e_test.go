@@ -1,9 +1,11 @@
 package main
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 
@@ -291,4 +293,70 @@ func TestErrors(t *testing.T) {
 			t.Fatalf("STATUS with the master present: %v", err)
 		}
 	})
+}
+
+// TestGCLeavesOtherStateDirs: two networks on one master keep their
+// records in stateDirs of their own (two runtimes); a GC of one removes
+// its stale route and a route no record of either claims, and never the
+// other network's route.
+func TestGCLeavesOtherStateDirs(t *testing.T) {
+	sb := sandbox.New(t)
+	pod := sb.NewPod(t)
+	other := func(c []byte) []byte {
+		return bytes.Replace(bytes.Replace(c, []byte(`"name":"direct"`), []byte(`"name":"other"`), 1),
+			[]byte(`"stateDir":"`+sb.Dir+`/state"`), []byte(`"stateDir":"`+sb.Dir+`/state-other"`), 1)
+	}
+	for _, add := range []struct {
+		id, ip string
+		conf   func([]byte) []byte
+	}{{"a", "192.168.1.81", func(c []byte) []byte { return c }}, {"b", "192.168.1.82", other}} {
+		if _, err := sb.Invoke(t, "macvlan-host-route", add.conf(conf(sb, "eno1", "", add.ip+"/16")),
+			sandbox.Invocation{Command: "ADD", ContainerID: add.id, NetNS: pod.Path(), IfName: "eth0"}); err != nil {
+			t.Fatalf("ADD %s: %v", add.id, err)
+		}
+	}
+	sandbox.MustRun(t, sb.Node, "ip", "route", "add", "192.168.1.99", "dev", "eno1.host", "proto", "197", "scope", "link")
+	if _, err := sb.Invoke(t, "macvlan-host-route", conf(sb, "eno1", `,"cni.dev/valid-attachments":[]`), sandbox.Invocation{Command: "GC"}); err != nil {
+		t.Fatal(err)
+	}
+	out := nodeRoutes(t, sb)
+	if strings.Contains(out, "192.168.1.81 ") || strings.Contains(out, "192.168.1.99 ") || !strings.Contains(out, "192.168.1.82 ") {
+		t.Fatalf("after GC of network direct, want its route and the unclaimed one gone, the other network's kept:\n%s", out)
+	}
+	if _, err := sb.Invoke(t, "macvlan-host-route", other(conf(sb, "eno1", "")), sandbox.Invocation{Command: "DEL", ContainerID: "b", IfName: "eth0"}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestConcurrentADDsKeepEveryAnswer: ADDs of two networks sharing the
+// sub-device and the stateDir, one naming hostAddresses, one copying the
+// master's, run at once; the sub-device's record keeps both.
+func TestConcurrentADDsKeepEveryAnswer(t *testing.T) {
+	sb := sandbox.New(t)
+	pod := sb.NewPod(t)
+	const n = 16
+	errs := make(chan error, n)
+	for i := range n {
+		extra, name := "", "copies"
+		if i%2 == 0 {
+			extra, name = `,"hostAddresses":["192.168.0.5"]`, "listed"
+		}
+		c := bytes.Replace(conf(sb, "eno1", extra, fmt.Sprintf("192.168.1.%d/16", 100+i)), []byte(`"name":"direct"`), []byte(`"name":"`+name+`"`), 1)
+		go func() {
+			_, err := sb.Invoke(t, "macvlan-host-route", c, sandbox.Invocation{Command: "ADD", ContainerID: fmt.Sprint("c", i), NetNS: pod.Path(), IfName: "eth0"})
+			errs <- err
+		}()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Fatalf("concurrent ADD: %v", err)
+		}
+	}
+	data, err := os.ReadFile(sb.Dir + "/state/answers-eno1.host")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := string(data); !strings.Contains(s, `"listed":["192.168.0.5/32"]`) || !strings.Contains(s, `"copies":["fd00:c0a8::5/64"]`) {
+		t.Fatalf("the sub-device's record lost an update: %s", s)
+	}
 }

@@ -33,12 +33,15 @@ func answersRecord(bridge string) string { return "answers-" + bridge }
 // answerForNode makes the sub-device answer for the node's addresses that
 // pods talk to: hostAddresses when set, else copies of the master's that
 // Answered picks, brought up to date (added and taken away) on every ADD.
-// It changes addresses of the sub-device only, which is ours.
+// It changes addresses of the sub-device only, which is ours. The record
+// is read, changed and written back: the caller holds the sub-device's
+// lock (lockSubDevice).
 func answerForNode(cfg *Config, link netlink.Link, masterAddrs []netip.Prefix, store attachstate.Store) error {
 	want, err := nodeAnswers(cfg, masterAddrs)
 	if err != nil {
 		return err
 	}
+
 	var rec answers
 	if _, err := store.Load(answersRecord(cfg.Bridge), &rec); attachstate.IsTorn(err) {
 		// Moved aside: the copies it listed are found again by this ADD.

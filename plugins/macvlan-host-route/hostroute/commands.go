@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 
@@ -16,6 +17,7 @@ import (
 	"github.com/cnichain/plugins/pkg/chain"
 	"github.com/cnichain/plugins/pkg/cnierr"
 	"github.com/cnichain/plugins/pkg/hostnet"
+	"github.com/cnichain/plugins/pkg/netnslock"
 )
 
 // owner is the record of which attachment a host route belongs to, one per
@@ -100,7 +102,7 @@ func Add(args *skel.CmdArgs) (err error) {
 		return cnierr.Internal("state "+cfg.StateDir, err)
 	}
 	defer unlock()
-	if err := answerForNode(cfg, link, masterAddrs, store); err != nil {
+	if err := updateSubDevice(cfg, link, masterAddrs, store); err != nil {
 		return err
 	}
 	rec := owner{Key: keyOf(cfg, args), Bridge: cfg.Bridge, Master: cfg.Master, MTU: cfg.MTU, Netns: args.Netns}
@@ -124,6 +126,30 @@ func Add(args *skel.CmdArgs) (err error) {
 		log.Info("route added", "ip", ip, "bridge", cfg.Bridge)
 	}
 	return chain.Print(prev, cfg.CNIVersion)
+}
+
+// lockSubDevice serializes, node-wide, the ADDs that update what the
+// sub-device bridge records (its answers, its alias): networks of any
+// stateDir may share it, and one's update must not be lost to another's.
+func lockSubDevice(bridge string) (release func(), err error) {
+	return netnslock.Acquire("hostroute-" + bridge)
+}
+
+// updateSubDevice brings the sub-device's answers for the node and its
+// list of stateDirs up to date, under its lock.
+func updateSubDevice(cfg *Config, link netlink.Link, masterAddrs []netip.Prefix, store attachstate.Store) error {
+	release, err := lockSubDevice(cfg.Bridge)
+	if err != nil {
+		return cnierr.Internal("bridge "+cfg.Bridge, err)
+	}
+	defer release()
+	if err := answerForNode(cfg, link, masterAddrs, store); err != nil {
+		return err
+	}
+	if err := listStateDir(link, cfg.StateDir); err != nil {
+		return cnierr.Internal("bridge "+cfg.Bridge+" alias", err)
+	}
+	return nil
 }
 
 // Del removes this attachment's host routes and their records. It succeeds
@@ -329,8 +355,11 @@ func GC(args *skel.CmdArgs) error {
 		}
 		errs = append(errs, store.Delete(name))
 	}
+	// A route no record of this stateDir claims is a leak only if no
+	// record of another stateDir routing through the sub-device does.
+	others, sure := otherClaims(link, cfg.StateDir)
 	for _, ip := range routed {
-		if claimed[recordName(ip)] {
+		if claimed[recordName(ip)] || others[recordName(ip)] || !sure {
 			continue
 		}
 		// A torn record cannot say whose the route is: it may be a valid
@@ -347,6 +376,34 @@ func GC(args *skel.CmdArgs) error {
 		return cnierr.Internal("gc", err)
 	}
 	return nil
+}
+
+// otherClaims are the route records of the stateDirs other than own that
+// route through link, by name; sure is false when link does not list own
+// among them (a sub-device of an earlier release, or a list too long):
+// then no route can be told to be nobody's.
+func otherClaims(link netlink.Link, own string) (claims map[string]bool, sure bool) {
+	if link == nil {
+		return nil, false
+	}
+	dirs, ok := stateDirsOf(link)
+	if !ok || !slices.Contains(dirs, filepath.Clean(own)) {
+		return nil, false
+	}
+	claims = map[string]bool{}
+	for _, dir := range dirs {
+		if dir == filepath.Clean(own) {
+			continue
+		}
+		names, err := attachstate.Store{Dir: dir}.Names()
+		if err != nil {
+			return nil, false
+		}
+		for _, name := range names {
+			claims[name] = true
+		}
+	}
+	return claims, true
 }
 
 // Status fails while the master is missing: ADD could not work.

@@ -218,3 +218,30 @@ func TestPreferredSource(t *testing.T) {
 		}
 	}
 }
+
+// TestAliasWith: the sub-device's alias lists each stateDir once, keeps
+// within the kernel's limit, and a foreign alias lists none.
+func TestAliasWith(t *testing.T) {
+	link := func(alias string) netlink.Link {
+		attrs := netlink.NewLinkAttrs()
+		attrs.Alias = alias
+		return &netlink.Macvlan{LinkAttrs: attrs}
+	}
+	alias, changed := aliasWith(link(""), "/var/lib/cni/macvlan-host-route/")
+	if !changed || alias != `cnichain-statedirs:["/var/lib/cni/macvlan-host-route"]` {
+		t.Fatalf("first stateDir: %q, %v", alias, changed)
+	}
+	if _, changed := aliasWith(link(alias), "/var/lib/cni/macvlan-host-route"); changed {
+		t.Error("a listed stateDir is listed again")
+	}
+	two, changed := aliasWith(link(alias), "/run/other")
+	if dirs, ok := stateDirsOf(link(two)); !changed || !ok || len(dirs) != 2 {
+		t.Errorf("second stateDir: %q, %v -> %v, %v", two, changed, dirs, ok)
+	}
+	if _, changed := aliasWith(link(two), "/"+strings.Repeat("x", 250)); changed {
+		t.Error("an alias past the kernel's limit")
+	}
+	if dirs, ok := stateDirsOf(link("uplink to the rack")); ok || dirs != nil {
+		t.Errorf("a foreign alias lists %v, %v", dirs, ok)
+	}
+}

@@ -91,6 +91,16 @@ func restoreDevice(store attachstate.Store, dev owner, ips []netip.Addr) (int, e
 	if err != nil {
 		return 0, err
 	}
+	// A sub-device made anew has lost its list of stateDirs.
+	release, err := lockSubDevice(dev.Bridge)
+	if err != nil {
+		return 0, err
+	}
+	err = listStateDir(link, store.Dir)
+	release()
+	if err != nil {
+		return 0, err
+	}
 	var masterAddrs []netip.Prefix
 	if master, err := hostnet.Master(dev.Master); err == nil {
 		masterAddrs, _ = hostnet.GlobalAddresses(master)
