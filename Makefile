@@ -26,11 +26,14 @@ tools:
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
-	@$(GO) mod tidy -diff >/dev/null || { echo "go.mod/go.sum not tidy: run go mod tidy"; $(GO) mod tidy -diff; exit 1; }
+	@for mod in . bench; do \
+	  (cd $$mod && $(GO) mod tidy -diff >/dev/null) || { echo "$$mod/go.mod not tidy: run go mod tidy there"; exit 1; }; \
+	done
 	$(GO) vet ./...
+	cd bench && $(GO) vet ./...
 
 test: tools build lint e2e-runtime
-	CNICHAIN_BIN=$(BIN) $(GO) test -count=1 ./...
+	CNICHAIN_BIN=$(BIN) $(GO) test -race -count=1 ./...
 
 # Our plugins under real container runtimes, inside the sandbox: podman
 # with its CNI backend, and containerd's CRI driven by crictl as a kubelet
@@ -62,12 +65,14 @@ demo: tools build
 
 # Our plugins against the reference ones, interleaved, in the sandbox; writes
 # bench/RESULTS.md and bench/latency.png. BENCH_ROUNDS, BENCH_PODS tune it.
+# bench/ is a module of its own, so its plotting library stays out of the
+# plugins' go.mod.
 BENCH_ROUNDS ?= 15
 BENCH_PODS   ?= 500
 bench: tools build
 	$(GO) test -run '^$$' -bench . -benchtime 2000x ./plugins/... | grep -E '^(Benchmark|ok|FAIL)'
-	CNICHAIN_BIN=$(BIN) CNICHAIN_BENCH=1 CNICHAIN_BENCH_ROUNDS=$(BENCH_ROUNDS) CNICHAIN_BENCH_PODS=$(BENCH_PODS) \
-	  $(GO) test -count=1 -v -run '^TestBench$$' -timeout 60m ./bench/
+	cd bench && CNICHAIN_BIN=$(BIN) CNICHAIN_BENCH=1 CNICHAIN_BENCH_ROUNDS=$(BENCH_ROUNDS) CNICHAIN_BENCH_PODS=$(BENCH_PODS) \
+	  $(GO) test -count=1 -v -run '^TestBench$$' -timeout 60m .
 
 # A release tarball in the reference plugins' layout (binaries at the top,
 # untar into /opt/cni/bin), with its checksum.

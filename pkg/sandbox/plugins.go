@@ -11,7 +11,9 @@ import (
 	"testing"
 
 	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/invoke"
 	"github.com/containernetworking/cni/pkg/types"
+	"github.com/containernetworking/cni/pkg/version"
 	"github.com/containernetworking/plugins/pkg/ns"
 )
 
@@ -62,9 +64,12 @@ type Runtime struct {
 	CNI *libcni.CNIConfig
 }
 
-// Runtime returns a libcni runtime whose plugins come from Plugins(t).
+// Runtime returns a libcni runtime whose plugins come from Plugins(t). It
+// is given its exec: libcni sets a missing one on first use, which races
+// between the goroutines of a test that adds pods at once.
 func (sb *Sandbox) Runtime(t testing.TB) *Runtime {
-	return &Runtime{sb: sb, CNI: libcni.NewCNIConfigWithCacheDir([]string{Plugins(t)}, filepath.Join(sb.Dir, "cache"), nil)}
+	run := &invoke.DefaultExec{RawExec: &invoke.RawExec{Stderr: os.Stderr}, PluginDecoder: version.PluginDecoder{}}
+	return &Runtime{sb: sb, CNI: libcni.NewCNIConfigWithCacheDir([]string{Plugins(t)}, filepath.Join(sb.Dir, "cache"), run)}
 }
 
 // Attachment names one pod's attachment to a network.

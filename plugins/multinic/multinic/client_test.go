@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -17,9 +18,12 @@ import (
 
 // The servers here listen on loopback in the test's own namespace.
 func TestClient(t *testing.T) {
+	var mu sync.Mutex
 	var lastQuery string
 	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
 		lastQuery = r.URL.RawQuery
+		mu.Unlock()
 		if r.URL.Query().Get("podName") == "slow" {
 			time.Sleep(500 * time.Millisecond)
 		}
@@ -41,6 +45,8 @@ func TestClient(t *testing.T) {
 		if err != nil || len(nets) != 2 {
 			t.Fatalf("Networks = %v, %v", nets, err)
 		}
+		mu.Lock()
+		defer mu.Unlock()
 		if lastQuery != "cluster=a&podName=web-0&podNamespace=prod" {
 			t.Fatalf("query = %q", lastQuery)
 		}
