@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -181,18 +182,55 @@ func (s Store) HoldAgainstRestore() (unlock func(), err error) {
 	return s.lock("restore", unix.LOCK_SH)
 }
 
+// Live is what a restore needs to know of a record: the netns of its pod
+// ("" when it names none), and how to name it in what the restore says.
+type Live interface {
+	PodNetns() string
+	Describe(name string) string
+}
+
+// Loaded is a record a restore works from, and its name.
+type Loaded[R any] struct {
+	Name string
+	Rec  R
+}
+
 // Restoring is how a restore starts: it takes the lock ADD, DEL and GC
-// share exclusively and lists the records; unlock releases the lock.
-func (s Store) Restoring() (names []string, unlock func(), err error) {
+// share, exclusively, and loads the records whose names match. Those of
+// pods that are gone (their netns no longer exists: GC removes them) and
+// torn ones are said on out and left out. unlock releases the lock.
+func Restoring[T any, R interface {
+	*T
+	Live
+}](s Store, out io.Writer, match func(name string) bool) (recs []Loaded[R], unlock func(), err error) {
 	unlock, err = s.lock("restore", unix.LOCK_EX)
 	if err != nil {
 		return nil, nil, err
 	}
-	if names, err = s.Names(); err != nil {
+	names, err := s.Names()
+	if err != nil {
 		unlock()
 		return nil, nil, err
 	}
-	return names, unlock, nil
+	for _, name := range names {
+		if !match(name) {
+			continue
+		}
+		rec := R(new(T))
+		found, err := s.Load(name, rec)
+		if IsTorn(err) {
+			fmt.Fprintf(out, "not restored: %v\n", err)
+		}
+		if err != nil || !found {
+			continue // deleted meanwhile, or unreadable: nothing to restore from
+		}
+		if NetnsGone(rec.PodNetns()) {
+			fmt.Fprintf(out, "skipped %s: its netns %s is gone; GC removes it\n", rec.Describe(name), rec.PodNetns())
+			continue
+		}
+		recs = append(recs, Loaded[R]{name, rec})
+	}
+	return recs, unlock, nil
 }
 
 // NetnsGone reports whether the netns a record names (if it names one) no

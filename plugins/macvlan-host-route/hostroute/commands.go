@@ -33,6 +33,13 @@ type owner struct {
 	Netns  string `json:"netns,omitempty"`
 }
 
+// PodNetns and Describe are what a restore needs of a record.
+func (o *owner) PodNetns() string { return o.Netns }
+func (o *owner) Describe(name string) string {
+	ip, _ := recordAddr(name)
+	return fmt.Sprintf("%s (network %q, container %s)", ip, o.Network, o.ContainerID)
+}
+
 const recordPrefix = "route-"
 
 const prevHint = "chain macvlan-host-route after macvlan, which yields the pod's addresses"

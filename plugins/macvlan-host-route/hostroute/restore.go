@@ -25,30 +25,17 @@ import (
 // what removes them. ADD, DEL and GC wait while it runs.
 func Restore(stateDir string, out io.Writer) error {
 	store := attachstate.Store{Dir: stateDir}
-	names, unlock, err := store.Restoring()
+	isRoute := func(name string) bool { _, ok := recordAddr(name); return ok }
+	loaded, unlock, err := attachstate.Restoring[owner](store, out, isRoute)
 	if err != nil {
 		return err
 	}
 	defer unlock()
 	routes := map[string][]netip.Addr{} // per sub-device
 	devices := map[string]owner{}       // a record naming each sub-device's master
-	for _, name := range names {
-		ip, ok := recordAddr(name)
-		if !ok {
-			continue
-		}
-		var rec owner
-		found, err := store.Load(name, &rec)
-		if attachstate.IsTorn(err) {
-			fmt.Fprintf(out, "not restored: %v\n", err)
-		}
-		if err != nil || !found {
-			continue
-		}
-		if attachstate.NetnsGone(rec.Netns) {
-			fmt.Fprintf(out, "skipped %s (network %q, container %s): its netns %s is gone; GC removes it\n", ip, rec.Network, rec.ContainerID, rec.Netns)
-			continue
-		}
+	for _, l := range loaded {
+		ip, _ := recordAddr(l.Name)
+		rec := *l.Rec
 		routes[rec.Bridge] = append(routes[rec.Bridge], ip)
 		if d := devices[rec.Bridge]; d.Master == "" {
 			devices[rec.Bridge] = rec

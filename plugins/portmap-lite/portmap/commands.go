@@ -51,6 +51,12 @@ func (rec *record) planTargets() []Target {
 	return out
 }
 
+// PodNetns and Describe are what a restore needs of a record.
+func (rec *record) PodNetns() string { return rec.Netns }
+func (rec *record) Describe(name string) string {
+	return fmt.Sprintf("%s (network %q, container %s)", name[:nat.HashLen], rec.Network, rec.ContainerID)
+}
+
 // backend is the one that installed rec's rules.
 func (rec *record) backend(cfg *Config) nat.Backend {
 	return nat.BackendFor(rec.backendName(), rec.flavour(cfg.IptablesFlavour))

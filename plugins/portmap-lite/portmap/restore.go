@@ -18,7 +18,7 @@ import (
 // table. It touches nothing that is there and removes nothing. Attachments
 // whose pod is gone (its netns no longer exists) are skipped, and said so
 // on out: GC is what removes them. Runtimes may ADD and DEL meanwhile: they
-// wait for it (Store.HoldAgainstRestore). Each record is restored by the
+// wait for it (attachstate.Restoring). Each record is restored by the
 // backend and iptables flavour that installed it (flavour for records of
 // releases that did not keep theirs), in the order the attachments were
 // added, with one iptables-restore per family and flavour for all of them,
@@ -27,7 +27,7 @@ import (
 // gone (nftables refuses two on one key) is left to it, and said on out.
 func Restore(stateDir, flavour string, out io.Writer) error {
 	store := attachstate.Store{Dir: stateDir}
-	names, unlock, err := store.Restoring()
+	loaded, unlock, err := attachstate.Restoring[record](store, out, attachstate.IsKeyID)
 	if err != nil {
 		return err
 	}
@@ -41,25 +41,9 @@ func Restore(stateDir, flavour string, out io.Writer) error {
 	plans := map[installer][]*nat.FamilyPlan{}
 	records := map[*nat.FamilyPlan]*record{} // the record of each nftables plan, to mark taken keys in
 	var localnet []*nat.FamilyPlan
-	var recs []*record
-	for _, name := range names {
-		if !attachstate.IsKeyID(name) {
-			continue
-		}
-		rec := &record{}
-		found, err := store.Load(name, rec)
-		if attachstate.IsTorn(err) {
-			fmt.Fprintf(out, "not restored: %v\n", err)
-		}
-		if err != nil || !found {
-			continue // deleted meanwhile, or unreadable: nothing to restore from
-		}
-		if attachstate.NetnsGone(rec.Netns) {
-			fmt.Fprintf(out, "skipped %s (network %q, container %s): its netns %s is gone; GC removes it\n",
-				name[:nat.HashLen], rec.Network, rec.ContainerID, rec.Netns)
-			continue
-		}
-		recs = append(recs, rec)
+	recs := make([]*record, len(loaded))
+	for i, l := range loaded {
+		recs[i] = l.Rec
 	}
 	// In the order they were added: of two pods on one port, the first
 	// gets its jump back first and keeps the port.
