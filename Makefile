@@ -32,17 +32,21 @@ lint:
 	$(GO) vet ./...
 	cd bench && $(GO) vet ./...
 
-test: tools build lint e2e-runtime
-	CNICHAIN_BIN=$(BIN) $(GO) test -race -count=1 ./...
+# LOAD=N runs the runtime tests and the Go tests with N busy loops beside
+# them (scripts/under-load.sh), as on a busy machine: how flaky checks are found.
+LOAD ?= 0
+GO_TESTS      = CNICHAIN_BIN=$(BIN) $(GO) test -race -count=1 ./...
+RUNTIME_TESTS = SB_BIN=$(BIN) scripts/e2e-runtime.sh && SB_BIN=$(BIN) scripts/e2e-cri.sh && scripts/e2e-image.sh
+
+test: tools build lint
+	scripts/under-load.sh $(LOAD) sh -c '$(RUNTIME_TESTS) && $(GO_TESTS)'
 
 # Our plugins under real container runtimes, inside the sandbox: podman
 # with its CNI backend, and containerd's CRI driven by crictl as a kubelet
 # would; then the installer image under podman. Installs podman, runc and
 # containerd if missing, and builds crictl once.
 e2e-runtime: tools build
-	SB_BIN=$(BIN) scripts/e2e-runtime.sh
-	SB_BIN=$(BIN) scripts/e2e-cri.sh
-	scripts/e2e-image.sh
+	$(RUNTIME_TESTS)
 
 # Runs every fuzz target for FUZZTIME each.
 fuzz:

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/netip"
@@ -28,6 +29,7 @@ func envInt(name string, def int) int {
 
 // soakChain is an example chain of net.d/ and how to prove a pod on it works.
 type soakChain struct {
+	name string // the run's name; the file's when empty
 	file string
 	// setup adapts the file's text to the sandbox (paths, a service), if needed.
 	setup func(t *testing.T, sb *sandbox.Sandbox, text string) string
@@ -36,6 +38,9 @@ type soakChain struct {
 	args func(i int) [][2]string
 	// works proves pod i, at ip, is reachable the way the chain promises.
 	works func(t *testing.T, sb *sandbox.Sandbox, pod ns.NetNS, i int, ip netip.Addr) error
+	// restoreDuring runs the restore of our plugins over and over, against
+	// their records, while pods are added and deleted.
+	restoreDuring bool
 }
 
 var soakChains = []soakChain{
@@ -76,20 +81,8 @@ var soakChains = []soakChain{
 			return nil
 		},
 	},
-	{
-		file: wholeChain, // macvlan + static-ipam -> macvlan-host-route -> portmap-lite
-		setup: func(t *testing.T, sb *sandbox.Sandbox, text string) string {
-			sb.EnableForwarding(t)
-			return text
-		},
-		caps: func(i int) map[string]any {
-			return map[string]any{
-				"ips":          []string{fmt.Sprintf("192.168.%d.%d/16", 60+i/200, 2+i%200), fmt.Sprintf("fd00:c0a8::60:%x/64", 2+i)},
-				"portMappings": []map[string]any{{"hostPort": 41000 + i, "containerPort": 80, "protocol": "tcp"}},
-			}
-		},
-		works: hostPortWorks(41000),
-	},
+	wholeChainSoak(""),
+	wholeChainSoak("nftables"),
 	{
 		file: "10-static-macvlan.conflist", // macvlan + static-ipam, addresses per pod
 		caps: func(i int) map[string]any {
@@ -99,6 +92,57 @@ var soakChains = []soakChain{
 			return sandbox.Ping(pod, sandbox.LANIPv4.Addr())
 		},
 	},
+}
+
+// wholeChainSoak is the whole chain (macvlan + static-ipam ->
+// macvlan-host-route -> portmap-lite), on portmap-lite's backend when
+// set, with restores running all along.
+func wholeChainSoak(backend string) soakChain {
+	c := soakChain{
+		file: wholeChain,
+		setup: func(t *testing.T, sb *sandbox.Sandbox, text string) string {
+			sb.EnableForwarding(t)
+			if backend == "" {
+				return text
+			}
+			return withPluginKey(t, text, "portmap-lite", "backend", backend)
+		},
+		caps: func(i int) map[string]any {
+			return map[string]any{
+				"ips":          []string{fmt.Sprintf("192.168.%d.%d/16", 60+i/200, 2+i%200), fmt.Sprintf("fd00:c0a8::60:%x/64", 2+i)},
+				"portMappings": []map[string]any{{"hostPort": 41000 + i, "containerPort": 80, "protocol": "tcp"}},
+			}
+		},
+		works:         hostPortWorks(41000),
+		restoreDuring: true,
+	}
+	if backend != "" {
+		c.name = wholeChain + " " + backend
+	}
+	return c
+}
+
+// withPluginKey sets key to value in the entry of plugin in the list text.
+func withPluginKey(t *testing.T, text, plugin, key string, value any) string {
+	t.Helper()
+	var raw map[string]any
+	if err := json.Unmarshal([]byte(text), &raw); err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, p := range raw["plugins"].([]any) {
+		if entry := p.(map[string]any); entry["type"] == plugin {
+			entry[key], found = value, true
+		}
+	}
+	if !found {
+		t.Fatalf("the list has no %s entry", plugin)
+	}
+	out, err := json.Marshal(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(out)
 }
 
 // hostPortWorks proves pod i by a lan client's connection to the node's
@@ -144,7 +188,11 @@ func multinicSetup(t *testing.T, sb *sandbox.Sandbox, text string) string {
 func TestSoak(t *testing.T) {
 	n, k := envInt("CNICHAIN_SOAK_PODS", 20), envInt("CNICHAIN_SOAK_PARALLEL", 8)
 	for _, c := range soakChains {
-		t.Run(c.file, func(t *testing.T) { soak(t, c, n, k) })
+		name := c.name
+		if name == "" {
+			name = c.file
+		}
+		t.Run(name, func(t *testing.T) { soak(t, c, n, k) })
 	}
 }
 
@@ -204,6 +252,10 @@ func soak(t *testing.T, c soakChain, n, k int) {
 		}
 		return nil
 	}
+	if c.restoreDuring {
+		stop := restoreAllAlong(t, sb)
+		defer stop()
+	}
 	// The first half goes in; then the second half goes in while the first
 	// half is deleted and added again, interleaved; then all go.
 	half := n / 2
@@ -229,11 +281,52 @@ func soak(t *testing.T, c soakChain, n, k int) {
 		}
 	}
 	parallel(t, k, n, del)
+	if c.restoreDuring {
+		stop := restoreAllAlong(t, sb)
+		stop() // a last restore with every pod gone must put nothing back
+	}
 	if after := sb.Snapshot(t); after != before {
 		t.Fatalf("the node is not as before the soak:\n%s\nbefore:\n%s", after, before)
 	}
 	if err := rtm.GC(sandbox.ListFromJSON(t, string(list.Bytes)), []types.GCAttachment{}); err != nil && list.CNIVersion == "1.1.0" {
 		t.Errorf("GC after the soak: %v", err)
+	}
+}
+
+// restoreAllAlong runs portmap-lite's and macvlan-host-route's restore, in
+// turn, over and over against the sandbox's records until stop is called;
+// stop waits for the run in progress (so at least one runs) and fails
+// the test if any failed.
+func restoreAllAlong(t *testing.T, sb *sandbox.Sandbox) (stop func()) {
+	t.Helper()
+	done := make(chan struct{})
+	result := make(chan error, 1)
+	go func() {
+		runs := 0
+		for {
+			for _, plugin := range []string{"portmap-lite", "macvlan-host-route"} {
+				out, err := sandbox.Run(sb.Node, nil, filepath.Join(sandbox.Plugins(t), plugin), "restore", "-state-dir", filepath.Join(sb.Dir, "state", plugin))
+				if err != nil {
+					result <- fmt.Errorf("%s restore (run %d): %v\n%s", plugin, runs+1, err, out)
+					return
+				}
+			}
+			runs++
+			select {
+			case <-done:
+				t.Logf("%d restores of both plugins ran", runs)
+				result <- nil
+				return
+			default:
+			}
+		}
+	}()
+	return func() {
+		t.Helper()
+		close(done)
+		if err := <-result; err != nil {
+			t.Error(err)
+		}
 	}
 }
 

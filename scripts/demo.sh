@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/sandbox.sh
+. scripts/e2e-lib.sh
 
 netd="$(pwd)/net.d"
 step() { printf '\n== %s\n' "$*"; }
@@ -13,14 +14,11 @@ show() { printf '$ %s\n' "$*"; "$@" | sed 's/^/  /'; }
 sandbox_up
 step "sandbox: node namespace $SB_NODE (eno1 192.168.0.5/16), lan host $SB_LAN (192.168.0.1/16)"
 
-# wait_dad NAME: until NAME's IPv6 addresses are no longer tentative (3 s at most).
-wait_dad() {
-  local i
-  for i in $(seq 30); do
-    [ -z "$(in_ns "$1" ip -6 addr show tentative)" ] && return 0
-    sleep 0.1
-  done
-}
+# wait_dad NAME: until NAME's IPv6 addresses are no longer tentative.
+wait_dad() { wait_for 60 "DAD of the IPv6 addresses in $1" no_tentative "$1"; }
+no_tentative() { [ -z "$(in_ns "$1" ip -6 addr show tentative)" ]; }
+# wait_listening NAME PORT: until a server listens on PORT in NAME.
+wait_listening() { wait_for 60 "a server on port $2 in $1" matches ":$2 " in_ns "$1" ss -ltnH; }
 # curl_from NAME URL: what NAME gets from URL.
 curl_from() { printf '$ curl %s  (from %s)\n' "$2" "$1"; in_ns "$1" curl -s -g --max-time 3 "$2" | sed 's/^/  /'; }
 
@@ -46,8 +44,8 @@ in_ns node ip6tables-save -t nat | grep -F fd00:c0a8::50:20 | sed 's/^/  /'
 www0="$SB_DIR/www-hostport"
 mkdir -p "$www0" && echo "hello from the macvlan pod" > "$www0/index.html"
 ip netns exec "$SB_ID-hostport-web" busybox httpd -f -p 80 -h "$www0" </dev/null >/dev/null 2>&1 &
-wait_dad hostport-web; wait_dad hostport-peer
-sleep 0.3
+wait_dad hostport-web; wait_dad hostport-peer; wait_dad node
+wait_listening hostport-web 80
 step "through the hostPort from everywhere"
 curl_from lan http://192.168.0.5:8080/
 curl_from lan "http://[fd00:c0a8::5]:8080/"
@@ -125,7 +123,7 @@ www="$SB_DIR/www"
 mkdir -p "$www" && echo "hello from the pod" > "$www/index.html"
 ip netns exec "$SB_ID-test" busybox httpd -f -p 80 -h "$www" </dev/null >/dev/null 2>&1 &
 server=$!
-sleep 0.3
+wait_listening test 80
 show in_ns node curl -s --max-time 3 http://127.0.0.1:9090/
 kill "$server" 2>/dev/null || true
 step "cnitool del mynet, without CAP_ARGS: our rules go all the same"
@@ -138,7 +136,7 @@ step "multinic: a resource-manager stand-in (busybox httpd on 127.0.0.1:10002 in
 rmdir="$SB_DIR/rm/rmController"
 mkdir -p "$rmdir" && cp net.d/dockin.d/rm-answer.json "$rmdir/getPodMultiNetwork"
 ip netns exec "$SB_NODE" busybox httpd -f -p 127.0.0.1:10002 -h "$SB_DIR/rm" </dev/null >/dev/null 2>&1 &
-sleep 0.3
+wait_listening node 10002
 mkdir -p "$SB_DIR/net.d"
 sed -e "s|/etc/cni/dockin/net.d|$(pwd)/net.d/dockin.d|" -e "s|/opt/cni/bin|$SB_BIN|" -e "s|/data/kubernetes|$SB_DIR|" \
   -e "s|localhost:10002|127.0.0.1:10002|" net.d/40-dockin-cni.conf > "$SB_DIR/net.d/40-dockin-cni.conf"

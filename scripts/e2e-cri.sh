@@ -112,15 +112,9 @@ containerd_start() {
   nsenter --net="/var/run/netns/$SB_NODE" sh -c 'ulimit -n 1024 -u 4096; exec containerd --config "$1"' sh "$T/config.toml" \
     >>"$T/containerd.log" 2>&1 &
   CTRD_PID=$!
-  local i
-  for i in $(seq 1 100); do
-    cri info >/dev/null 2>&1 && return 0
-    sleep 0.1
-  done
-  echo "containerd did not come up:" >&2
-  tail -20 "$T/containerd.log" >&2
-  return 1
+  wait_for 120 "containerd's CRI to answer on $SOCK" cri_answers || { tail -20 "$T/containerd.log" >&2; return 1; }
 }
+cri_answers() { cri info >/dev/null 2>&1; }
 containerd_stop() {
   kill "$CTRD_PID" 2>/dev/null || true
   wait "$CTRD_PID" 2>/dev/null || true
@@ -153,12 +147,7 @@ network() { # network FILE: the one conflist containerd uses, from the next star
   cat > "$T/net.d/$1"
 }
 fetch() { # fetch NS URL: the page reaches NS (the server may take a moment)
-  local i
-  for i in $(seq 1 20); do
-    in_ns "$1" curl -s -g --max-time 2 "$2" 2>/dev/null | grep -q 'hello from a CRI pod' && return 0
-    sleep 0.5
-  done
-  return 1
+  wait_for 60 "$2 to serve the page to $1" matches 'hello from a CRI pod' in_ns "$1" curl -s -g --max-time 5 "$2"
 }
 lite_rules() { (in_ns node iptables-save -t nat; in_ns node ip6tables-save -t nat) | grep -c 'CNI-LITE-DN-' || true; }
 no_records() { # no_records DIR: no record under DIR (locks are dot files)
@@ -225,6 +214,7 @@ EOF
 chmod +x "$T/rm/cgi-bin/getPodMultiNetwork"
 ip netns exec "$SB_NODE" busybox httpd -f -p 127.0.0.1:10002 -h "$T/rm" </dev/null >/dev/null 2>&1 &
 RM_PID=$!
+wait_for 60 "the resource-manager stand-in on 127.0.0.1:10002" matches ':10002 ' in_ns node ss -ltnH
 mkdir -p "$T/dockin.d"
 for f in net.d/dockin.d/*.json; do
   case "$f" in *rm-answer.json) continue ;; esac
@@ -241,7 +231,7 @@ check "CRI multinic: the RM was asked for the pod by its Kubernetes name" grep -
 pod_has() { # pod_has ADDRESS: the pod's network namespace holds ADDRESS
   local netns
   netns=$(cri inspectp "$multi" | jq -r '.info.runtimeSpec.linux.namespaces[] | select(.type=="network") | .path')
-  nsenter --net="$netns" ip -o addr | grep -q " $1/"
+  matches " $1/" nsenter --net="$netns" ip -o addr
 }
 check "CRI multinic: eth0 has the RM's address" pod_has "$(jq -r '.data[] | select(.master) | .podIp' "$T/rm/answer.json")"
 check "CRI multinic: net0 has the RM's address" pod_has "$(jq -r '.data[] | select(.master | not) | .podIp' "$T/rm/answer.json")"

@@ -12,9 +12,37 @@ report() { # report: the counts; fails when a check did
   [ "$failed" -eq 0 ]
 }
 
+# wait_for SECONDS WHAT CMD...: runs CMD until it succeeds, for SECONDS at
+# most (a busy machine is slow: give it time), and says what it waited for
+# when it gives up.
+wait_for() {
+  local secs=$1 what=$2 deadline
+  shift 2
+  deadline=$((SECONDS + secs))
+  until "$@"; do
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      echo "gave up after ${secs}s waiting for $what" >&2
+      return 1
+    fi
+    sleep 0.2
+  done
+}
+
+# matches PATTERN CMD...: CMD succeeds and its output matches PATTERN (grep
+# -E). The output is read whole first: in a pipe, grep -q exits at the
+# first match, and a writer that writes more afterwards (ip flushes per
+# link) dies of SIGPIPE, which fails the pipeline under pipefail.
+matches() {
+  local pattern=$1 out
+  shift
+  out=$("$@") || return 1
+  grep -qE -- "$pattern" <<<"$out"
+}
+
 no_mention() { # no_mention PATTERN: neither the node's rules nor our routes mention PATTERN
-  ! (in_ns node iptables-save; in_ns node ip6tables-save; ip -n "$SB_NODE" route show proto 197; ip -n "$SB_NODE" -6 route show proto 197) |
-    grep -qE "$1"
+  local out
+  out=$(in_ns node iptables-save; in_ns node ip6tables-save; ip -n "$SB_NODE" route show proto 197; ip -n "$SB_NODE" -6 route show proto 197) || return 1
+  ! grep -qE -- "$1" <<<"$out"
 }
 
 # machost_conflist IPV4 IPV6: the whole chain (macvlan + static-ipam ->

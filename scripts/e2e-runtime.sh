@@ -81,22 +81,22 @@ run() { # run NAME NETWORK [ARGS...]: a busybox web server container
 }
 pm_in() { # pm_in CONTAINER "CMD" TEST...: the container's CMD output passes TEST
   local c=$1 cmd=$2; shift 2
-  pm exec "$c" /bin/busybox $cmd | "$@"
+  local out
+  out=$(pm exec "$c" /bin/busybox $cmd) || return 1
+  "$@" <<<"$out"
 }
 lite_chains() { in_ns node iptables-save -t nat | grep -c '^:CNI-LITE-DN-' || true; }
 # through_hostport [URL]: the lan host fetches the page from URL, by default
 # node:9090 (the server may take a moment to start).
 through_hostport() {
-  local i url=${1:-http://192.168.0.5:9090/}
-  for i in 1 2 3 4 5 6 7 8 9 10; do
-    in_ns lan curl -s -g --max-time 2 "$url" | grep -q 'hello from a podman container' && return 0
-    sleep 0.5
-  done
-  return 1
+  local url=${1:-http://192.168.0.5:9090/}
+  wait_for 60 "$url to serve the page to the lan" matches 'hello from a podman container' in_ns lan curl -s -g --max-time 5 "$url"
 }
-node_pings() { in_ns node ping -c 2 -i 0.2 -W 2 "$1" >/dev/null; }
-lan_pings() { in_ns lan ping -c 2 -i 0.2 -W 2 "$1" >/dev/null; }
-route_via_subdevice() { ip -n "$SB_NODE" route show proto 197 | grep -q "$1 dev eno1.host"; }
+# node_pings / lan_pings ADDR: ADDR answers a ping (an IPv6 address only
+# once its DAD is done).
+node_pings() { wait_for 30 "$1 to answer the node's ping" in_ns node ping -c 1 -W 2 "$1" >/dev/null; }
+lan_pings() { wait_for 30 "$1 to answer the lan's ping" in_ns lan ping -c 1 -W 2 "$1" >/dev/null; }
+route_via_subdevice() { matches "$1 dev eno1.host" ip -n "$SB_NODE" route show proto 197; }
 no_host_routes() { [ -z "$(ip -n "$SB_NODE" route show proto 197)" ]; }
 
 echo "== podman $(podman --version | awk '{print $3}') with runc, CNI backend, plugins from $SB_BIN"

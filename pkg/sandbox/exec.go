@@ -60,17 +60,21 @@ func MustRunHere(t testing.TB, name string, args ...string) string {
 	return string(out)
 }
 
-// WaitDAD waits (up to 10s) until no IPv6 address in netns is still
-// tentative: a plugin returns before duplicate address detection ends, and
-// until then the address neither sends nor answers.
+// dadWait is how long WaitDAD waits: DAD takes a second or two, far more
+// on a busy machine.
+const dadWait = 60 * time.Second
+
+// WaitDAD waits until no IPv6 address in netns is still tentative: a
+// plugin returns before duplicate address detection ends, and until then
+// the address neither sends nor answers.
 func WaitDAD(t testing.TB, netns ns.NetNS) {
 	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+	for deadline := time.Now().Add(dadWait); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 		if out := MustRun(t, netns, "ip", "-6", "addr", "show", "tentative"); strings.TrimSpace(out) == "" {
 			return
 		}
 	}
-	t.Fatalf("IPv6 addresses still tentative after 10s:\n%s", MustRun(t, netns, "ip", "-6", "addr"))
+	t.Fatalf("gave up after %s waiting for the IPv6 addresses of %s to finish DAD:\n%s", dadWait, netns.Path(), MustRun(t, netns, "ip", "-6", "addr"))
 }
 
 // Ping sends a few echo requests from netns to dst and reports whether any

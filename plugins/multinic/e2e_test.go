@@ -81,7 +81,7 @@ func setupNetworks(t *testing.T, sb *sandbox.Sandbox, backend string) *libcni.Ne
 		}
 	}
 	return sandbox.ListFromJSON(t, fmt.Sprintf(`{"cniVersion":"1.0.0","name":"dockin-cni","plugins":[{"type":"multinic",
-		"confDir":%q,"backend":%q,"timeout":"2s","stateDir":%q,"logFile":%q,"logLevel":"debug"}]}`,
+		"confDir":%q,"backend":%q,"timeout":"10s","stateDir":%q,"logFile":%q,"logLevel":"debug"}]}`,
 		dir, backend, filepath.Join(sb.Dir, "state"), filepath.Join(sb.Dir, "multinic.log")))
 }
 

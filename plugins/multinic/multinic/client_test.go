@@ -37,7 +37,7 @@ func TestClient(t *testing.T) {
 		if err := os.WriteFile(caFile, pemBytes, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		c, err := NewClient(&Config{Backend: srv.URL + "/rm?cluster=a", CAFile: caFile, TimeoutDur: time.Second})
+		c, err := NewClient(&Config{Backend: srv.URL + "/rm?cluster=a", CAFile: caFile, TimeoutDur: 30 * time.Second})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -54,7 +54,7 @@ func TestClient(t *testing.T) {
 	t.Run("https without the CA is refused", func(t *testing.T) {
 		srv := httptest.NewTLSServer(handler)
 		defer srv.Close()
-		c, _ := NewClient(&Config{Backend: srv.URL, TimeoutDur: time.Second})
+		c, _ := NewClient(&Config{Backend: srv.URL, TimeoutDur: 30 * time.Second})
 		_, err := c.Networks(context.Background(), "web-0", "")
 		if err == nil || !strings.Contains(err.Error(), "certificate") {
 			t.Fatalf("err = %v, want a certificate error", err)
