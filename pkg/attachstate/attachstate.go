@@ -207,10 +207,22 @@ func Restoring[T any, R interface {
 	if err != nil {
 		return nil, nil, err
 	}
-	names, err := s.Names()
-	if err != nil {
+	if recs, err = LoadLive[T, R](s, out, match); err != nil {
 		unlock()
 		return nil, nil, err
+	}
+	return recs, unlock, nil
+}
+
+// LoadLive is Restoring's loading, for a restore that holds the lock
+// already and has records of another kind to load too.
+func LoadLive[T any, R interface {
+	*T
+	Live
+}](s Store, out io.Writer, match func(name string) bool) (recs []Loaded[R], err error) {
+	names, err := s.Names()
+	if err != nil {
+		return nil, err
 	}
 	for _, name := range names {
 		if !match(name) {
@@ -230,7 +242,7 @@ func Restoring[T any, R interface {
 		}
 		recs = append(recs, Loaded[R]{name, rec})
 	}
-	return recs, unlock, nil
+	return recs, nil
 }
 
 // NetnsGone reports whether the netns a record names (if it names one) no

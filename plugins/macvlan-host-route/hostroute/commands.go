@@ -88,6 +88,17 @@ func Add(args *skel.CmdArgs) (err error) {
 	if err := PodLinkProblem(pod, cfg.Master, master.Attrs().Index); err != nil {
 		return err
 	}
+	masterAddrs, err := hostnet.GlobalAddresses(master)
+	if err != nil {
+		return cnierr.Internal("addresses of "+cfg.Master, err)
+	}
+	// viaNode is planned before anything changes: bad input installs nothing.
+	var via *ViaNodePlan
+	if len(cfg.ViaNode) > 0 {
+		if via, err = PlanViaNode(cfg, keyOf(cfg, args), chain.ContainerIPs(prev), masterAddrs); err != nil {
+			return err
+		}
+	}
 	link, err := hostnet.EnsureMacvlanBridge(cfg.Bridge, cfg.Master, cfg.MTU, nil)
 	if err != nil {
 		return linkError(cfg, err)
@@ -99,10 +110,6 @@ func Add(args *skel.CmdArgs) (err error) {
 			log.Error("add", "error", err)
 		}
 	}()
-	masterAddrs, err := hostnet.GlobalAddresses(master)
-	if err != nil {
-		return cnierr.Internal("addresses of "+cfg.Master, err)
-	}
 	store := attachstate.Store{Dir: cfg.StateDir}
 	unlock, err := store.HoldAgainstRestore()
 	if err != nil {
@@ -131,6 +138,15 @@ func Add(args *skel.CmdArgs) (err error) {
 			return cnierr.Internal(fmt.Sprintf("host route to %s via %s", ip, cfg.Bridge), err)
 		}
 		log.Info("route added", "ip", ip, "bridge", cfg.Bridge)
+	}
+	if via != nil {
+		vrec := &viaNodeRecord{Key: keyOf(cfg, args), ViaNodePlan: *via, Netns: args.Netns,
+			MAC: link.Attrs().HardwareAddr.String(), Backend: cfg.Backend, IptablesFlavour: cfg.IptablesFlavour}
+		if err := installViaNode(cfg, store, vrec, args.IfName); err != nil {
+			return err
+		}
+		withRoutes(prev, via)
+		log.Info("viaNode routed", "routes", len(via.Routes), "replyPaths", len(via.Replies))
 	}
 	return chain.Print(prev, cfg.CNIVersion)
 }
@@ -238,6 +254,9 @@ func Del(args *skel.CmdArgs) error {
 			log.Info("route removed", "ip", ip, "bridge", bridge)
 		}
 	}
+	if err := delViaNode(cfg, store, key, args.Netns); err != nil {
+		return cnierr.Internal("viaNode", err)
+	}
 	return nil
 }
 
@@ -301,7 +320,7 @@ func Check(args *skel.CmdArgs) error {
 			return cnierr.CheckFailed("host route to %s via %q is missing", ip, cfg.Bridge)
 		}
 	}
-	return nil
+	return checkViaNode(attachstate.Store{Dir: cfg.StateDir}, keyOf(cfg, args), args.Netns)
 }
 
 // GC removes the routes of this network's attachments that are not in
@@ -362,6 +381,7 @@ func GC(args *skel.CmdArgs) error {
 		}
 		errs = append(errs, store.Delete(name))
 	}
+	errs = append(errs, gcViaNode(cfg, store, names)...)
 	// A route no record of this stateDir claims is a leak only if no
 	// record of another stateDir routing through the sub-device does.
 	others, sure := otherClaims(link, cfg.StateDir)

@@ -14,6 +14,7 @@ import (
 	"github.com/cnichain/plugins/pkg/cnierr"
 	"github.com/cnichain/plugins/pkg/cnilog"
 	"github.com/cnichain/plugins/pkg/hostnet"
+	"github.com/cnichain/plugins/pkg/nat"
 )
 
 // DefaultStateDir holds the records of which attachment owns which route.
@@ -40,7 +41,25 @@ type Config struct {
 	// StateDir is where route ownership is recorded.
 	StateDir string `json:"stateDir"`
 	cnilog.Config
+
+	// ViaNode are destinations the pod reaches through its node, not its
+	// gateway: the cluster's Service CIDRs, a node-local DNS address.
+	ViaNode    []netip.Prefix `json:"-"`
+	RawViaNode []string       `json:"viaNode"`
+	// ReplyViaNode (default true) has the node translate the source of the
+	// pod's connections it translates the destination of and forwards, so
+	// that their replies come back through it (nat.ReplyPath).
+	ReplyViaNode *bool `json:"replyViaNode"`
+	// Backend ("iptables", the default, or "nftables") and IptablesFlavour
+	// ("", "legacy", "nft") write the reply path's rules, as portmap-lite's
+	// keys of those names write its.
+	Backend         string `json:"backend"`
+	IptablesFlavour string `json:"iptablesFlavour"`
 }
+
+// metadataAddr is the cloud instance-metadata address, which a pod must
+// keep reaching through its gateway.
+var metadataAddr = netip.MustParseAddr("169.254.169.254")
 
 // Parse reads stdin into a Config with defaults applied. It checks only the
 // text: whether the master exists is for ADD and STATUS to find out, so
@@ -79,7 +98,47 @@ func Parse(stdin []byte) (*Config, error) {
 	if err := cfg.Config.Validate(); err != nil {
 		return nil, err
 	}
+	if err := cfg.parseViaNode(); err != nil {
+		return nil, err
+	}
 	return &cfg, nil
+}
+
+// parseViaNode checks viaNode, replyViaNode and the reply path's backend.
+// What depends on the pod (its families and subnets) is PlanViaNode's.
+func (cfg *Config) parseViaNode() error {
+	for i, s := range cfg.RawViaNode {
+		field := fmt.Sprintf("viaNode[%d]", i)
+		p, err := netip.ParsePrefix(s)
+		switch {
+		case err != nil || p.Addr().Zone() != "":
+			return cnierr.InvalidConfig(field, s, "not a CIDR such as 10.96.0.0/12 or 169.254.20.10/32")
+		case p != p.Masked():
+			return cnierr.InvalidConfig(field, s, fmt.Sprintf("has host bits set: write %s", p.Masked()))
+		case p.Contains(metadataAddr) && p.Bits() < 32:
+			return cnierr.InvalidConfig(field, s, "holds the cloud metadata address 169.254.169.254, which must stay reachable through the pod's gateway: name the node-local address alone, such as 169.254.20.10/32")
+		case slices.Contains(cfg.ViaNode, p):
+			return cnierr.InvalidConfig(field, s, "listed twice")
+		}
+		cfg.ViaNode = append(cfg.ViaNode, p)
+	}
+	if cfg.ReplyViaNode == nil {
+		yes := true
+		cfg.ReplyViaNode = &yes
+	}
+	switch cfg.Backend {
+	case "":
+		cfg.Backend = nat.BackendIPTables
+	case nat.BackendIPTables, nat.BackendNFTables:
+	default:
+		return cnierr.InvalidConfig("backend", cfg.Backend, `must be "iptables" or "nftables"`)
+	}
+	switch cfg.IptablesFlavour {
+	case "", "legacy", "nft":
+	default:
+		return cnierr.InvalidConfig("iptablesFlavour", cfg.IptablesFlavour, `must be "", "legacy" or "nft"`)
+	}
+	return nil
 }
 
 // WithMaster settles the master (when Parse found none, the link of the

@@ -10,6 +10,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/vishvananda/netlink"
 
+	"github.com/cnichain/plugins/pkg/attachstate"
 	"github.com/cnichain/plugins/pkg/hostnet"
 )
 
@@ -117,6 +118,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte(`{"cniVersion":"0.4.0","name":"default","master":"eno1","bridge":"eno1.host"}`))
 	f.Add([]byte(`{"name":"n","master":"eno1","mtu":9000,"hostAddresses":["192.168.0.5","fd00::5"]}`))
 	f.Add([]byte(`{"name":"n","master":"eno1","prevResult":{"cniVersion":"1.0.0","ips":[{"address":"10.0.0.2/24"}]}}`))
+	f.Add([]byte(`{"name":"n","master":"eno1","viaNode":["10.96.0.0/12","fd00:10:96::/112","169.254.20.10/32"],"replyViaNode":false,"backend":"nftables"}`))
 	f.Fuzz(func(t *testing.T, conf []byte) {
 		cfg, err := Parse(conf)
 		if err != nil {
@@ -243,5 +245,82 @@ func TestAliasWith(t *testing.T) {
 	}
 	if dirs, ok := stateDirsOf(link("uplink to the rack")); ok || dirs != nil {
 		t.Errorf("a foreign alias lists %v, %v", dirs, ok)
+	}
+}
+
+// TestParseViaNode: what viaNode and its keys accept, and the field and
+// value every refusal names.
+func TestParseViaNode(t *testing.T) {
+	for _, tt := range []struct {
+		name, keys, field string // field "" when accepted
+	}{
+		{"Service CIDRs of both families and node-local DNS", `"viaNode":["10.96.0.0/12","fd00:10:96::/112","169.254.20.10/32"]`, ""},
+		{"not a CIDR", `"viaNode":["10.96.0.0"]`, "viaNode[0]"},
+		{"host bits set", `"viaNode":["10.96.0.1/12"]`, "viaNode[0]"},
+		{"the link-local /16, which holds the metadata address", `"viaNode":["10.96.0.0/12","169.254.0.0/16"]`, "viaNode[1]"},
+		{"the metadata address alone is the user's to route", `"viaNode":["169.254.169.254/32"]`, ""},
+		{"listed twice", `"viaNode":["10.96.0.0/12","10.96.0.0/12"]`, "viaNode[1]"},
+		{"an unknown backend", `"viaNode":["10.96.0.0/12"],"backend":"ebpf"`, "backend"},
+		{"an unknown flavour", `"viaNode":["10.96.0.0/12"],"iptablesFlavour":"x"`, "iptablesFlavour"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := Parse([]byte(`{"name":"n","master":"eno1",` + tt.keys + `}`))
+			if tt.field == "" {
+				if err != nil || !*cfg.ReplyViaNode || cfg.Backend != "iptables" {
+					t.Fatalf("Parse = %+v, %v", cfg, err)
+				}
+				return
+			}
+			var cniErr *types.Error
+			if !errors.As(err, &cniErr) || cniErr.Code != types.ErrInvalidNetworkConfig || !strings.Contains(cniErr.Msg, tt.field) {
+				t.Fatalf("Parse error = %v, want code 7 naming %s", err, tt.field)
+			}
+		})
+	}
+}
+
+// TestPlanViaNode: each destination through the node's address in the
+// pod's subnet of its family, one reply path per pod address, and the
+// refusals that depend on the pod.
+func TestPlanViaNode(t *testing.T) {
+	key := attachstate.Key{Network: "n", ContainerID: "c1", IfName: "eth0"}
+	pod := []netip.Prefix{netip.MustParsePrefix("192.168.60.30/16"), netip.MustParsePrefix("fd00:c0a8::60:30/64")}
+	node := []netip.Prefix{netip.MustParsePrefix("10.0.0.5/24"), netip.MustParsePrefix("192.168.0.5/16"), netip.MustParsePrefix("fd00:c0a8::5/64")}
+	plan := func(keys string, pod []netip.Prefix) (*ViaNodePlan, error) {
+		cfg, err := Parse([]byte(`{"name":"n","master":"eno1",` + keys + `}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return PlanViaNode(cfg, key, pod, node)
+	}
+	p, err := plan(`"viaNode":["10.96.0.0/12","169.254.20.10/32","fd00:10:96::/112"]`, pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fmt.Sprint(p.Routes); got != "[{10.96.0.0/12 192.168.0.5} {169.254.20.10/32 192.168.0.5} {fd00:10:96::/112 fd00:c0a8::5}]" {
+		t.Errorf("routes %s", got)
+	}
+	if len(p.Replies) != 2 || p.Replies[0].Pod != pod[0].Addr() || p.Replies[0].Node.String() != "192.168.0.5" || p.Replies[0].Comment != `name: "n" id: "c1"` {
+		t.Errorf("replies %+v", p.Replies)
+	}
+	if p, _ := plan(`"viaNode":["10.96.0.0/12"],"replyViaNode":false`, pod); len(p.Replies) != 0 {
+		t.Errorf("replyViaNode false: replies %+v", p.Replies)
+	}
+	for _, tt := range []struct {
+		name, keys string
+		pod        []netip.Prefix
+		reason     string
+	}{
+		{"a family the pod has no address in", `"viaNode":["fd00:10:96::/112"]`, pod[:1], "no IPv6 address"},
+		{"the pod's own subnet", `"viaNode":["192.168.128.0/17"]`, pod, "overlaps the pod's own subnet 192.168.0.0/16"},
+		{"a pod subnet the node has no address in", `"viaNode":["10.96.0.0/12"]`, []netip.Prefix{netip.MustParsePrefix("172.16.0.9/24")}, "no IPv4 address in the pod's subnet 172.16.0.0/24"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := plan(tt.keys, tt.pod)
+			var cniErr *types.Error
+			if !errors.As(err, &cniErr) || cniErr.Code != types.ErrInvalidNetworkConfig || !strings.Contains(cniErr.Msg, "viaNode[0]") || !strings.Contains(cniErr.Msg, tt.reason) {
+				t.Fatalf("PlanViaNode error = %v, want viaNode[0] and %q", err, tt.reason)
+			}
+		})
 	}
 }

@@ -15,11 +15,13 @@ import (
 
 	"github.com/cnichain/plugins/pkg/attachstate"
 	"github.com/cnichain/plugins/pkg/hostnet"
+	"github.com/cnichain/plugins/pkg/nat"
 )
 
 // Restore puts back, from the records in stateDir, what a network manager
 // or a reconfiguration took away: each sub-device (bridge mode, up), the
-// node addresses it answers for, and the host route of every pod address.
+// node addresses it answers for, the host route of every pod address, and
+// the reply paths of viaNode that a firewall reload took.
 // It touches nothing that is there and removes nothing. Pods that are gone
 // (their netns no longer exists) are skipped, and said so on out: GC is
 // what removes them. ADD, DEL and GC wait while it runs.
@@ -51,6 +53,14 @@ func Restore(stateDir string, out io.Writer) error {
 		}
 	}
 	fmt.Fprintf(out, "restored %d missing host routes of %d sub-devices from %s\n", restored, len(routes), stateDir)
+	// The reply paths of viaNode, where a firewall reload took them.
+	vias, err := attachstate.LoadLive[viaNodeRecord](store, out, attachstate.IsKeyID)
+	errs = append(errs, err)
+	for _, v := range vias {
+		if len(v.Rec.Replies) > 0 {
+			errs = append(errs, nat.RepairReplies(v.Rec.replies(), v.Rec.Replies))
+		}
+	}
 	return errors.Join(errs...)
 }
 
