@@ -77,6 +77,8 @@ func TestMalformedInput(t *testing.T) {
 		{"macvlan-host-route", "prevResult with a null interface", hr(`"master":"eno1",` + prevWith(`"interfaces":[null],"ips":[{"address":"192.168.1.40/16","interface":0}]`)), "", "", "", 7, "prevResult.interfaces[0]"},
 		{"macvlan-host-route", "prevResult with a null address", hr(`"master":"eno1",` + prevWith(`"ips":[null]`)), "", "", "", 7, "prevResult.ips[0]"},
 		{"macvlan-host-route", "prevResult naming a missing interface", hr(`"master":"eno1",` + prevWith(`"interfaces":[{"name":"eth0","sandbox":"/x"}],"ips":[{"address":"192.168.1.40/16","interface":3}]`)), "", "", "", 7, "prevResult.ips[0].interface"},
+		{"macvlan-host-route", "viaNode not a CIDR", hr(`"master":"eno1","viaNode":["10.96.0.0"],` + prevResult), "", "", "", 7, "viaNode[0]"},
+		{"macvlan-host-route", "viaNode swallowing the metadata address", hr(`"master":"eno1","viaNode":["169.254.0.0/16"],` + prevResult), "", "", "", 7, "viaNode[0]"},
 		{"macvlan-host-route", "master absent from the node", hr(`"master":"eno9",` + prevResult), "", "", "", 7, "master"},
 		{"macvlan-host-route", "container ID starting with -A", hr(`"master":"eno1",` + prevResult), "-A", "", "", 4, "containerID"},
 

@@ -84,6 +84,21 @@ var soakChains = []soakChain{
 	wholeChainSoak(""),
 	wholeChainSoak("nftables"),
 	{
+		file: "35-macvlan-services.conflist", // the whole chain with viaNode: Services through the node
+		setup: func(t *testing.T, sb *sandbox.Sandbox, text string) string {
+			sb.EnableForwarding(t)
+			return text
+		},
+		caps: func(i int) map[string]any {
+			return map[string]any{
+				"ips":          []string{fmt.Sprintf("192.168.%d.%d/16", 55+i/200, 30+i%200), fmt.Sprintf("fd00:c0a8::55:%x/64", 30+i)},
+				"portMappings": []map[string]any{{"hostPort": 42000 + i, "containerPort": 80, "protocol": "tcp"}},
+			}
+		},
+		works:         hostPortWorks(42000),
+		restoreDuring: true,
+	},
+	{
 		file: "10-static-macvlan.conflist", // macvlan + static-ipam, addresses per pod
 		caps: func(i int) map[string]any {
 			return map[string]any{"ips": []string{fmt.Sprintf("192.168.%d.%d/16", 100+i/200, 2+i%200)}}

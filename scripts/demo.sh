@@ -66,6 +66,26 @@ echo "rules and routes mentioning the pods after del: $left"
 [ "$left" -eq 0 ]
 show in_ns hostport-web ip -br link
 
+# --- Services from a macvlan pod: viaNode -----------------------------------------
+step "Services and node-local DNS from a macvlan pod: net.d/35-macvlan-services.conflist (viaNode in macvlan-host-route)"
+step "the node, as a cluster node: a kube-proxy-like rule sends Service 10.96.0.10:80 to a backend on the lan (192.168.0.9:8080)"
+in_ns node iptables -t nat -A PREROUTING -d 10.96.0.10/32 -p tcp --dport 80 -j DNAT --to-destination 192.168.0.9:8080
+in_ns lan ip addr add 192.168.0.9/16 dev eth0
+wwwl="$SB_DIR/www-lan"
+mkdir -p "$wwwl" && echo "hello from a Service backend on the lan" > "$wwwl/index.html"
+ip netns exec "$SB_LAN" busybox httpd -f -p 192.168.0.9:8080 -h "$wwwl" </dev/null >/dev/null 2>&1 &
+svcpod=$(sandbox_pod svc-client)
+sandbox_cnitool "$netd" add macvlan-services "$svcpod" | grep -B1 -A2 '"dst": "10.96' | sed 's/^/  /'
+step "in the pod: the Service CIDRs and node-local DNS go to the node's address, at the sub-device's MAC"
+show in_ns svc-client ip route show via 192.168.0.5
+show in_ns svc-client ip neigh show 192.168.0.5
+step "on the node: the reply path (connections the node translates and forwards leave with its address)"
+in_ns node iptables-save -t nat | grep -F 'CNI-LITE-VIANODE' | sed 's/^/  /'
+wait_listening lan 8080
+curl_from svc-client http://10.96.0.10/
+sandbox_cnitool "$netd" del macvlan-services "$svcpod"
+in_ns node iptables -t nat -D PREROUTING -d 10.96.0.10/32 -p tcp --dport 80 -j DNAT --to-destination 192.168.0.9:8080
+
 # --- static-ipam under macvlan (seeds 001 and 003) ---------------------------
 step "macvlan + static-ipam: cnitool add static-macvlan (net.d/10-static-macvlan.conflist)"
 pod=$(sandbox_pod web)
