@@ -148,9 +148,9 @@ func benchWholeChain(t *testing.T, r *report, rounds int) {
 		"routes":[{"dst":"0.0.0.0/0"},{"dst":"::/0"}]`
 	routesOnly := `"addresses":[{"address":"192.168.7.10/16"},{"address":"fd00:c0a8::7:10/64"}],
 		"routes":[{"dst":"0.0.0.0/0","gw":"192.168.0.1"},{"dst":"::/0","gw":"fd00:c0a8::1"}]`
-	chain := func(name, ipamType, addresses string) *chainCase {
+	chain := func(name, ipamType, addresses string, hostRouteKeys ...string) *chainCase {
 		macvlan := fmt.Sprintf(`{"type":"macvlan","master":"eno1","mode":"bridge","capabilities":{"ips":true},"ipam":{"type":%q,%s}}`, ipamType, addresses)
-		rest := `{"type":"macvlan-host-route","master":"eno1"},{"type":"portmap-lite","capabilities":{"portMappings":true}}`
+		rest := `{"type":"macvlan-host-route","master":"eno1"` + strings.Join(hostRouteKeys, "") + `},{"type":"portmap-lite","capabilities":{"portMappings":true}}`
 		if ipamType == "static" {
 			rest = `{"type":"portmap","masqAll":true,"capabilities":{"portMappings":true}}`
 		}
@@ -158,13 +158,16 @@ func benchWholeChain(t *testing.T, r *report, rounds int) {
 	}
 	ours, ref := chain("whole", "static-ipam", withGateways), chain("whole-ref", "static", withGateways)
 	oursNoGW := chain("whole-nogw", "static-ipam", routesOnly)
+	oursVia := chain("whole-via", "static-ipam", withGateways, `,"viaNode":["10.96.0.0/12","fd00:10:96::/112","169.254.20.10/32"]`)
 	ours.caps = map[string]any{"portMappings": []map[string]any{{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}}}
 	ref.caps = map[string]any{"portMappings": []map[string]any{{"hostPort": 8081, "containerPort": 80, "protocol": "tcp"}}}
 	oursNoGW.caps = map[string]any{"portMappings": []map[string]any{{"hostPort": 8082, "containerPort": 80, "protocol": "tcp"}}}
+	oursVia.caps = map[string]any{"portMappings": []map[string]any{{"hostPort": 8083, "containerPort": 80, "protocol": "tcp"}}}
 	for i := 0; i < rounds; i++ {
 		ours.round(t, i)
 		ref.round(t, i)
 		oursNoGW.round(t, i)
+		oursVia.round(t, i)
 	}
 	const s = "5. the whole chain: macvlan + static-ipam -> macvlan-host-route -> portmap-lite vs macvlan + static -> portmap (masqAll)"
 	r.rows = append(r.rows,
@@ -194,7 +197,9 @@ func benchWholeChain(t *testing.T, r *report, rounds int) {
 	}
 	r.rows = append(r.rows,
 		row{section: s, name: fmt.Sprintf("ADD, %d pods at once, median (no address gateway in either)", parallel), ours: &oursBurst, ref: &refBurst},
-		row{section: s, name: "ours: ADD with the IPv6 gateway (DAD wait) / without", ours: &ours.add, ref: &oursNoGW.add})
+		row{section: s, name: "ours: ADD with the IPv6 gateway (DAD wait) / without", ours: &ours.add, ref: &oursNoGW.add},
+		row{section: s, name: "ours: ADD with viaNode (3 pod routes, 2 reply paths) / without", ours: &oursVia.add, ref: &ours.add},
+		row{section: s, name: "ours: DEL with viaNode / without", ours: &oursVia.del, ref: &ours.del})
 	p99 := func(s *series) string { return ms(s.quantile(0.99)) }
 	r.notes = append(r.notes, fmt.Sprintf("The whole chain, ADD of %d pods at once (%d bursts, %d samples each): p50 / p99 ours %s / %s ms, reference %s / %s ms.",
 		parallel, bursts, len(oursBurst.d), ms(oursBurst.median()), p99(&oursBurst), ms(refBurst.median()), p99(&refBurst)),
