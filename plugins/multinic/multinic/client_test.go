@@ -37,7 +37,7 @@ func TestClient(t *testing.T) {
 		if err := os.WriteFile(caFile, pemBytes, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		c, err := NewClient(&Config{Backend: srv.URL + "/rm?cluster=a", CAFile: caFile, TimeoutDur: 30 * time.Second})
+		c, err := NewClient(&Config{RMURL: srv.URL + "/rm?cluster=a", CAFile: caFile, TimeoutDur: 30 * time.Second})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -54,7 +54,7 @@ func TestClient(t *testing.T) {
 	t.Run("https without the CA is refused", func(t *testing.T) {
 		srv := httptest.NewTLSServer(handler)
 		defer srv.Close()
-		c, _ := NewClient(&Config{Backend: srv.URL, TimeoutDur: 30 * time.Second})
+		c, _ := NewClient(&Config{RMURL: srv.URL, TimeoutDur: 30 * time.Second})
 		_, err := c.Networks(context.Background(), "web-0", "")
 		if err == nil || !strings.Contains(err.Error(), "certificate") {
 			t.Fatalf("err = %v, want a certificate error", err)
@@ -63,7 +63,7 @@ func TestClient(t *testing.T) {
 	t.Run("slower than the timeout is try-again-later", func(t *testing.T) {
 		srv := httptest.NewServer(handler)
 		defer srv.Close()
-		c, _ := NewClient(&Config{Backend: srv.URL, TimeoutDur: 100 * time.Millisecond})
+		c, _ := NewClient(&Config{RMURL: srv.URL, TimeoutDur: 100 * time.Millisecond})
 		_, err := c.Networks(context.Background(), "slow", "")
 		var cniErr *types.Error
 		if !errors.As(err, &cniErr) || cniErr.Code != types.ErrTryAgainLater || !strings.Contains(cniErr.Msg, "did not answer within 100ms") {
@@ -73,7 +73,7 @@ func TestClient(t *testing.T) {
 	t.Run("a caFile without a certificate", func(t *testing.T) {
 		bad := filepath.Join(t.TempDir(), "bad.pem")
 		_ = os.WriteFile(bad, []byte("not pem"), 0o600)
-		_, err := NewClient(&Config{Backend: "https://rm.example", CAFile: bad})
+		_, err := NewClient(&Config{RMURL: "https://rm.example", CAFile: bad})
 		var cniErr *types.Error
 		if !errors.As(err, &cniErr) || cniErr.Code != types.ErrInvalidNetworkConfig || !strings.Contains(cniErr.Msg, "caFile") {
 			t.Fatalf("err = %v", err)

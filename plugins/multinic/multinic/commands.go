@@ -360,7 +360,7 @@ func Status(args *skel.CmdArgs) error {
 		return err
 	}
 	if err := client.Reachable(context.Background()); err != nil {
-		return cnierr.Unavailable("resource manager %s: %v", cfg.Backend, err)
+		return cnierr.Unavailable("resource manager %s: %v", cfg.RMURL, err)
 	}
 	return nil
 }

@@ -29,8 +29,9 @@ type Config struct {
 	ConfDir string `json:"confDir"`
 	// BinDir is where the delegates live; default CNI_PATH.
 	BinDir string `json:"binDir"`
-	// Backend is the RM's URL; the pod is added as ?podName=&podNamespace=.
-	Backend string `json:"backend"`
+	// RMURL is the resource manager's URL ("backend" in Dockin's
+	// configurations); the pod is added as ?podName=&podNamespace=.
+	RMURL string `json:"backend"`
 	// CAFile is a PEM bundle to trust for an https backend.
 	CAFile string `json:"caFile"`
 	// Timeout bounds a request to the RM ("5s" by default).
@@ -51,12 +52,12 @@ func Parse(stdin []byte) (*Config, error) {
 	if cfg.ConfDir == "" {
 		return nil, cnierr.MissingConfig("confDir", "the directory of the delegate network configurations, one per network type")
 	}
-	if cfg.Backend == "" {
+	if cfg.RMURL == "" {
 		return nil, cnierr.MissingConfig("backend", "the resource manager's URL, e.g. http://localhost:10002/rmController/getPodMultiNetwork")
 	}
-	u, err := url.Parse(cfg.Backend)
+	u, err := url.Parse(cfg.RMURL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, cnierr.InvalidConfig("backend", cfg.Backend, "not an http or https URL")
+		return nil, cnierr.InvalidConfig("backend", cfg.RMURL, "not an http or https URL")
 	}
 	cfg.TimeoutDur = DefaultTimeout
 	if cfg.Timeout != "" {

@@ -145,9 +145,9 @@ type Client struct {
 
 // NewClient builds the RM client of cfg.
 func NewClient(cfg *Config) (*Client, error) {
-	u, err := url.Parse(cfg.Backend)
+	u, err := url.Parse(cfg.RMURL)
 	if err != nil {
-		return nil, cnierr.InvalidConfig("backend", cfg.Backend, err.Error())
+		return nil, cnierr.InvalidConfig("backend", cfg.RMURL, err.Error())
 	}
 	transport := http.DefaultTransport.(*http.Transport).Clone()
 	transport.Proxy = nil // the RM is on the node's network; a proxy would see pod names
