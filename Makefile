@@ -17,7 +17,7 @@ all: build
 # Our plugins (static, stripped, versioned) and the reference peers pinned by
 # go.mod's tool lines (cnitool, bridge, macvlan, host-local, ...).
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./plugins/...
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./plugins/... ./cmd/cnichain-agent
 	$(GO) build -o $(BIN)/ tool
 
 tools:
@@ -91,8 +91,9 @@ dist:
 	rm -rf dist/stage
 	@echo "$(DISTTGZ)"
 
-# The plugins, and the systemd units that restore their rules and routes
-# after a firewall reload (enable them with systemctl; see the README).
+# The plugins, the node agent and its systemd unit, which puts back their
+# rules and routes after a firewall reload (enable it with systemctl; see
+# the README).
 # The installer image (deploy/Containerfile; deploy/daemonset.yaml runs it
 # on every node), built with podman, no registry, saved in dist/ too.
 IMAGE_NAME ?= localhost/cnichain-plugins
@@ -100,8 +101,9 @@ image:
 	IMAGE=$(IMAGE_NAME):$(VERSION) LDFLAGS='$(LDFLAGS)' IMAGE_ARCHIVE=dist/cnichain-plugins-image-$(VERSION).tar scripts/image.sh
 
 install: build
-	install -d $(DESTDIR)/opt/cni/bin $(DESTDIR)/etc/systemd/system
+	install -d $(DESTDIR)/opt/cni/bin $(DESTDIR)/usr/local/sbin $(DESTDIR)/etc/systemd/system
 	for p in $(PLUGINS); do install -m 0755 $(BIN)/$$p $(DESTDIR)/opt/cni/bin/$$p; done
+	install -m 0755 $(BIN)/cnichain-agent $(DESTDIR)/usr/local/sbin/cnichain-agent
 	install -m 0644 scripts/systemd/*.service $(DESTDIR)/etc/systemd/system/
 
 clean:

@@ -175,11 +175,11 @@ func TestRestoreSkipsPodsThatAreGone(t *testing.T) {
 	}
 }
 
-// TestSystemdUnits: the units run commands that exist, in the order that
-// works (routes before rules), and install where systemd looks.
+// TestSystemdUnits: the unit runs the agent where make install puts it,
+// with flags it has, and installs where systemd looks.
 func TestSystemdUnits(t *testing.T) {
 	dir := filepath.Join(sandbox.NetD(), "..", "scripts", "systemd")
-	unit, err := os.ReadFile(filepath.Join(dir, "cnichain-restore.service"))
+	unit, err := os.ReadFile(filepath.Join(dir, "cnichain-agent.service"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -189,24 +189,17 @@ func TestSystemdUnits(t *testing.T) {
 			execs = append(execs, cmd)
 		}
 	}
-	want := []string{"/opt/cni/bin/macvlan-host-route restore", "/opt/cni/bin/portmap-lite restore"}
-	if !slices.Equal(execs, want) {
+	if want := []string{"/usr/local/sbin/cnichain-agent"}; !slices.Equal(execs, want) {
 		t.Fatalf("ExecStart lines = %q, want %q", execs, want)
 	}
-	for _, e := range execs {
-		plugin := strings.TrimPrefix(strings.Fields(e)[0], "/opt/cni/bin/")
-		out, err := sandbox.Run(sandbox.NewNS(t), nil, filepath.Join(sandbox.Plugins(t), plugin), "restore", "-h")
-		if !strings.Contains(out, "-state-dir") {
-			t.Errorf("%s restore -h: %v\n%s", plugin, err, out)
-		}
+	makefile, err := os.ReadFile(filepath.Join(sandbox.NetD(), "..", "Makefile"))
+	if err != nil || !strings.Contains(string(makefile), "$(DESTDIR)/usr/local/sbin/cnichain-agent") {
+		t.Errorf("make install does not put the agent where the unit runs it (%v)", err)
 	}
-	reload, err := os.ReadFile(filepath.Join(dir, "cnichain-restore-on-reload.service"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, want := range []string{"member=Reloaded", "systemctl restart cnichain-restore.service", "interface=org.fedoraproject.FirewallD1"} {
-		if !strings.Contains(string(reload), want) {
-			t.Errorf("the reload listener lacks %q", want)
+	out, _ := sandbox.Run(sandbox.NewNS(t), nil, filepath.Join(sandbox.Plugins(t), "cnichain-agent"), "-h")
+	for _, flag := range []string{"-portmap-state-dir", "-hostroute-state-dir", "-canary-every"} {
+		if !strings.Contains(out, flag) {
+			t.Errorf("cnichain-agent -h lacks %s:\n%s", flag, out)
 		}
 	}
 }

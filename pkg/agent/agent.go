@@ -1,0 +1,203 @@
+// Package agent keeps the plugins' state on a node against what takes it
+// away while pods run: a firewall reload flushing the nat table, an admin's
+// `nft flush ruleset` or `ip link del eno1.host`, a network manager deleting
+// routes. It watches for those and runs the plugins' own restores, in
+// process, once per burst of events.
+//
+// Where the kernel tells, it listens: nftables events (a table, one of our
+// chains, or a rule of the nat base chains or our shared chains deleted:
+// iptables-nft writes nftables too) and link, address and route events
+// (vishvananda/netlink). Where it cannot, it polls a canary, as kube-proxy
+// does: an empty chain of ours in iptables-legacy's nat table, looked at every
+// few seconds. What a pod's own DEL deletes (its chains, its elements, its
+// per-pod rules) is not an event worth a restore; the rest is, and a restore
+// that finds everything there changes nothing.
+package agent
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"time"
+)
+
+// Restorer puts back what is missing of the plugins' state; out receives
+// what it says it did.
+type Restorer func(out io.Writer) error
+
+// Config is what the agent watches and how it restores.
+type Config struct {
+	// Restore runs every plugin's restore.
+	Restore Restorer
+	// Settle is how long a burst of events must be quiet before the
+	// restore runs (default 100ms): a flush deletes hundreds of rules.
+	Settle time.Duration
+	// CanaryEvery is how often the iptables-legacy canary is looked at
+	// (default 5s); 0 with NoCanary set turns it off.
+	CanaryEvery time.Duration
+	NoCanary    bool
+	// BackoffWindow is how soon after a restore another one counts as
+	// "in a row" (default 10s); BackoffMax bounds the wait between restores
+	// while an admin keeps deleting what they put back (default 5 minutes).
+	BackoffWindow, BackoffMax time.Duration
+	Log                       *slog.Logger
+}
+
+func (c *Config) defaults() {
+	if c.Settle == 0 {
+		c.Settle = 100 * time.Millisecond
+	}
+	if c.CanaryEvery == 0 {
+		c.CanaryEvery = 5 * time.Second
+	}
+	if c.BackoffWindow == 0 {
+		c.BackoffWindow = 10 * time.Second
+	}
+	if c.BackoffMax == 0 {
+		c.BackoffMax = 5 * time.Minute
+	}
+	if c.Log == nil {
+		c.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+}
+
+// Run watches until ctx ends, restoring once at the start (whatever went
+// while no agent ran) and after every burst of events. It returns nil when
+// ctx ends, or the error that kept a watcher from starting.
+func Run(ctx context.Context, cfg Config) error {
+	cfg.defaults()
+	triggers := make(chan string, 64)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if err := watchNetlink(ctx, triggers); err != nil {
+		return fmt.Errorf("netlink events: %w", err)
+	}
+	if err := watchNFTables(ctx, triggers); err != nil {
+		return fmt.Errorf("nftables events: %w", err)
+	}
+	if !cfg.NoCanary {
+		go watchCanary(ctx, cfg, triggers)
+	}
+	cfg.Log.Info("watching", "settle", cfg.Settle, "canary", !cfg.NoCanary)
+	triggers <- "start"
+	loop(ctx, cfg, triggers)
+	cfg.Log.Info("stopped")
+	return nil
+}
+
+// loop runs the restore once per burst of triggers, with a back-off that
+// doubles while bursts keep coming soon after a restore (someone deleting
+// the same thing again and again) and resets after a quiet while.
+func loop(ctx context.Context, cfg Config, triggers <-chan string) {
+	b := backoff{window: cfg.BackoffWindow}
+	for {
+		var reasons []string
+		select {
+		case <-ctx.Done():
+			return
+		case r := <-triggers:
+			reasons = append(reasons, r)
+		}
+		// A burst: wait until it has been quiet for Settle.
+		quiet := time.NewTimer(cfg.Settle)
+	burst:
+		for {
+			select {
+			case <-ctx.Done():
+				quiet.Stop()
+				return
+			case r := <-triggers:
+				reasons = append(reasons, r)
+				quiet.Reset(cfg.Settle)
+			case <-quiet.C:
+				break burst
+			}
+		}
+		if wait := b.next(time.Now(), cfg.BackoffMax); wait > 0 {
+			cfg.Log.Warn("restores keep being undone: backing off", "wait", wait, "restoresInARow", b.count)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(wait):
+			}
+			reasons = append(reasons, drain(triggers)...)
+		}
+		var out bytes.Buffer
+		start := time.Now()
+		err := cfg.Restore(&out)
+		b.ran(time.Now())
+		attrs := []any{"after", summarize(reasons), "took", time.Since(start).Round(time.Millisecond)}
+		for _, line := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+			if line != "" {
+				attrs = append(attrs, "said", line)
+			}
+		}
+		if err != nil {
+			cfg.Log.Error("restore", append(attrs, "error", err)...)
+		} else {
+			cfg.Log.Info("restore", attrs...)
+		}
+	}
+}
+
+func drain(triggers <-chan string) []string {
+	var out []string
+	for {
+		select {
+		case r := <-triggers:
+			out = append(out, r)
+		default:
+			return out
+		}
+	}
+}
+
+// summarize names the first few reasons of a burst and counts the rest.
+func summarize(reasons []string) string {
+	const most = 3
+	if len(reasons) <= most {
+		return strings.Join(reasons, "; ")
+	}
+	return fmt.Sprintf("%s; and %d more events", strings.Join(reasons[:most], "; "), len(reasons)-most)
+}
+
+// backoff spaces out restores that follow each other closely: each one
+// within window of the last doubles the wait before the next, from
+// backoffStart; a restore after a quiet window starts afresh.
+type backoff struct {
+	window time.Duration
+	last   time.Time
+	count  int // restores in a row, each within window of the last
+}
+
+const (
+	backoffStart = time.Second
+	// backoffFree is how many restores in a row run at once: a reload
+	// takes things in a few steps, each an event.
+	backoffFree = 3
+)
+
+// next is how long to wait before the restore about to run.
+func (b *backoff) next(now time.Time, max time.Duration) time.Duration {
+	if b.last.IsZero() || now.Sub(b.last) > b.window || b.count < backoffFree {
+		return 0
+	}
+	wait := backoffStart << (b.count - backoffFree)
+	if wait > max || wait <= 0 {
+		wait = max
+	}
+	return wait
+}
+
+// ran records a restore at now.
+func (b *backoff) ran(now time.Time) {
+	if !b.last.IsZero() && now.Sub(b.last) <= b.window {
+		b.count++
+	} else {
+		b.count = 1
+	}
+	b.last = now
+}
