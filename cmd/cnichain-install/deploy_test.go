@@ -27,6 +27,12 @@ type daemonSet struct {
 					Resources struct {
 						Requests map[string]string `yaml:"requests"`
 					} `yaml:"resources"`
+					SecurityContext struct {
+						Capabilities struct {
+							Add  []string `yaml:"add"`
+							Drop []string `yaml:"drop"`
+						} `yaml:"capabilities"`
+					} `yaml:"securityContext"`
 					VolumeMounts []struct {
 						Name      string `yaml:"name"`
 						MountPath string `yaml:"mountPath"`
@@ -73,8 +79,16 @@ func TestDaemonSetManifest(t *testing.T) {
 	if repo, _, _ := strings.Cut(c.Image, ":"); repo != string(m[1]) {
 		t.Errorf("image %q, but make image builds %s", c.Image, m[1])
 	}
-	if !slices.Contains(c.Args, "-sleep") {
-		t.Errorf("args %v: without -sleep the container exits and the DaemonSet restarts it forever", c.Args)
+	if !slices.Contains(c.Args, "-agent") || !slices.Contains(c.Args, "-iptables-root=/host") {
+		t.Errorf("args %v: want the agent (without it or -sleep the container exits and the DaemonSet restarts it forever), running the node's iptables from /host", c.Args)
+	}
+	for _, cap := range []string{"NET_ADMIN", "NET_RAW", "SYS_CHROOT"} {
+		if !slices.Contains(c.SecurityContext.Capabilities.Add, cap) {
+			t.Errorf("capabilities %v lack %s", c.SecurityContext.Capabilities.Add, cap)
+		}
+	}
+	if !slices.Contains(c.SecurityContext.Capabilities.Drop, "ALL") {
+		t.Errorf("capabilities drop %v, want ALL but those added", c.SecurityContext.Capabilities.Drop)
 	}
 	if !pod.HostNetwork {
 		t.Error("hostNetwork is off: on a node without CNI the pod could never start")
@@ -98,7 +112,11 @@ func TestDaemonSetManifest(t *testing.T) {
 	for _, vm := range c.VolumeMounts {
 		mounted[vm.MountPath] = hostPaths[vm.Name]
 	}
-	for inContainer, onNode := range map[string]string{defaultBinDir: "/opt/cni/bin", defaultConfDir: "/etc/cni/net.d"} {
+	for inContainer, onNode := range map[string]string{defaultBinDir: "/opt/cni/bin", defaultConfDir: "/etc/cni/net.d",
+		// What the agent reads, writes and runs: the records at the
+		// plugins' default stateDirs, the pods' netns, the node's root and
+		// its xtables lock.
+		"/var/lib/cni": "/var/lib/cni", "/var/run/netns": "/var/run/netns", "/host": "/", "/host/run/xtables.lock": "/run/xtables.lock"} {
 		if mounted[inContainer] != onNode {
 			t.Errorf("%s is mounted from the node's %q, want %s", inContainer, mounted[inContainer], onNode)
 		}

@@ -1,8 +1,9 @@
 // cnichain-install is the installer image's entry point: it copies the
 // plugins into the node's CNI binary directory and, when given one, a
 // conflist into its configuration directory, each atomically and only when
-// different; then, as a DaemonSet's container, it sleeps so the pod stays
-// running (a DaemonSet cannot run to completion).
+// different; then, as a DaemonSet's container, it runs the node agent
+// (-agent: it puts back what a firewall reload takes of the pods' rules and
+// routes) or sleeps (-sleep), so the pod stays running.
 package main
 
 import (
@@ -13,6 +14,7 @@ import (
 	"path/filepath"
 	"syscall"
 
+	"github.com/cnichain/plugins/internal/agentcmd"
 	"github.com/cnichain/plugins/pkg/install"
 )
 
@@ -30,10 +32,20 @@ func main() {
 	conflist := flag.String("conflist", "", "a conflist to install too (e.g. from a ConfigMap); none by default")
 	confDir := flag.String("conf-dir", defaultConfDir, "the node's CNI configuration directory, as mounted")
 	sleep := flag.Bool("sleep", false, "after installing, sleep until terminated (as a DaemonSet's container)")
+	runAgent := flag.Bool("agent", false, "after installing, run the node agent until terminated (its flags follow)")
+	var agent agentcmd.Flags
+	agent.Register(flag.CommandLine)
 	flag.Parse()
 	if err := run(*src, *binDir, *conflist, *confDir); err != nil {
 		fmt.Fprintln(os.Stderr, "cnichain-install:", err)
 		os.Exit(1)
+	}
+	if *runAgent {
+		if err := agent.Run(os.Stderr); err != nil {
+			fmt.Fprintln(os.Stderr, "cnichain-install: agent:", err)
+			os.Exit(1)
+		}
+		return
 	}
 	if *sleep {
 		stop := make(chan os.Signal, 1)

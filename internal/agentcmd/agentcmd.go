@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/cnichain/plugins/pkg/agent"
+	"github.com/cnichain/plugins/pkg/iptbatch"
 	"github.com/cnichain/plugins/plugins/macvlan-host-route/hostroute"
 	"github.com/cnichain/plugins/plugins/portmap-lite/portmap"
 )
@@ -22,6 +23,7 @@ import (
 // Flags are the agent's options.
 type Flags struct {
 	portmapDir, hostrouteDir, flavour string
+	iptablesRoot                      string
 	settle, canaryEvery               time.Duration
 	backoffWindow, backoffMax         time.Duration
 	noCanary                          bool
@@ -31,6 +33,7 @@ type Flags struct {
 func (f *Flags) Register(fs *flag.FlagSet) {
 	fs.StringVar(&f.portmapDir, "portmap-state-dir", portmap.DefaultStateDir, "portmap-lite's stateDir")
 	fs.StringVar(&f.hostrouteDir, "hostroute-state-dir", hostroute.DefaultStateDir, "macvlan-host-route's stateDir")
+	fs.StringVar(&f.iptablesRoot, "iptables-root", "", "run the iptables binaries of the node's root file system mounted here, chrooted into it (a container without iptables of its own)")
 	fs.StringVar(&f.flavour, "iptables-flavour", "", `"legacy" or "nft": the iptablesFlavour of records of releases that did not keep theirs`)
 	fs.DurationVar(&f.settle, "settle", 100*time.Millisecond, "how long a burst of events must be quiet before a restore")
 	fs.DurationVar(&f.canaryEvery, "canary-every", 5*time.Second, "how often the iptables-legacy canary is looked at")
@@ -42,6 +45,9 @@ func (f *Flags) Register(fs *flag.FlagSet) {
 // Run runs the agent until SIGTERM or SIGINT, logging to logs.
 func (f *Flags) Run(logs io.Writer) error {
 	log := slog.New(slog.NewTextHandler(logs, nil))
+	if f.iptablesRoot != "" {
+		iptbatch.SetRoot(f.iptablesRoot)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	return agent.Run(ctx, agent.Config{

@@ -10,8 +10,11 @@ package iptbatch
 import (
 	"bytes"
 	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
+	"syscall"
 )
 
 // Family is an address family, with its own iptables binaries.
@@ -47,11 +50,40 @@ func (r Runner) binary(f Family, verb string) string {
 	return name + "-" + verb
 }
 
+// root, when set, is a directory holding the node's root file system: the
+// iptables binaries are found in it and run chrooted into it, with its
+// libraries and its xtables lock. A process in a container that has no
+// iptables of its own (the agent in the installer image) sets it once,
+// with SetRoot, before running any.
+var root string
+
+// SetRoot makes every Runner of this process run the iptables binaries of
+// the root file system at dir (see root).
+func SetRoot(dir string) { root = dir }
+
+// command is the iptables binary name with args: the one in PATH, or the
+// one in root's sbin and bin directories, run chrooted into root.
+func command(name string, args ...string) *exec.Cmd {
+	if root == "" {
+		return exec.Command(name, args...)
+	}
+	for _, dir := range []string{"/usr/sbin", "/sbin", "/usr/bin", "/bin"} {
+		if _, err := os.Stat(filepath.Join(root, dir, name)); err == nil {
+			path := filepath.Join(dir, name)
+			return &exec.Cmd{Path: path, Args: append([]string{path}, args...), Dir: "/",
+				SysProcAttr: &syscall.SysProcAttr{Chroot: root}}
+		}
+	}
+	cmd := exec.Command(name, args...)
+	cmd.Err = fmt.Errorf("%s not found in the sbin and bin directories of %s", name, root)
+	return cmd
+}
+
 // Restore applies text with --noflush (leave other rules alone) and --wait
 // (queue behind other writers rather than fail). iptables-restore commits
 // each table atomically: on error nothing of text is applied.
 func (r Runner) Restore(f Family, text string) error {
-	cmd := exec.Command(r.binary(f, "restore"), "--noflush", "--wait")
+	cmd := command(r.binary(f, "restore"), "--noflush", "--wait")
 	cmd.Stdin = strings.NewReader(text)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -63,7 +95,7 @@ func (r Runner) Restore(f Family, text string) error {
 
 // Save returns the rules of table as iptables-save prints them.
 func (r Runner) Save(f Family, table string) (string, error) {
-	cmd := exec.Command(r.binary(f, "save"), "-t", table)
+	cmd := command(r.binary(f, "save"), "-t", table)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {

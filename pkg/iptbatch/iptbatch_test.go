@@ -1,6 +1,7 @@
 package iptbatch
 
 import (
+	"fmt"
 	"os/exec"
 	"slices"
 	"strings"
@@ -154,4 +155,32 @@ func FuzzSplit(f *testing.F) {
 			t.Fatalf("Split(%s) = %q, want %q", rule, got, []string(rule))
 		}
 	})
+}
+
+// TestRoot: with a root set, the binaries are those of that root, run
+// chrooted into it (here the machine's own root, as the agent's container
+// mounts the node's), and a root without them names what is missing.
+func TestRoot(t *testing.T) {
+	t.Cleanup(func() { SetRoot("") })
+	netns := sandbox.NewNS(t)
+	err := netns.Do(func(ns.NetNS) error {
+		SetRoot("/")
+		b := NewBatch("nat")
+		b.DeclareChain("TEST-ROOT")
+		if err := (Runner{}).Restore(IPv4, b.Text()); err != nil {
+			return err
+		}
+		text, err := Runner{}.Save(IPv4, "nat")
+		if err != nil || !strings.Contains(text, ":TEST-ROOT") {
+			return fmt.Errorf("save through the root: %v\n%s", err, text)
+		}
+		SetRoot(t.TempDir())
+		if _, err := (Runner{}).Save(IPv4, "nat"); err == nil || !strings.Contains(err.Error(), "not found in the sbin and bin directories") {
+			return fmt.Errorf("an empty root: %v", err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 }
