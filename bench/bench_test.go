@@ -1,13 +1,16 @@
 package bench
 
 import (
+	"bytes"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -42,6 +45,7 @@ func TestBench(t *testing.T) {
 	benchPortmap(t, r, rounds, levels, envInt("CNICHAIN_BENCH_MANY_PODS", 2000))
 	benchWholeChain(t, r, rounds)
 	benchThroughput(t, r, envInt("CNICHAIN_BENCH_THROUGHPUT_PODS", 200), 16)
+	benchAgent(t, r, rounds, most)
 
 	out := os.Getenv("CNICHAIN_BENCH_OUT")
 	if out == "" {
@@ -527,4 +531,71 @@ func benchThroughput(t *testing.T, r *report, pods, parallel int) {
 			r.check("no failures in the throughput run", addFail+delFail == 0, fmt.Sprintf("%d", addFail+delFail))
 		}
 	}
+}
+
+// benchAgent: the node agent on a node with pods attachments of
+// portmap-lite (iptables): what ADD and DEL cost with it running against
+// without (it must not hold them up), its CPU and memory at rest, and how
+// long it takes to put every attachment's rules back after a flush of the
+// nat table.
+func benchAgent(t *testing.T, r *report, rounds, pods int) {
+	n := newPortmapNode(t, "agent", "portmap-lite", "")
+	n.fill(t, pods)
+	var without, withAgent struct{ add, del series }
+	measure := func(into *struct{ add, del series }, tag string) {
+		for i := 0; i < rounds; i++ {
+			id := fmt.Sprintf("agent-%s-%d", tag, i)
+			conf := n.conf("10.244.0.2", mappingsJSON(1, 20000))
+			into.add.d = append(into.add.d, n.invoke(t, "ADD", id, conf))
+			into.del.d = append(into.del.d, n.invoke(t, "DEL", id, conf))
+		}
+	}
+	measure(&without, "off")
+	cmd := exec.Command("nsenter", "--net="+n.sb.Node.Path(), filepath.Join(sandbox.Plugins(t), "cnichain-agent"),
+		"-portmap-state-dir", n.sb.Dir+"/state", "-hostroute-state-dir", n.sb.Dir+"/hr-state", "-backoff-window", "1ms")
+	var logs bytes.Buffer
+	cmd.Stderr = &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Signal(syscall.SIGTERM); _ = cmd.Wait() }()
+	time.Sleep(2 * time.Second) // its first restore
+	cpu := func() time.Duration {
+		data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", cmd.Process.Pid))
+		f := strings.Fields(string(data[bytes.LastIndexByte(data, ')')+2:]))
+		ut, _ := strconv.Atoi(f[11])
+		st, _ := strconv.Atoi(f[12])
+		return time.Duration(ut+st) * 10 * time.Millisecond // USER_HZ = 100
+	}
+	const rest = 20 * time.Second
+	before := cpu()
+	time.Sleep(rest)
+	used := cpu() - before
+	status, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", cmd.Process.Pid))
+	rss := ""
+	for _, line := range strings.Split(string(status), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			rss = strings.TrimSpace(v)
+		}
+	}
+	measure(&withAgent, "on")
+	var back series
+	for i := 0; i < rounds; i++ {
+		sandbox.MustRun(t, n.sb.Node, "iptables", "-t", "nat", "-F")
+		start := time.Now()
+		for strings.Count(sandbox.MustRun(t, n.sb.Node, "iptables-save", "-t", "nat"), "-j CNI-LITE-DN-") < pods {
+			if time.Since(start) > time.Minute {
+				t.Fatalf("gave up after a minute waiting for the agent to put %d attachments back:\n%s", pods, logs.String())
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		back.d = append(back.d, time.Since(start))
+	}
+	s := fmt.Sprintf("7. the node agent, %d attachments of portmap-lite (iptables) on the node", pods)
+	r.rows = append(r.rows,
+		row{section: s, name: "ADD, 1 mapping: agent running / not", ours: &withAgent.add, ref: &without.add},
+		row{section: s, name: "DEL, 1 mapping: agent running / not", ours: &withAgent.del, ref: &without.del})
+	r.notes = append(r.notes, fmt.Sprintf("The node agent at rest with %d attachments: %s of CPU in %s (%.2f%%), %s resident. "+
+		"After `iptables -t nat -F`, every attachment's rules back in %s (median of %d; worst %s), polled with iptables-save.",
+		pods, used, rest, 100*float64(used)/float64(rest), rss, ms(back.median()), len(back.d), ms(back.quantile(1))), "")
 }
