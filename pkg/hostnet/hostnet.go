@@ -355,17 +355,24 @@ type PodLink struct {
 	ParentIndex int
 }
 
+// linkIfThere is the link called name in the current netns; nil, nil
+// when there is none.
+func linkIfThere(name string) (netlink.Link, error) {
+	link, err := netlinksafe.LinkByName(name)
+	var notFound netlink.LinkNotFoundError
+	if errors.As(err, &notFound) {
+		return nil, nil
+	}
+	return link, err
+}
+
 // InspectPodLink describes the interface ifname in the network namespace
 // at netnsPath; nil, nil when there is no such interface.
 func InspectPodLink(netnsPath, ifname string) (*PodLink, error) {
 	var out *PodLink
 	err := ns.WithNetNSPath(netnsPath, func(ns.NetNS) error {
-		link, err := netlinksafe.LinkByName(ifname)
-		var notFound netlink.LinkNotFoundError
-		if errors.As(err, &notFound) {
-			return nil
-		}
-		if err != nil {
+		link, err := linkIfThere(ifname)
+		if err != nil || link == nil {
 			return err
 		}
 		out = &PodLink{Name: ifname, Kind: link.Type(), ParentIndex: link.Attrs().ParentIndex}

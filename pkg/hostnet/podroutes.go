@@ -51,12 +51,8 @@ func SetPodRoutes(netnsPath, ifname string, routes []PodRoute, mac net.HardwareA
 // pod's netns, its link, a route) is not an error.
 func DelPodRoutes(netnsPath, ifname string, routes []PodRoute) error {
 	err := ns.WithNetNSPath(netnsPath, func(ns.NetNS) error {
-		link, err := netlinksafe.LinkByName(ifname)
-		var notFound netlink.LinkNotFoundError
-		if errors.As(err, &notFound) {
-			return nil
-		}
-		if err != nil {
+		link, err := linkIfThere(ifname)
+		if err != nil || link == nil {
 			return err
 		}
 		index := link.Attrs().Index
