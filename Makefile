@@ -39,6 +39,7 @@ GO_TESTS      = CNICHAIN_BIN=$(BIN) $(GO) test -race -count=1 ./...
 RUNTIME_TESTS = SB_BIN=$(BIN) scripts/e2e-runtime.sh && SB_BIN=$(BIN) scripts/e2e-cri.sh && scripts/e2e-image.sh
 
 test: tools build lint
+	@scripts/ensure-tools.sh firewalld firewall-cmd dbus-daemon
 	scripts/under-load.sh $(LOAD) sh -c '$(RUNTIME_TESTS) && $(GO_TESTS)'
 
 # Our plugins under real container runtimes, inside the sandbox: podman

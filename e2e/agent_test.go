@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -247,4 +248,130 @@ func quickDial(netns ns.NetNS, to netip.AddrPort) string {
 		return nil
 	})
 	return got
+}
+
+// firewalld is a real firewalld (Debian's) serving the node namespace.
+type firewalld struct {
+	bus string // its system bus's address
+}
+
+// cmd runs firewall-cmd against it.
+func (f *firewalld) cmd(args ...string) (string, error) {
+	c := exec.Command("firewall-cmd", args...)
+	c.Env = append(c.Environ(), "DBUS_SYSTEM_BUS_ADDRESS="+f.bus)
+	out, err := c.CombinedOutput()
+	return string(out), err
+}
+
+// startFirewalld runs firewalld with backend in the node namespace until
+// the test ends: its own system bus (a dbus-daemon of the test's, on a
+// socket in the test's directory), its configuration there too (the default
+// zone trusted, which lets every connection through: what a reload does to
+// our rules is then all that is seen), and its run directory in a private
+// mount namespace. Nothing of the machine's own firewall is touched.
+func startFirewalld(t *testing.T, sb *sandbox.Sandbox, backend string) *firewalld {
+	t.Helper()
+	for _, bin := range []string{"firewalld", "firewall-cmd", "dbus-daemon"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			if _, systemd := os.Stat("/run/systemd/system"); systemd == nil {
+				t.Skipf("%s: %v: scripts/ensure-tools.sh does not install firewalld where systemd would start it on the machine itself; install it (masked) to run this test", bin, err)
+			}
+			t.Fatalf("%s: %v (scripts/ensure-tools.sh installs firewalld)", bin, err)
+		}
+	}
+	dir := t.TempDir()
+	bus := filepath.Join(dir, "bus")
+	conf := fmt.Sprintf(`<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig><type>system</type><listen>unix:path=%s</listen><auth>EXTERNAL</auth>
+<policy context="default"><allow user="*"/><allow own="*"/><allow send_destination="*"/><allow receive_sender="*"/></policy>
+</busconfig>`, bus)
+	if err := os.WriteFile(filepath.Join(dir, "bus.conf"), []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	etc := filepath.Join(dir, "etc")
+	if err := os.MkdirAll(etc, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	settings := fmt.Sprintf("DefaultZone=trusted\nFirewallBackend=%s\nFlushAllOnReload=yes\nCleanupOnExit=yes\nLogDenied=off\n", backend)
+	if err := os.WriteFile(filepath.Join(etc, "firewalld.conf"), []byte(settings), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	daemons := []*exec.Cmd{
+		exec.Command("dbus-daemon", "--config-file="+filepath.Join(dir, "bus.conf"), "--nofork", "--nopidfile"),
+		exec.Command("nsenter", "--net="+sb.Node.Path(), "unshare", "-m", "sh", "-c",
+			`mount --make-rprivate / && mkdir -p /run/firewalld && mount -t tmpfs cnichain-test /run/firewalld &&
+			 exec firewalld --nofork --nopid --system-config "$1" --log-target file --log-file "$2"`,
+			"sh", etc, filepath.Join(dir, "firewalld.log")),
+	}
+	_, runDirBefore := os.Stat("/run/firewalld")
+	for i, d := range daemons {
+		d.Env = append(os.Environ(), "DBUS_SYSTEM_BUS_ADDRESS=unix:path="+bus)
+		if err := d.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = d.Process.Signal(syscall.SIGTERM); _ = d.Wait() })
+		if i == 0 {
+			waitFor(t, "the test's dbus-daemon", func() bool { _, err := os.Stat(bus); return err == nil })
+		}
+	}
+	t.Cleanup(func() {
+		if os.IsNotExist(runDirBefore) {
+			_ = os.Remove("/run/firewalld") // the mount point made in the machine's /run
+		}
+	})
+	f := &firewalld{bus: "unix:path=" + bus}
+	waitFor(t, "firewalld to run", func() bool { out, _ := f.cmd("--state"); return strings.TrimSpace(out) == "running" })
+	return f
+}
+
+// TestAgentWithFirewalld: on a node where a real firewalld runs, with its
+// iptables backend and with its nftables backend, `firewall-cmd --reload`
+// does not take the pods' hostPorts and host routes for good: the agent
+// puts back what the reload took, with no manual step.
+func TestAgentWithFirewalld(t *testing.T) {
+	for _, backend := range []string{"iptables", "nftables"} {
+		t.Run("firewalld with its "+backend+" backend", func(t *testing.T) {
+			sb := sandbox.New(t)
+			sb.EnableForwarding(t)
+			fw := startFirewalld(t, sb, backend)
+			rtm := sb.Runtime(t)
+			lists := []*libcni.NetworkConfigList{
+				wholeChainList(t, sb, ""),
+				sb.Localize(t, sandbox.ListFromJSON(t, strings.Replace(bridgeHostPort, "BACKEND", `"backend":"nftables",`, 1))),
+			}
+			for i, list := range lists {
+				pod := sb.NewPod(t)
+				att := sandbox.Attachment(pod, fmt.Sprintf("fw-%d", i), "eth0")
+				att.CapabilityArgs = map[string]any{"portMappings": []map[string]any{{"hostPort": 8080 + i, "containerPort": 80, "protocol": "tcp"}}}
+				mustAdd(t, rtm, list, att)
+				t.Cleanup(func() { _ = rtm.Del(list, att) })
+				sandbox.WaitDAD(t, pod)
+				sandbox.ServeTCP(t, pod, 80, fmt.Sprintf("pod %d", i))
+			}
+			node4 := sandbox.NodeIPv4.Addr()
+			paths := []path{
+				{"lan -> macvlan pod's hostPort (iptables)", sb.LAN, netip.AddrPortFrom(node4, 8080), "tcp", "pod 0"},
+				{"node -> macvlan pod", sb.Node, netip.AddrPortFrom(podV4, 80), "tcp", "pod 0"},
+				{"lan -> bridge pod's hostPort (nftables)", sb.LAN, netip.AddrPortFrom(node4, 8081), "tcp", "pod 1"},
+			}
+			allWork := func() bool {
+				return !slices.ContainsFunc(paths, func(p path) bool { return quickDial(p.from, p.to) != p.want })
+			}
+			waitFor(t, "every path to work with firewalld running", allWork)
+			agent := startAgent(t, sb, "-no-canary", "-backoff-window", "1ms")
+			agent.pause(t)
+			if out, err := fw.cmd("--reload"); err != nil {
+				agent.resume(t)
+				t.Fatalf("firewall-cmd --reload: %v\n%s", err, out)
+			}
+			broken := !allWork()
+			agent.resume(t)
+			took := waitFor(t, "every path to work again after firewall-cmd --reload", allWork)
+			t.Logf("firewalld %s backend: the reload cut traffic: %v; back %s after the agent saw it", backend, broken, took.Round(time.Millisecond))
+			if backend == "iptables" && !broken {
+				t.Errorf("firewall-cmd --reload with the iptables backend cut nothing: the test proves nothing")
+			}
+		})
+	}
 }

@@ -23,7 +23,22 @@ declare -A pkg_for=(
   [curl]=curl
 )
 
-for tool in "$@"; do pkg_for[$tool]=$tool; done
+# Daemons whose package a running systemd would enable and start on this
+# machine: installed only where no systemd runs (CI roots, containers),
+# for the tests run them in their own namespaces only.
+declare -A daemon_pkg=([firewalld]=firewalld [firewall-cmd]=firewalld [dbus-daemon]=dbus-daemon)
+
+for tool in "$@"; do
+  if [ -n "${daemon_pkg[$tool]:-}" ]; then
+    if [ -d /run/systemd/system ] && ! command -v "$tool" >/dev/null 2>&1; then
+      echo "ensure-tools: not installing ${daemon_pkg[$tool]}: this machine's systemd would start it; the tests that need it say so and skip" >&2
+      continue
+    fi
+    pkg_for[$tool]=${daemon_pkg[$tool]}
+    continue
+  fi
+  pkg_for[$tool]=$tool
+done
 
 missing=()
 for tool in "${!pkg_for[@]}"; do
