@@ -579,13 +579,20 @@ func benchAgent(t *testing.T, r *report, rounds, pods int) {
 		}
 	}
 	measure(&withAgent, "on")
+	jumps := func() int {
+		return strings.Count(sandbox.MustRun(t, n.sb.Node, "iptables-save", "-t", "nat"), "-j CNI-LITE-DN-")
+	}
+	installed := jumps()
 	var back series
 	for i := 0; i < rounds; i++ {
 		sandbox.MustRun(t, n.sb.Node, "iptables", "-t", "nat", "-F")
 		start := time.Now()
-		for strings.Count(sandbox.MustRun(t, n.sb.Node, "iptables-save", "-t", "nat"), "-j CNI-LITE-DN-") < pods {
+		for got := jumps(); got < installed; got = jumps() {
 			if time.Since(start) > time.Minute {
-				t.Fatalf("gave up after a minute waiting for the agent to put %d attachments back:\n%s", pods, logs.String())
+				save := sandbox.MustRun(t, n.sb.Node, "iptables-save", "-t", "nat")
+				out, err := sandbox.Run(n.sb.Node, nil, filepath.Join(sandbox.Plugins(t), "portmap-lite"), "restore", "-state-dir", n.sb.Dir+"/state")
+				t.Logf("a restore by hand: %v %s; then %d jumps", err, out, jumps())
+				t.Fatalf("gave up after a minute waiting for the agent to put %d attachments' jumps back (%d are):\n%s\n%d lines, %d rules:\n%.3000s", installed, got, logs.String(), strings.Count(save, "\n"), strings.Count(save, "\n-A "), save)
 			}
 			time.Sleep(10 * time.Millisecond)
 		}

@@ -70,12 +70,13 @@ func (c *Config) defaults() {
 func Run(ctx context.Context, cfg Config) error {
 	cfg.defaults()
 	triggers := make(chan string, 64)
+	activity := make(chan struct{}, 1)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	if err := watchNetlink(ctx, triggers); err != nil {
 		return fmt.Errorf("netlink events: %w", err)
 	}
-	if err := watchNFTables(ctx, triggers); err != nil {
+	if err := watchNFTables(ctx, triggers, activity); err != nil {
 		return fmt.Errorf("nftables events: %w", err)
 	}
 	if !cfg.NoCanary {
@@ -83,7 +84,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	cfg.Log.Info("watching", "settle", cfg.Settle, "canary", !cfg.NoCanary)
 	triggers <- "start"
-	loop(ctx, cfg, triggers)
+	loop(ctx, cfg, triggers, activity)
 	cfg.Log.Info("stopped")
 	return nil
 }
@@ -91,15 +92,34 @@ func Run(ctx context.Context, cfg Config) error {
 // loop runs the restore once per burst of triggers, with a back-off that
 // doubles while bursts keep coming soon after a restore (someone deleting
 // the same thing again and again) and resets after a quiet while.
-func loop(ctx context.Context, cfg Config, triggers <-chan string) {
+//
+// activity tells of deletions that are no reason for a restore by
+// themselves (a pod's chains and rules) but show that a flush is still
+// going on: iptables-nft flushes a large table in several transactions,
+// the shared chains' first. A burst settles only when they stop too, and
+// when they went on while a restore ran, that restore may have been undone
+// by them: another runs.
+func loop(ctx context.Context, cfg Config, triggers <-chan string, activity <-chan struct{}) {
 	b := backoff{window: cfg.BackoffWindow}
+	var pending []string
+	// secondLook fires a second after a restore that events called for:
+	// one more restore then, cheap when nothing is missing, finds what a
+	// flush still going on took after the first.
+	secondLook := time.NewTimer(time.Hour)
+	secondLook.Stop()
 	for {
-		var reasons []string
-		select {
-		case <-ctx.Done():
-			return
-		case r := <-triggers:
-			reasons = append(reasons, r)
+		reasons := pending
+		pending = nil
+		looking := false
+		if len(reasons) == 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case r := <-triggers:
+				reasons = append(reasons, r)
+			case <-secondLook.C:
+				reasons, looking = append(reasons, "a second look"), true
+			}
 		}
 		// A burst: wait until it has been quiet for Settle.
 		quiet := time.NewTimer(cfg.Settle)
@@ -112,11 +132,13 @@ func loop(ctx context.Context, cfg Config, triggers <-chan string) {
 			case r := <-triggers:
 				reasons = append(reasons, r)
 				quiet.Reset(cfg.Settle)
+			case <-activity:
+				quiet.Reset(cfg.Settle)
 			case <-quiet.C:
 				break burst
 			}
 		}
-		if wait := b.next(time.Now(), cfg.BackoffMax); wait > 0 {
+		if wait := b.next(time.Now(), cfg.BackoffMax); wait > 0 && !looking {
 			cfg.Log.Warn("restores keep being undone: backing off", "wait", wait, "restoresInARow", b.count)
 			select {
 			case <-ctx.Done():
@@ -125,10 +147,17 @@ func loop(ctx context.Context, cfg Config, triggers <-chan string) {
 			}
 			reasons = append(reasons, drain(triggers)...)
 		}
+		drainActivity(activity)
 		var out bytes.Buffer
 		start := time.Now()
 		err := cfg.Restore(&out)
-		b.ran(time.Now())
+		if !looking {
+			b.ran(time.Now())
+			secondLook.Reset(secondLookAfter)
+		}
+		if drainActivity(activity) {
+			pending = append(pending, "deletions went on during the restore")
+		}
 		attrs := []any{"after", summarize(reasons), "took", time.Since(start).Round(time.Millisecond)}
 		for _, line := range strings.Split(strings.TrimSpace(out.String()), "\n") {
 			if line != "" {
@@ -142,6 +171,19 @@ func loop(ctx context.Context, cfg Config, triggers <-chan string) {
 		}
 	}
 }
+
+// drainActivity empties activity and tells whether it held any.
+func drainActivity(activity <-chan struct{}) bool {
+	select {
+	case <-activity:
+		return true
+	default:
+		return false
+	}
+}
+
+// secondLookAfter is when the second look follows an event's restore.
+const secondLookAfter = time.Second
 
 func drain(triggers <-chan string) []string {
 	var out []string

@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"os/exec"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/coreos/go-iptables/iptables"
 	"github.com/google/nftables"
+	mdnetlink "github.com/mdlayher/netlink"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -75,31 +77,79 @@ func watchNetlink(ctx context.Context, triggers chan<- string) error {
 // watchNFTables triggers on what a reload or an admin deletes in
 // nftables (which iptables-nft writes too): a table, a chain that is not a
 // pod's own, a rule of a nat base chain or of our shared chains.
-func watchNFTables(ctx context.Context, triggers chan<- string) error {
-	c, err := nftables.New()
-	if err != nil {
-		return err
-	}
-	// Every event: google/nftables hands a batch of changes out when the
-	// generation message that ends it arrives, which its narrower filters
-	// drop; nftReason keeps the deletions.
-	mon := nftables.NewMonitor(nftables.WithMonitorAction(nftables.MonitorActionAny), nftables.WithMonitorObject(nftables.MonitorObjectAny))
-	events, err := c.AddMonitor(mon)
+func watchNFTables(ctx context.Context, triggers chan<- string, activity chan<- struct{}) error {
+	events, stop, err := monitorNFTables()
 	if err != nil {
 		return err
 	}
 	go func() {
-		<-ctx.Done()
-		mon.Close()
-	}()
-	go func() {
-		for e := range events {
-			if reason := nftReason(e); reason != "" {
-				send(triggers, reason)
+		for {
+			for e := range events {
+				if reason := nftReason(e); reason != "" {
+					send(triggers, reason)
+				} else if isDeletion(e) {
+					select {
+					case activity <- struct{}{}:
+					default:
+					}
+				}
+			}
+			stop()
+			if ctx.Err() != nil {
+				return
+			}
+			// The monitor ended (an error it cannot go on after): events
+			// may have been lost meanwhile, so a restore, and a new monitor.
+			send(triggers, "the nftables monitor ended; started anew")
+			for {
+				if events, stop, err = monitorNFTables(); err == nil {
+					break
+				}
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(time.Second):
+				}
 			}
 		}
 	}()
+	go func() {
+		<-ctx.Done()
+		stop()
+	}()
 	return nil
+}
+
+// monitorNFTables subscribes to every nftables event, on a socket whose
+// receive buffer holds a flush of thousands of rules (a node's worth of
+// pods): the kernel drops what does not fit, and google/nftables ends a
+// monitor on that error. Every event, for google/nftables hands a batch out
+// when the generation message that ends it arrives, which its narrower
+// filters drop; nftReason keeps the deletions.
+func monitorNFTables() (<-chan *nftables.MonitorEvent, func(), error) {
+	c, err := nftables.New(nftables.WithSockOptions(func(conn *mdnetlink.Conn) error {
+		raw, err := conn.SyscallConn()
+		if err != nil {
+			return err
+		}
+		var serr error
+		if err := raw.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 64<<20)
+		}); err != nil {
+			return err
+		}
+		return serr
+	}))
+	if err != nil {
+		return nil, nil, err
+	}
+	mon := nftables.NewMonitor(nftables.WithMonitorAction(nftables.MonitorActionAny), nftables.WithMonitorObject(nftables.MonitorObjectAny))
+	events, err := c.AddMonitor(mon)
+	if err != nil {
+		return nil, nil, err
+	}
+	var once sync.Once
+	return events, func() { once.Do(func() { mon.Close() }) }, nil
 }
 
 // nftReason is why an nftables event calls for a restore, "" when it does
@@ -109,9 +159,7 @@ func nftReason(e *nftables.MonitorEvent) string {
 	if e.Error != nil {
 		return "nftables monitor: " + e.Error.Error()
 	}
-	switch e.Type {
-	case nftables.MonitorEventTypeDelTable, nftables.MonitorEventTypeDelChain, nftables.MonitorEventTypeDelRule:
-	default:
+	if !isDeletion(e) {
 		return ""
 	}
 	switch d := e.Data.(type) {
@@ -129,6 +177,15 @@ func nftReason(e *nftables.MonitorEvent) string {
 		return "a rule of " + tableName(d.Table) + " " + d.Chain.Name + " deleted"
 	}
 	return ""
+}
+
+// isDeletion tells a deletion of a table, chain or rule.
+func isDeletion(e *nftables.MonitorEvent) bool {
+	switch e.Type {
+	case nftables.MonitorEventTypeDelTable, nftables.MonitorEventTypeDelChain, nftables.MonitorEventTypeDelRule:
+		return true
+	}
+	return false
 }
 
 func tableName(t *nftables.Table) string {
