@@ -9,7 +9,15 @@ import (
 type Saved struct {
 	Chains []string // declared chains, in order
 	Rules  []string // "-A CHAIN ..." lines, verbatim
+	// Indexes of the above: a restore of thousands of attachments asks
+	// about each one's chains and rules, and a scan of every line each
+	// time made it quadratic.
+	to       map[chainTarget][]string
+	rules    map[string]bool
+	declared map[string]bool
 }
+
+type chainTarget struct{ chain, target string }
 
 // ParseSave reads the output of `iptables-save -t TABLE`.
 func ParseSave(text string) Saved {
@@ -19,19 +27,30 @@ func ParseSave(text string) Saved {
 		case strings.HasPrefix(line, ":"):
 			name, _, _ := strings.Cut(line[1:], " ")
 			s.Chains = append(s.Chains, name)
+			if s.declared == nil {
+				s.declared = map[string]bool{}
+			}
+			s.declared[name] = true
 		case strings.HasPrefix(line, "-A "):
 			s.Rules = append(s.Rules, line)
+			if s.to == nil {
+				s.to, s.rules = map[chainTarget][]string{}, map[string]bool{}
+			}
+			s.rules[line] = true
+			chain, _, _ := strings.Cut(line[3:], " ")
+			k := chainTarget{chain, target(line)}
+			s.to[k] = append(s.to[k], line)
 		}
 	}
 	return s
 }
 
 // HasChain reports whether chain is declared.
-func (s Saved) HasChain(chain string) bool { return slices.Contains(s.Chains, chain) }
+func (s Saved) HasChain(chain string) bool { return s.declared[chain] }
 
 // HasRule reports whether "-A chain rule" is among the rules, as printed.
 func (s Saved) HasRule(chain string, rule Rule) bool {
-	return slices.Contains(s.Rules, "-A "+chain+" "+rule.String())
+	return s.rules["-A "+chain+" "+rule.String()]
 }
 
 // RulesTo returns the rules of chain that jump to target, as printed: how
@@ -39,14 +58,7 @@ func (s Saved) HasRule(chain string, rule Rule) bool {
 // or a form of its own (a user's conditions), when the target is a chain
 // only their owner jumps to.
 func (s Saved) RulesTo(chain, to string) []string {
-	var out []string
-	prefix := "-A " + chain + " "
-	for _, line := range s.Rules {
-		if strings.HasPrefix(line, prefix) && target(line) == to {
-			out = append(out, line)
-		}
-	}
-	return out
+	return s.to[chainTarget{chain, to}]
 }
 
 // Comments returns the comments of chain's rules, as iptables-save quoted
