@@ -36,7 +36,7 @@ type Config struct {
 	// restore runs (default 100ms): a flush deletes hundreds of rules.
 	Settle time.Duration
 	// CanaryEvery is how often the iptables-legacy canary is looked at
-	// (default 5s); 0 with NoCanary set turns it off.
+	// (default 5s); NoCanary turns the canary off.
 	CanaryEvery time.Duration
 	NoCanary    bool
 	// BackoffWindow is how soon after a restore another one counts as

@@ -82,24 +82,30 @@ func watchNFTables(ctx context.Context, triggers chan<- string, activity chan<- 
 	if err != nil {
 		return err
 	}
+	// One goroutine owns the monitor: it reads the events, closes the
+	// monitor when ctx ends, and starts a new one when it ends by itself.
 	go func() {
 		for {
-			for e := range events {
-				if reason := nftReason(e); reason != "" {
-					send(triggers, reason)
-				} else if isDeletion(e) {
-					select {
-					case activity <- struct{}{}:
-					default:
-					}
-				}
-			}
-			stop()
-			if ctx.Err() != nil {
+			select {
+			case <-ctx.Done():
+				stop()
 				return
+			case e, ok := <-events:
+				if ok {
+					if reason := nftReason(e); reason != "" {
+						send(triggers, reason)
+					} else if isDeletion(e) {
+						select {
+						case activity <- struct{}{}:
+						default:
+						}
+					}
+					continue
+				}
 			}
 			// The monitor ended (an error it cannot go on after): events
 			// may have been lost meanwhile, so a restore, and a new monitor.
+			stop()
 			send(triggers, "the nftables monitor ended; started anew")
 			for {
 				if events, stop, err = monitorNFTables(); err == nil {
@@ -112,10 +118,6 @@ func watchNFTables(ctx context.Context, triggers chan<- string, activity chan<- 
 				}
 			}
 		}
-	}()
-	go func() {
-		<-ctx.Done()
-		stop()
 	}()
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"syscall"
 
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
@@ -119,20 +120,11 @@ func podRoute(index int, r PodRoute) *netlink.Route {
 func nextHops(routes []PodRoute) []netip.Addr {
 	var out []netip.Addr
 	for _, r := range routes {
-		if !containsAddr(out, r.Via) {
+		if !slices.Contains(out, r.Via) {
 			out = append(out, r.Via)
 		}
 	}
 	return out
-}
-
-func containsAddr(list []netip.Addr, a netip.Addr) bool {
-	for _, x := range list {
-		if x == a {
-			return true
-		}
-	}
-	return false
 }
 
 func hasPermanent(neighs []netlink.Neigh, ip netip.Addr, mac net.HardwareAddr) bool {

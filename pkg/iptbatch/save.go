@@ -13,6 +13,7 @@ type Saved struct {
 	// about each one's chains and rules, and a scan of every line each
 	// time made it quadratic.
 	to       map[chainTarget][]string
+	in       map[string][]string // rules by chain
 	rules    map[string]bool
 	declared map[string]bool
 }
@@ -34,10 +35,11 @@ func ParseSave(text string) Saved {
 		case strings.HasPrefix(line, "-A "):
 			s.Rules = append(s.Rules, line)
 			if s.to == nil {
-				s.to, s.rules = map[chainTarget][]string{}, map[string]bool{}
+				s.to, s.in, s.rules = map[chainTarget][]string{}, map[string][]string{}, map[string]bool{}
 			}
 			s.rules[line] = true
 			chain, _, _ := strings.Cut(line[3:], " ")
+			s.in[chain] = append(s.in[chain], line)
 			k := chainTarget{chain, target(line)}
 			s.to[k] = append(s.to[k], line)
 		}
@@ -65,11 +67,7 @@ func (s Saved) RulesTo(chain, to string) []string {
 // them, unquoted, in order.
 func (s Saved) Comments(chain string) []string {
 	var out []string
-	prefix := "-A " + chain + " "
-	for _, line := range s.Rules {
-		if !strings.HasPrefix(line, prefix) {
-			continue
-		}
+	for _, line := range s.in[chain] {
 		args := Split(line)
 		for i := 0; i+1 < len(args); i++ {
 			if args[i] == "--comment" {

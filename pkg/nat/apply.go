@@ -79,11 +79,12 @@ func removeChains(r iptbatch.Runner, fam iptbatch.Family, chains []string) error
 	return r.Restore(fam, b.Text())
 }
 
-// lockShared takes the lock that serializes the setting up of a backend's
-// shared chains in one family: node-wide (netnslock), for the networks of
-// every state directory and runtime on the node share those chains.
-func lockShared(backend string, fam iptbatch.Family) (release func(), err error) {
-	return netnslock.Acquire("portmap-shared-" + backend + "-" + fam.String())
+// lockShared takes the lock that serializes the setting up of the shared
+// chains or tables called what (a backend's, the reply path's) in one
+// family: node-wide (netnslock), for the networks of every state directory
+// and runtime on the node share them.
+func lockShared(what string, fam iptbatch.Family) (release func(), err error) {
+	return netnslock.Acquire("nat-shared-" + what + "-" + fam.String())
 }
 
 // RepairIPTables repairs a family's attachments in one iptables-restore,

@@ -117,7 +117,7 @@ func ReplyBackendFor(name, flavour string) ReplyBackend {
 	return iptReplies{iptbatch.Runner{Flavour: flavour}}
 }
 
-// byFamily groups paths by address family, IPv4 first.
+// byFamily groups paths by address family.
 func byFamily(paths []ReplyPath) map[iptbatch.Family][]ReplyPath {
 	out := map[iptbatch.Family][]ReplyPath{}
 	for _, p := range paths {

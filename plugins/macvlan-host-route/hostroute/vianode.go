@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
@@ -63,20 +64,12 @@ func PlanViaNode(cfg *Config, key attachstate.Key, pod []netip.Prefix, nodeAddrs
 		}
 		plan.Routes = append(plan.Routes, hostnet.PodRoute{Dst: dst, Via: via})
 		reply := nat.ReplyPath{Pod: own.Addr(), Node: via, Comment: nat.Comment(key.Network, key.ContainerID)}
-		if *cfg.ReplyViaNode && !containsReply(plan.Replies, reply) {
+		samePod := func(r nat.ReplyPath) bool { return r.Pod == reply.Pod }
+		if *cfg.ReplyViaNode && !slices.ContainsFunc(plan.Replies, samePod) {
 			plan.Replies = append(plan.Replies, reply)
 		}
 	}
 	return plan, nil
-}
-
-func containsReply(list []nat.ReplyPath, r nat.ReplyPath) bool {
-	for _, x := range list {
-		if x.Pod == r.Pod {
-			return true
-		}
-	}
-	return false
 }
 
 // viaNodeRecord is what an attachment's viaNode installed and how, saved
@@ -215,6 +208,7 @@ func checkViaNode(store attachstate.Store, key attachstate.Key, netns string) er
 // neither a record nor a valid attachment accounts for.
 func gcViaNode(cfg *Config, store attachstate.Store, names []string) []error {
 	var errs []error
+	sawRecord := false
 	accounted := map[string]bool{}
 	for _, v := range cfg.ValidAttachments {
 		accounted[nat.Comment(cfg.Name, v.ContainerID)] = true
@@ -233,6 +227,7 @@ func gcViaNode(cfg *Config, store attachstate.Store, names []string) []error {
 			errs = append(errs, err)
 			continue
 		}
+		sawRecord = true
 		if rec.Network != cfg.Name || rec.In(cfg.ValidAttachments) {
 			accounted[nat.Comment(rec.Network, rec.ContainerID)] = true
 			continue
@@ -241,7 +236,7 @@ func gcViaNode(cfg *Config, store attachstate.Store, names []string) []error {
 	}
 	// Reply paths of this network exist only where it routes viaNode; a
 	// node that never did need not have the backend's tools.
-	if len(cfg.ViaNode) == 0 && len(accounted) == len(cfg.ValidAttachments) {
+	if len(cfg.ViaNode) == 0 && !sawRecord {
 		return errs
 	}
 	b := nat.ReplyBackendFor(cfg.Backend, cfg.IptablesFlavour)
