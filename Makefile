@@ -10,7 +10,7 @@ LDFLAGS  := -s -w -X github.com/cnichain/plugins/pkg/buildinfo.Version=$(VERSION
 PLUGINS  := $(notdir $(wildcard plugins/*))
 FUZZTIME ?= 10s
 
-.PHONY: all build tools test e2e-runtime lint fuzz soak demo bench dist image install clean
+.PHONY: all build tools test e2e-runtime e2e-k8s lint fuzz soak demo bench bench-k8s dist image install clean
 
 all: build
 
@@ -36,7 +36,8 @@ lint:
 # them (scripts/under-load.sh), as on a busy machine: how flaky checks are found.
 LOAD ?= 0
 GO_TESTS      = CNICHAIN_BIN=$(BIN) $(GO) test -race -count=1 ./...
-RUNTIME_TESTS = SB_BIN=$(BIN) scripts/e2e-runtime.sh && SB_BIN=$(BIN) scripts/e2e-cri.sh && scripts/e2e-image.sh
+RUNTIME_TESTS = SB_BIN=$(BIN) scripts/e2e-runtime.sh && SB_BIN=$(BIN) scripts/e2e-cri.sh && scripts/e2e-image.sh \
+                && SB_BIN=$(BIN) scripts/e2e-k8s.sh
 
 test: tools build lint
 	@scripts/ensure-tools.sh firewalld firewall-cmd dbus-daemon
@@ -48,6 +49,12 @@ test: tools build lint
 # containerd if missing, and builds crictl once.
 e2e-runtime: tools build
 	$(RUNTIME_TESTS)
+
+# Only the cluster: a real two-node Kubernetes (scripts/cluster.sh) with the
+# plugins installed by deploy/daemonset.yaml. Builds its components once
+# (scripts/k8s-build.sh, ~10 min cold) into ~/.cache/cnichain/.
+e2e-k8s: tools build
+	SB_BIN=$(BIN) scripts/e2e-k8s.sh
 
 # Runs every fuzz target for FUZZTIME each.
 fuzz:
@@ -78,6 +85,12 @@ bench: tools build
 	$(GO) test -run '^$$' -bench . -benchtime 2000x ./plugins/... | grep -E '^(Benchmark|ok|FAIL)'
 	cd bench && CNICHAIN_BIN=$(BIN) CNICHAIN_BENCH=1 CNICHAIN_BENCH_ROUNDS=$(BENCH_ROUNDS) CNICHAIN_BENCH_PODS=$(BENCH_PODS) \
 	  $(GO) test -count=1 -v -run '^TestBench$$' -timeout 60m .
+	SB_BIN=$(BIN) scripts/bench-k8s.sh
+
+# Pod created -> Ready on the two-node cluster, portmap-lite against the
+# reference portmap: bench/RESULTS-k8s.md.
+bench-k8s: tools build
+	SB_BIN=$(BIN) scripts/bench-k8s.sh
 
 # A release tarball in the reference plugins' layout (binaries at the top,
 # untar into /opt/cni/bin), with its checksum.

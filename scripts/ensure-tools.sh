@@ -27,6 +27,8 @@ declare -A pkg_for=(
 # machine: installed only where no systemd runs (CI roots, containers),
 # for the tests run them in their own namespaces only.
 declare -A daemon_pkg=([firewalld]=firewalld [firewall-cmd]=firewalld [dbus-daemon]=dbus-daemon)
+# Tools named on the command line whose package has another name.
+declare -A pkg_of=([nft]=nftables)
 
 for tool in "$@"; do
   if [ -n "${daemon_pkg[$tool]:-}" ]; then
@@ -37,7 +39,7 @@ for tool in "$@"; do
     pkg_for[$tool]=${daemon_pkg[$tool]}
     continue
   fi
-  pkg_for[$tool]=$tool
+  pkg_for[$tool]=${pkg_of[$tool]:-$tool}
 done
 
 missing=()

@@ -26,17 +26,35 @@ const (
 	defaultConfDir = "/host/etc/cni/net.d"
 )
 
+// pluginMode is every installed plugin's.
+const pluginMode = 0o755
+
 func main() {
 	src := flag.String("src", defaultSrc, "the plugins to install (in the image)")
 	binDir := flag.String("bin-dir", defaultBinDir, "the node's CNI binary directory, as mounted")
 	conflist := flag.String("conflist", "", "a conflist to install too (e.g. from a ConfigMap); none by default")
 	confDir := flag.String("conf-dir", defaultConfDir, "the node's CNI configuration directory, as mounted")
+	conflistName := flag.String("conflist-name", "", "the file name to install the conflist under (default: its own);\n"+
+		"with a ConfigMap key per node (-conflist=/config/$(NODE_NAME).conflist) every node's file has one name")
 	sleep := flag.Bool("sleep", false, "after installing, sleep until terminated (as a DaemonSet's container)")
 	runAgent := flag.Bool("agent", false, "after installing, run the node agent until terminated (its flags follow)")
+	verify := flag.Bool("verify", false, "install nothing: exit 0 when the node holds these plugins, else name\n"+
+		"those it lacks and exit 1 (the DaemonSet's readiness probe: a rolling update\nmoves on once a node has the new binaries)")
 	var agent agentcmd.Flags
 	agent.Register(flag.CommandLine)
 	flag.Parse()
-	if err := run(*src, *binDir, *conflist, *confDir); err != nil {
+	if *verify {
+		differing, err := install.Differing(*src, *binDir, pluginMode)
+		if err == nil && len(differing) > 0 {
+			err = fmt.Errorf("not installed yet: %v", differing)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "cnichain-install:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if err := run(*src, *binDir, *conflist, *conflistName, *confDir); err != nil {
 		fmt.Fprintln(os.Stderr, "cnichain-install:", err)
 		os.Exit(1)
 	}
@@ -54,8 +72,8 @@ func main() {
 	}
 }
 
-func run(src, binDir, conflist, confDir string) error {
-	results, err := install.Dir(src, binDir, 0o755)
+func run(src, binDir, conflist, conflistName, confDir string) error {
+	results, err := install.Dir(src, binDir, pluginMode)
 	for _, r := range results {
 		fmt.Println(r.Outcome, r.Path)
 	}
@@ -72,7 +90,13 @@ func run(src, binDir, conflist, confDir string) error {
 	if err := os.MkdirAll(confDir, 0o755); err != nil {
 		return err
 	}
-	target := filepath.Join(confDir, filepath.Base(conflist))
+	if conflistName == "" {
+		conflistName = filepath.Base(conflist)
+	}
+	if conflistName != filepath.Base(conflistName) || conflistName == "." || conflistName == ".." {
+		return fmt.Errorf("-conflist-name %q: a file name, not a path", conflistName)
+	}
+	target := filepath.Join(confDir, conflistName)
 	o, err := install.File(target, data, 0o644)
 	if err != nil {
 		return err

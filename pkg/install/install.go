@@ -73,3 +73,30 @@ func Dir(src, dst string, mode fs.FileMode) ([]Result, error) {
 	}
 	return out, nil
 }
+
+// Differing lists the regular files of src whose copy in dst is missing or
+// has other content or mode: what Dir would write. Empty means installed.
+func Differing(src, dst string, mode fs.FileMode) ([]string, error) {
+	entries, err := os.ReadDir(src)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, e := range entries {
+		if !e.Type().IsRegular() {
+			continue
+		}
+		want, err := os.ReadFile(filepath.Join(src, e.Name()))
+		if err != nil {
+			return nil, err
+		}
+		target := filepath.Join(dst, e.Name())
+		have, err := os.ReadFile(target)
+		info, statErr := os.Stat(target)
+		if err != nil || statErr != nil || !bytes.Equal(have, want) || info.Mode().Perm() != mode.Perm() {
+			out = append(out, target)
+		}
+	}
+	sort.Strings(out)
+	return out, nil
+}

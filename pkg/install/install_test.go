@@ -119,3 +119,38 @@ func TestDir(t *testing.T) {
 		t.Errorf("installed %v", n)
 	}
 }
+
+func TestDiffering(t *testing.T) {
+	src, dst := t.TempDir(), t.TempDir()
+	for name, data := range map[string]string{"portmap-lite": "new", "static-ipam": "same"} {
+		if err := os.WriteFile(filepath.Join(src, name), []byte(data), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	differing := func() []string {
+		t.Helper()
+		d, err := Differing(src, dst, 0o755)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	if d := differing(); !slices.Equal(d, []string{filepath.Join(dst, "portmap-lite"), filepath.Join(dst, "static-ipam")}) {
+		t.Errorf("nothing installed: differing %v, want both", d)
+	}
+	if _, err := Dir(src, dst, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if d := differing(); len(d) != 0 {
+		t.Errorf("after Dir: differing %v, want none", d)
+	}
+	if err := os.WriteFile(filepath.Join(dst, "portmap-lite"), []byte("old"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(filepath.Join(dst, "static-ipam"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if d := differing(); !slices.Equal(d, []string{filepath.Join(dst, "portmap-lite"), filepath.Join(dst, "static-ipam")}) {
+		t.Errorf("old content and another mode: differing %v, want both", d)
+	}
+}

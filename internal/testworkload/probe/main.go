@@ -1,0 +1,91 @@
+// probe is the cluster test's network workload, static and alone in the
+// pods' image (busybox has no UDP server or client, and its static wget
+// crashes in a root without the C library's name-service modules):
+//
+//	probe udp-serve PORT      answers each datagram with the pod's name and what it got
+//	probe udp HOST:PORT MSG   sends MSG from a connected socket, as a resolver does; prints the answer
+//	probe http URL            prints the body of a GET
+package main
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"time"
+)
+
+const timeout = 5 * time.Second
+
+func main() {
+	var err error
+	switch {
+	case len(os.Args) == 3 && os.Args[1] == "udp-serve":
+		err = serveUDP(os.Args[2])
+	case len(os.Args) == 4 && os.Args[1] == "udp":
+		err = askUDP(os.Args[2], os.Args[3])
+	case len(os.Args) == 3 && os.Args[1] == "http":
+		err = get(os.Args[2])
+	default:
+		fmt.Fprintln(os.Stderr, "usage: probe udp-serve PORT | probe udp HOST:PORT MESSAGE | probe http URL")
+		os.Exit(2)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "probe:", err)
+		os.Exit(1)
+	}
+}
+
+func serveUDP(port string) error {
+	conn, err := net.ListenPacket("udp", ":"+port)
+	if err != nil {
+		return err
+	}
+	host, _ := os.Hostname()
+	buf := make([]byte, 1500)
+	for {
+		n, from, err := conn.ReadFrom(buf)
+		if err != nil {
+			return err
+		}
+		if _, err := conn.WriteTo([]byte(host+": "+string(buf[:n])), from); err != nil {
+			fmt.Fprintln(os.Stderr, "probe: answering", from, err)
+		}
+	}
+}
+
+func askUDP(addr, message string) error {
+	conn, err := net.Dial("udp", addr)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if err := conn.SetDeadline(time.Now().Add(timeout)); err != nil {
+		return err
+	}
+	if _, err := conn.Write([]byte(message)); err != nil {
+		return err
+	}
+	buf := make([]byte, 1500)
+	n, err := conn.Read(buf)
+	if err != nil {
+		return fmt.Errorf("no answer from %s: %w", addr, err)
+	}
+	fmt.Println(string(buf[:n]))
+	return nil
+}
+
+func get(url string) error {
+	client := http.Client{Timeout: timeout}
+	resp, err := client.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	_, err = io.Copy(os.Stdout, resp.Body)
+	return err
+}

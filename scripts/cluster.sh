@@ -1,0 +1,442 @@
+# shellcheck shell=bash
+# A two-node Kubernetes cluster inside the sandbox, from the real components
+# scripts/k8s-build.sh builds (nothing of ours stands in for them). Source
+# it, call cluster_up, and everything is stopped and removed on exit, on
+# failure and on Ctrl-C. Nothing of the machine's own network is touched:
+#
+#   lan    ($CL_ID-lan):    bridge lan0 192.168.0.1/16, the lan's router and a host on it
+#   cp     ($CL_ID-cp):     eth0 192.168.0.2: etcd, kube-apiserver (:6443), controller-manager, scheduler
+#   node-a ($CL_ID-node-a): eno1 192.168.0.11 } containerd 2, kubelet, kube-proxy, each node in a
+#   node-b ($CL_ID-node-b): eno1 192.168.0.12 } mount namespace of its own (below)
+#
+# A node's mount namespace has its own /opt/cni/bin, /etc/cni/net.d,
+# /var/lib/cni, /var/lib/kubelet, /var/log/pods, /var/lib/containerd, /run/containerd and
+# /run/netns (directories under $CL_DIR bound there; a missing mount point
+# is made and removed again), and its own copies of the six kernel
+# settings a kubelet would otherwise set for the whole machine
+# (vm.overcommit_memory, kernel.panic, ...): it finds them as it wants them.
+# Its cgroups live under a cgroupRoot of this run's in every v1 hierarchy.
+
+CL_ID="cnichain-k8s-$$"
+CL_DIR=""
+CL_BIN=""
+CL_NODES=(node-a node-b)
+declare -A CL_NODE_IP=([node-a]=192.168.0.11 [node-b]=192.168.0.12)
+CL_CP_IP=192.168.0.2
+CL_SERVICE_CIDR=10.96.0.0/16
+declare -A CL_HOLDER=() # node -> the process that holds its mount namespace
+declare -A CL_PID=()    # "node/component" or "cp/component" -> its PID
+CL_MADE_DIRS=()         # mount points this run had to create on the machine
+
+# The kernel settings a kubelet sets unless protectKernelDefaults, with the
+# values it wants (k8s.io/component-helpers/node/util/sysctl).
+declare -A CL_KUBELET_SYSCTLS=([vm/overcommit_memory]=1 [vm/panic_on_oom]=0 [kernel/panic]=10
+  [kernel/panic_on_oops]=1 [kernel/keys/root_maxkeys]=1000000 [kernel/keys/root_maxbytes]=25000000)
+CL_NODE_MOUNTS=(/opt/cni/bin /etc/cni/net.d /var/lib/cni /var/lib/kubelet /var/log/pods /var/lib/containerd /run/containerd /run/netns)
+
+cl_log() { echo "$CL_DIR/logs/$1.log"; }
+
+# cl_kubectl ARGS...: kubectl as the cluster's admin, from a host on the lan
+# (never from the machine's own network namespace).
+cl_kubectl() {
+  nsenter --net="/var/run/netns/$CL_ID-lan" "$CL_BIN/kubectl" --kubeconfig "$CL_DIR/admin.kubeconfig" --request-timeout 60s "$@"
+}
+
+# in_node NODE CMD...: CMD in NODE's network and mount namespaces.
+in_node() {
+  local node=$1
+  shift
+  nsenter -t "${CL_HOLDER[$node]}" --mount --net "$@"
+}
+in_lan() { ip netns exec "$CL_ID-lan" "$@"; }
+
+# cl_spawn KEY NETNS_CMD... : starts a component in the background, its
+# output in logs/KEY (with / as -), and remembers its PID under KEY.
+cl_spawn() {
+  local key=$1
+  shift
+  "$@" >>"$(cl_log "${key//\//-}")" 2>&1 </dev/null &
+  CL_PID[$key]=$!
+}
+
+# cl_stop KEY: SIGTERM, then SIGKILL after 30 s (kube-apiserver takes more
+# than 10 s to stop).
+cl_stop() {
+  local pid=${CL_PID[$1]:-} i
+  [ -n "$pid" ] || return 0
+  kill "$pid" 2>/dev/null || true
+  for ((i = 0; i < 300; i++)); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -9 "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  unset "CL_PID[$1]"
+}
+
+cl_hierarchies() { # the cgroup v1 hierarchies, one directory each
+  findmnt -rn -t cgroup -o TARGET
+}
+cl_cgroup_root() { echo "/$CL_ID-$1"; }
+
+# cl_kill_pods NODE: SIGKILL to every process in NODE's cgroups (its pods).
+cl_kill_pods() {
+  local h f
+  for h in $(cl_hierarchies); do
+    [ -d "$h$(cl_cgroup_root "$1")" ] || continue
+    while read -r f; do
+      { xargs -r kill -9 <"$f"; } 2>/dev/null || true
+    done < <(find "$h$(cl_cgroup_root "$1")" -name cgroup.procs 2>/dev/null)
+  done
+}
+
+# cl_node_pids NODE: the processes in NODE's mount namespace (containerd,
+# its shims, kubelet, kube-proxy, the holder).
+cl_node_pids() {
+  local holder=${CL_HOLDER[$1]:-} want p
+  [ -n "$holder" ] || return 0
+  want=$(readlink "/proc/$holder/ns/mnt" 2>/dev/null) || return 0
+  for p in /proc/[0-9]*; do
+    [ "$(readlink "$p/ns/mnt" 2>/dev/null)" = "$want" ] && echo "${p#/proc/}"
+  done
+  return 0
+}
+
+cl_remove_cgroups() { # cl_remove_cgroups NODE: its cgroups, deepest first, once empty
+  local h root deadline
+  root=$(cl_cgroup_root "$1")
+  deadline=$((SECONDS + 60))
+  for h in $(cl_hierarchies); do
+    [ -d "$h$root" ] || continue
+    until find "$h$root" -depth -type d -exec rmdir {} + 2>/dev/null; [ ! -d "$h$root" ]; do
+      if [ "$SECONDS" -ge "$deadline" ]; then
+        echo "cluster: $h$root still holds processes after 60 s" >&2
+        break
+      fi
+      cl_kill_pods "$1"
+      sleep 0.2
+    done
+  done
+}
+
+cluster_down() {
+  local node pid key d
+  for node in "${CL_NODES[@]}"; do
+    [ -n "${CL_HOLDER[$node]:-}" ] || continue
+    cl_kill_pods "$node"
+    for pid in $(cl_node_pids "$node"); do kill -9 "$pid" 2>/dev/null || true; done
+  done
+  # Everything is thrown away: no component needs to stop cleanly (and
+  # kube-apiserver alone takes over 10 s to).
+  for key in "${!CL_PID[@]}"; do kill -9 "${CL_PID[$key]}" 2>/dev/null || true; done
+  for key in "${!CL_PID[@]}"; do cl_stop "$key"; done
+  for node in "${CL_NODES[@]}"; do
+    if [ -n "${CL_HOLDER[$node]:-}" ]; then
+      kill -9 "${CL_HOLDER[$node]}" 2>/dev/null || true
+      wait "${CL_HOLDER[$node]}" 2>/dev/null || true
+    fi
+    cl_remove_cgroups "$node"
+  done
+  CL_HOLDER=()
+  for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^$CL_ID-" || true); do
+    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
+    ip netns delete "$ns" 2>/dev/null || true
+  done
+  for ((i = ${#CL_MADE_DIRS[@]} - 1; i >= 0; i--)); do rmdir "${CL_MADE_DIRS[$i]}" 2>/dev/null || true; done
+  CL_MADE_DIRS=()
+  if [ -n "$CL_DIR" ]; then
+    cl_podman_clean
+    findmnt -rn -o TARGET | grep "^$CL_DIR/" | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done || true
+    if [ -n "${CL_KEEP_LOGS:-}" ]; then
+      mkdir -p "$CL_KEEP_LOGS" && cp -r "$CL_DIR/logs/." "$CL_KEEP_LOGS/" 2>/dev/null || true
+    fi
+    rm -rf "$CL_DIR"
+  fi
+  CL_DIR=""
+}
+
+cl_netns() { # cl_netns NAME IFNAME ADDRESS: a namespace on the lan
+  ip netns add "$CL_ID-$1"
+  ip -n "$CL_ID-$1" link set lo up
+  ip -n "$CL_ID-lan" link add "$1" type veth peer name "$2" netns "$CL_ID-$1"
+  ip -n "$CL_ID-lan" link set "$1" master lan0 up
+  ip -n "$CL_ID-$1" addr add "$3/16" dev "$2"
+  ip -n "$CL_ID-$1" link set "$2" up
+  ip -n "$CL_ID-$1" route add default via 192.168.0.1
+}
+
+cl_kubeconfig() { # cl_kubeconfig TOKEN: a kubeconfig for the API server with that bearer token
+  cat <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: sandbox
+  cluster:
+    server: https://$CL_CP_IP:6443
+    certificate-authority: $CL_DIR/apiserver/apiserver.crt
+users:
+- name: user
+  user:
+    token: $1
+contexts:
+- name: sandbox
+  context: {cluster: sandbox, user: user}
+current-context: sandbox
+EOF
+}
+
+cl_api_ready() { cl_kubectl get --raw /readyz >/dev/null 2>&1; }
+
+cl_control_plane_up() {
+  local cp=(nsenter --net="/var/run/netns/$CL_ID-cp")
+  openssl genrsa -out "$CL_DIR/sa.key" 2048 2>/dev/null
+  openssl rsa -in "$CL_DIR/sa.key" -pubout -out "$CL_DIR/sa.pub" 2>/dev/null
+  # Bearer tokens: the admin (control-plane components, kube-proxy, the
+  # test) and one per kubelet, authorized as nodes are (Node authorizer).
+  {
+    echo "admin-$CL_ID,admin,admin,system:masters"
+    local node
+    for node in "${CL_NODES[@]}"; do echo "kubelet-$node-$CL_ID,system:node:$node,$node,system:nodes"; done
+  } >"$CL_DIR/tokens.csv"
+  cl_spawn cp/etcd "${cp[@]}" "$CL_BIN/etcd" --name sandbox --data-dir "$CL_DIR/etcd" \
+    --listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
+    --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
+    --initial-cluster sandbox=http://127.0.0.1:2380 --log-level warn
+  wait_for 120 "etcd to answer on 127.0.0.1:2379" matches '"health":"true"' \
+    "${cp[@]}" curl -s --max-time 5 http://127.0.0.1:2379/health || return 1
+  cl_spawn cp/kube-apiserver "${cp[@]}" "$CL_BIN/kube-apiserver" \
+    --etcd-servers http://127.0.0.1:2379 --bind-address "$CL_CP_IP" --advertise-address "$CL_CP_IP" \
+    --secure-port 6443 --cert-dir "$CL_DIR/apiserver" --token-auth-file "$CL_DIR/tokens.csv" \
+    --authorization-mode Node,RBAC --allow-privileged=true \
+    --service-account-key-file "$CL_DIR/sa.pub" --service-account-signing-key-file "$CL_DIR/sa.key" \
+    --service-account-issuer https://kubernetes.default.svc.cluster.local \
+    --service-cluster-ip-range "$CL_SERVICE_CIDR" --enable-admission-plugins NodeRestriction \
+    --kubelet-preferred-address-types InternalIP
+  cl_kubeconfig "admin-$CL_ID" >"$CL_DIR/admin.kubeconfig"
+  wait_for 180 "kube-apiserver to be ready on $CL_CP_IP:6443" cl_api_ready || return 1
+  cl_spawn cp/kube-controller-manager "${cp[@]}" "$CL_BIN/kube-controller-manager" \
+    --kubeconfig "$CL_DIR/admin.kubeconfig" --leader-elect=false \
+    --service-account-private-key-file "$CL_DIR/sa.key" --root-ca-file "$CL_DIR/apiserver/apiserver.crt" \
+    --use-service-account-credentials=true --service-cluster-ip-range "$CL_SERVICE_CIDR" \
+    --bind-address 127.0.0.1 --secure-port 10257
+  cl_spawn cp/kube-scheduler "${cp[@]}" "$CL_BIN/kube-scheduler" \
+    --kubeconfig "$CL_DIR/admin.kubeconfig" --leader-elect=false --bind-address 127.0.0.1 --secure-port 10259
+}
+
+# cl_node_namespace NODE: the node's mount namespace, held by a sleeping
+# process; returns once its mounts are in place.
+cl_node_namespace() {
+  local node=$1 d=$CL_DIR/$1 m p h root
+  mkdir -p "$d/sysctl"
+  for m in "${CL_NODE_MOUNTS[@]}"; do
+    mkdir -p "$d/mnt$m"
+    if [ ! -d "$m" ]; then
+      p=$m
+      while [ ! -d "$(dirname "$p")" ]; do p=$(dirname "$p"); done
+      mkdir -p "$m"
+      CL_MADE_DIRS+=("$p")
+    fi
+  done
+  for p in "${!CL_KUBELET_SYSCTLS[@]}"; do echo "${CL_KUBELET_SYSCTLS[$p]}" >"$d/sysctl/${p//\//.}"; done
+  root=$(cl_cgroup_root "$node")
+  for h in $(cl_hierarchies); do
+    mkdir -p "$h$root"
+    # A new cpuset cgroup starts with no CPUs and no memory nodes.
+    [ -f "$h/cpuset.cpus" ] && cat "$h/cpuset.cpus" >"$h$root/cpuset.cpus" && cat "$h/cpuset.mems" >"$h$root/cpuset.mems"
+  done
+  # Private first, so that nothing propagates to or from the machine; then
+  # shared within the node, as a node's / is (containerd's HostToContainer
+  # volumes need a shared or slave source).
+  nsenter --net="/var/run/netns/$CL_ID-$node" unshare --mount --propagation private sh -c '
+    d=$1; shift
+    mount --make-rshared /
+    for m in "$@"; do mount --bind "$d/mnt$m" "$m"; done
+    for f in "$d"/sysctl/*; do mount --bind "$f" "/proc/sys/$(basename "$f" | tr . /)"; done
+    touch "$d/mounted"
+    exec sleep 2147483647' sh "$d" "${CL_NODE_MOUNTS[@]}" >>"$(cl_log "$node-holder")" 2>&1 &
+  CL_HOLDER[$node]=$!
+  wait_for 60 "$node's mount namespace" test -f "$d/mounted"
+}
+
+cl_containerd_config() {
+  cat <<'EOF'
+version = 3
+root = "/var/lib/containerd"
+state = "/run/containerd"
+disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",
+  "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.erofs", "io.containerd.snapshotter.v1.blockfile",
+  "io.containerd.nri.v1.nri"]
+[grpc]
+  address = "/run/containerd/containerd.sock"
+[plugins.'io.containerd.cri.v1.images']
+  snapshotter = "native"
+  [plugins.'io.containerd.cri.v1.images'.pinned_images]
+    sandbox = "localhost/cnichain-busybox:1"
+[plugins.'io.containerd.cri.v1.runtime']
+  disable_apparmor = true
+  restrict_oom_score_adj = true
+  [plugins.'io.containerd.cri.v1.runtime'.containerd]
+    default_runtime_name = "runc"
+    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+    # Pods of RuntimeClass "dockin" take their network from the multinic
+    # conflist in a directory of their own.
+    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.dockin]
+      runtime_type = "io.containerd.runc.v2"
+      cni_conf_dir = "/etc/cni/net.d/dockin"
+      cni_max_conf_num = 1
+  [plugins.'io.containerd.cri.v1.runtime'.cni]
+    bin_dirs = ["/opt/cni/bin"]
+    conf_dir = "/etc/cni/net.d"
+    max_conf_num = 1
+[plugins.'io.containerd.grpc.v1.cri']
+  stream_server_address = "127.0.0.1"
+EOF
+}
+
+# cl_containerd_start NODE / cl_containerd_stop NODE (its shims and pods stay,
+# as on a node whose containerd restarts).
+cl_containerd_start() {
+  cl_spawn "$1/containerd" in_node "$1" env PATH="$CL_BIN:$PATH" sh -c 'ulimit -n 1024 -u 4096; exec containerd --config "$1"' sh "$CL_DIR/$1/containerd.toml"
+  wait_for 120 "containerd on $1 to answer" in_node "$1" "$CL_BIN/ctr" --address /run/containerd/containerd.sock version >/dev/null 2>&1
+}
+cl_containerd_stop() { cl_stop "$1/containerd"; }
+
+cl_kubelet_config() { # cl_kubelet_config NODE
+  cat <<EOF
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+failCgroupV1: false
+cgroupDriver: cgroupfs
+cgroupRoot: $(cl_cgroup_root "$1")
+containerRuntimeEndpoint: unix:///run/containerd/containerd.sock
+address: ${CL_NODE_IP[$1]}
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+authentication:
+  anonymous: {enabled: true}
+  webhook: {enabled: false}
+authorization: {mode: AlwaysAllow}
+failSwapOn: false
+clusterDNS: [10.96.0.10]
+clusterDomain: cluster.local
+resolvConf: $CL_DIR/resolv.conf
+evictionHard: {memory.available: 100Mi, nodefs.available: 1%, imagefs.available: 1%, nodefs.inodesFree: 1%}
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+serializeImagePulls: false
+nodeStatusUpdateFrequency: 4s
+fileCheckFrequency: 5s
+EOF
+}
+
+cl_kubelet_start() {
+  cl_spawn "$1/kubelet" in_node "$1" env PATH="$CL_BIN:$PATH" "$CL_BIN/kubelet" --config "$CL_DIR/$1/kubelet.yaml" \
+    --kubeconfig "$CL_DIR/$1/kubelet.kubeconfig" --hostname-override "$1" --node-ip "${CL_NODE_IP[$1]}" \
+    --cert-dir "$CL_DIR/$1/kubelet-pki" --v 1
+}
+cl_kubelet_stop() { cl_stop "$1/kubelet"; }
+
+# cl_kube_proxy_start NODE MODE [CLUSTER_CIDR]: kube-proxy in iptables or
+# nftables mode; conntrack's machine-wide limits are left alone.
+cl_kube_proxy_start() {
+  cat >"$CL_DIR/$1/kube-proxy.yaml" <<EOF
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection: {kubeconfig: $CL_DIR/admin.kubeconfig}
+hostnameOverride: $1
+mode: $2
+clusterCIDR: "${3:-}"
+conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
+metricsBindAddress: 127.0.0.1:10249
+healthzBindAddress: 127.0.0.1:10256
+EOF
+  cl_spawn "$1/kube-proxy" in_node "$1" "$CL_BIN/kube-proxy" --config "$CL_DIR/$1/kube-proxy.yaml"
+}
+# cl_kube_proxy_stop NODE: stops it and removes its rules (kube-proxy --cleanup).
+cl_kube_proxy_stop() {
+  cl_stop "$1/kube-proxy"
+  in_node "$1" "$CL_BIN/kube-proxy" --cleanup >>"$(cl_log "$1-kube-proxy")" 2>&1 || true
+}
+
+cl_node_up() { # cl_node_up NODE: a node with containerd and kubelet (no kube-proxy yet)
+  local node=$1
+  cl_netns "$node" eno1 "${CL_NODE_IP[$node]}"
+  ip netns exec "$CL_ID-$node" sysctl -qw net.ipv4.ip_forward=1 net.netfilter.nf_conntrack_tcp_be_liberal=1 2>/dev/null ||
+    ip netns exec "$CL_ID-$node" sysctl -qw net.ipv4.ip_forward=1
+  cl_node_namespace "$node"
+  cl_containerd_config >"$CL_DIR/$node/containerd.toml"
+  cl_kubelet_config "$node" >"$CL_DIR/$node/kubelet.yaml"
+  cl_kubeconfig "kubelet-$node-$CL_ID" >"$CL_DIR/$node/kubelet.kubeconfig"
+  cl_containerd_start "$node"
+  cl_kubelet_start "$node"
+}
+
+# cl_import NODE ARCHIVE: an image archive into NODE's containerd (no registry).
+cl_import() {
+  in_node "$1" "$CL_BIN/ctr" --address /run/containerd/containerd.sock -n k8s.io images import --local \
+    --snapshotter native "$2" >/dev/null 2>>"$(cl_log "$1-ctr")"
+}
+
+cl_podman_opts() { echo "--root $CL_DIR/podman --runroot $CL_DIR/podman-run --tmpdir $CL_DIR --storage-driver vfs"; }
+
+# cl_busybox_image NAME ARCHIVE: the pods' image, from scratch: the static
+# busybox (the sandbox's sleeping PID 1 and the pods' web server, serving
+# /www) and the network probe (internal/testworkload/probe); saved as an
+# OCI archive.
+cl_busybox_image() {
+  local d=$CL_DIR/image
+  mkdir -p "$d/bin" "$d/www"
+  cp /bin/busybox "$d/bin/busybox"
+  CGO_ENABLED=0 go build -trimpath -o "$d/bin/probe" ./internal/testworkload/probe
+  echo "hello from a k8s pod" >"$d/www/index.html"
+  printf 'FROM scratch\nCOPY bin /bin\nCOPY www /www\nENTRYPOINT ["/bin/busybox", "sleep", "2147483647"]\n' >"$d/Containerfile"
+  # shellcheck disable=SC2046
+  podman $(cl_podman_opts) --cgroup-manager cgroupfs --events-backend file build -q -t "$1" "$d" >/dev/null
+  # shellcheck disable=SC2046
+  podman $(cl_podman_opts) save -q --format oci-archive -o "$2" "$1"
+}
+
+cl_podman_clean() { # the images' build storage, once they are saved
+  # shellcheck disable=SC2046
+  [ ! -d "$CL_DIR/podman" ] || podman $(cl_podman_opts) rmi -a -f >/dev/null 2>&1 || true
+  rm -rf "$CL_DIR/podman" "$CL_DIR/podman-run"
+}
+
+# cl_provision_reference_plugins NODE BIN: what node provisioning installs
+# (a kubernetes-cni package): the reference plugins the chains and
+# containerd use, from BIN.
+cl_provision_reference_plugins() {
+  local p
+  for p in macvlan host-local loopback portmap bridge; do cp "$2/$p" "$CL_DIR/$1/mnt/opt/cni/bin/"; done
+}
+
+cl_node_registered() { cl_kubectl get node "$1" >/dev/null 2>&1; }
+
+# cluster_up: control plane and both nodes (NotReady until a CNI conflist
+# lands in their /etc/cni/net.d).
+cluster_up() {
+  CL_BIN=$(scripts/k8s-build.sh)/bin
+  # One cluster at a time per machine: the nodes' mount points on the
+  # machine's tree are shared, and one run's removal of a mount point it
+  # made would take another's mount with it.
+  exec {CL_LOCK}>/tmp/cnichain-cluster.lock
+  wait_for 1800 "another run's cluster to go (/tmp/cnichain-cluster.lock)" flock -n "$CL_LOCK"
+  trap 'cluster_down' EXIT
+  trap 'cluster_down; exit 130' INT TERM
+  CL_DIR=$(mktemp -d /tmp/cnichain-k8s.XXXXXX)
+  mkdir -p "$CL_DIR/logs"
+  echo "nameserver 192.168.0.1" >"$CL_DIR/resolv.conf"
+  ip netns add "$CL_ID-lan"
+  ip -n "$CL_ID-lan" link set lo up
+  ip -n "$CL_ID-lan" link add lan0 type bridge
+  ip -n "$CL_ID-lan" addr add 192.168.0.1/16 dev lan0
+  ip -n "$CL_ID-lan" link set lan0 up
+  cl_netns cp eth0 "$CL_CP_IP"
+  cl_control_plane_up || return 1
+  local node
+  for node in "${CL_NODES[@]}"; do cl_node_up "$node" || return 1; done
+  for node in "${CL_NODES[@]}"; do
+    wait_for 180 "$node to register with the API server" cl_node_registered "$node" || return 1
+  done
+}

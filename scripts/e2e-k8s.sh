@@ -1,0 +1,373 @@
+#!/usr/bin/env bash
+# The plugins in a real Kubernetes cluster (scripts/cluster.sh: etcd,
+# kube-apiserver, controller-manager, scheduler; two nodes, each with
+# containerd 2, a kubelet and kube-proxy), installed by our own DaemonSet:
+# nodes NotReady until it has put the plugins and the whole chain's
+# conflist in place; a Deployment spread over both nodes reached from the
+# lan, the nodes and each other; a hostPort; ClusterIP Services (TCP and
+# UDP) from macvlan pods through the real kube-proxy in both of its modes,
+# with and without --cluster-cidr; a Dockin multinic pod; and the life
+# cycle: pods deleted, a node drained, kubelet and containerd restarted,
+# the DaemonSet rolled to a new image under running pods.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/ensure-tools.sh podman runc nft openssl
+. scripts/e2e-lib.sh
+. scripts/cluster.sh
+
+SB_BIN="${SB_BIN:-$(pwd)/bin}"
+BUSYBOX=localhost/cnichain-busybox:1
+PLUGINS=localhost/cnichain-plugins
+
+cluster_up
+T=$CL_DIR
+k() { cl_kubectl "$@"; }
+echo "== Kubernetes $("$CL_BIN/kubelet" --version | awk '{print $2}'), containerd $("$CL_BIN/containerd" --version | awk '{print $3}'), two nodes"
+
+# Images, built here from scratch and imported into each node (no registry):
+# the pods' (cl_busybox_image); the installer image at two versions, for
+# the rolling update.
+cl_busybox_image "$BUSYBOX" "$T/busybox.tar"
+for v in 1 2; do
+  VERSION="k8s-e2e-$v" LDFLAGS="-X github.com/cnichain/plugins/pkg/buildinfo.Version=k8s-e2e-$v" \
+    IMAGE="$PLUGINS:k8s-e2e-$v" IMAGE_ARCHIVE="$T/plugins-$v.tar" PODMAN_OPTS="$(cl_podman_opts)" scripts/image.sh >/dev/null
+done
+cl_podman_clean
+for node in "${CL_NODES[@]}"; do
+  cl_import "$node" "$T/busybox.tar"
+  cl_import "$node" "$T/plugins-1.tar"
+  cl_import "$node" "$T/plugins-2.tar"
+  cl_provision_reference_plugins "$node" "$SB_BIN"
+done
+
+ready_status() { k get node "$1" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}'; }
+ready_message() { k get node "$1" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].message}'; }
+node_ready() { matches '^True$' ready_status "$1"; }
+not_ready_for_cni() { ! node_ready "$1" && matches 'cni|CNI|network plugin' ready_message "$1"; }
+for node in "${CL_NODES[@]}"; do
+  check "$node starts NotReady: no CNI configuration yet" wait_for 120 "$node to say its network is not ready" not_ready_for_cni "$node"
+done
+
+# The whole chain on the lan, with host-local handing out addresses from a
+# range of each node's (one key per node in the ConfigMap; the DaemonSet
+# picks its node's); Services through the node (viaNode).
+conflist() { # conflist RANGE_PREFIX
+  cat <<CONF
+{"cniVersion":"1.0.0","name":"lan","plugins":[
+ {"type":"macvlan","master":"eno1","mode":"bridge",
+  "ipam":{"type":"host-local","ranges":[[{"subnet":"192.168.0.0/16","rangeStart":"$1.10","rangeEnd":"$1.99","gateway":"192.168.0.1"}]],
+          "routes":[{"dst":"0.0.0.0/0"}]}},
+ {"type":"macvlan-host-route","master":"eno1","viaNode":["$CL_SERVICE_CIDR"]},
+ {"type":"portmap-lite","capabilities":{"portMappings":true}}]}
+CONF
+}
+conflist 192.168.10 >"$T/node-a.conflist"
+conflist 192.168.11 >"$T/node-b.conflist"
+k -n kube-system create configmap cnichain-conflist --from-file "$T/node-a.conflist" --from-file "$T/node-b.conflist" >/dev/null
+
+# deploy/daemonset.yaml as a user applies it, with the image tag of this
+# run and the ConfigMap's conflist for its node.
+daemonset() { # daemonset TAG: the manifest for that image tag
+  k patch --local -o yaml -f deploy/daemonset.yaml --type strategic -p "$(cat <<PATCH
+{"spec":{"template":{"spec":{
+  "containers":[{"name":"install","image":"$PLUGINS:$1",
+    "args":["-agent","-iptables-root=/host","-conflist=/config/\$(NODE_NAME).conflist","-conflist-name=30-lan.conflist"],
+    "env":[{"name":"NODE_NAME","valueFrom":{"fieldRef":{"fieldPath":"spec.nodeName"}}}],
+    "volumeMounts":[{"name":"conflist","mountPath":"/config","readOnly":true}]}],
+  "volumes":[{"name":"conflist","configMap":{"name":"cnichain-conflist"}}]}}}}
+PATCH
+)"
+}
+daemonset k8s-e2e-1 | k apply -f - >/dev/null
+for node in "${CL_NODES[@]}"; do
+  check "$node becomes Ready once the DaemonSet has installed the plugins and conflist" \
+    wait_for 180 "$node to become Ready" node_ready "$node"
+  check "$node: the DaemonSet wrote the plugins into its /opt/cni/bin" test -x "$T/$node/mnt/opt/cni/bin/portmap-lite"
+  check "$node: the DaemonSet wrote its conflist into its /etc/cni/net.d" cmp -s "$T/$node/mnt/etc/cni/net.d/30-lan.conflist" "$T/$node.conflist"
+done
+
+# Workloads.
+k apply -f - >/dev/null <<EOF
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      terminationGracePeriodSeconds: 0
+      topologySpreadConstraints:
+      - {maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule, labelSelector: {matchLabels: {app: web}}}
+      containers:
+      - {name: web, image: $BUSYBOX, imagePullPolicy: Never, command: [/bin/busybox, httpd, -f, -p, "80", -h, /www]}
+      - {name: echo, image: $BUSYBOX, imagePullPolicy: Never, command: [/bin/probe, udp-serve, "5353"]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 80, protocol: TCP}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo}
+spec:
+  selector: {app: web}
+  ports: [{name: echo, port: 53, targetPort: 5353, protocol: UDP}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: hostport}
+spec:
+  nodeName: node-a
+  terminationGracePeriodSeconds: 0
+  containers:
+  - name: web
+    image: $BUSYBOX
+    imagePullPolicy: Never
+    command: [/bin/busybox, httpd, -f, -p, "80", -h, /www]
+    ports: [{containerPort: 80, hostPort: 8080}]
+EOF
+# ready_pods SELECTOR COUNT: COUNT pods match SELECTOR and all are Ready.
+ready_pods() {
+  local out
+  out=$(k get pod -l "$1" -o 'jsonpath={range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}') || return 1
+  [ "$(grep -c . <<<"$out")" -eq "$2" ] && ! grep -qv '^True$' <<<"$out"
+}
+pod_ready() { matches '^True$' k get pod "$1" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}'; }
+check "the Deployment's two pods become Ready" wait_for 180 "two Ready web pods" ready_pods app=web 2
+check "the hostPort pod becomes Ready" wait_for 180 "the hostPort pod to be Ready" pod_ready hostport
+
+pod_on() { k get pod -l app=web --field-selector "spec.nodeName=$1" -o 'jsonpath={.items[0].metadata.name}'; }
+pod_ip() { k get pod "$1" -o 'jsonpath={.status.podIP}'; }
+WEB_A=$(pod_on node-a) WEB_B=$(pod_on node-b)
+IP_A=$(pod_ip "$WEB_A") IP_B=$(pod_ip "$WEB_B")
+echo "   web pods: $WEB_A $IP_A on node-a, $WEB_B $IP_B on node-b"
+check "node-a's pod has a lan address from node-a's range" matches '^192\.168\.10\.' echo "$IP_A"
+check "node-b's pod has a lan address from node-b's range" matches '^192\.168\.11\.' echo "$IP_B"
+
+page() { matches 'hello from a k8s pod' "$@"; }
+from_lan() { page in_lan curl -s -g --max-time 5 "$1"; }
+from_node() { page in_node "$1" curl -s -g --max-time 5 "$2"; }
+from_pod() { page k exec "$1" -c web -- /bin/probe http "$2"; }
+for ip in "$IP_A" "$IP_B"; do
+  check "the lan reaches the pod at $ip" wait_for 60 "the lan to reach $ip" from_lan "http://$ip/"
+  for node in "${CL_NODES[@]}"; do
+    check "$node reaches the pod at $ip" wait_for 60 "$node to reach $ip" from_node "$node" "http://$ip/"
+  done
+done
+check "node-a's pod reaches node-b's" from_pod "$WEB_A" "http://$IP_B/"
+check "node-b's pod reaches node-a's" from_pod "$WEB_B" "http://$IP_A/"
+check "hostPort 8080: the lan reaches node-a:8080" wait_for 60 "node-a:8080 from the lan" from_lan "http://192.168.0.11:8080/"
+check "hostPort 8080: node-a reaches its own address:8080" from_node node-a "http://192.168.0.11:8080/"
+check "hostPort 8080: a pod on node-b reaches node-a:8080" from_pod "$WEB_B" "http://192.168.0.11:8080/"
+
+# Services from macvlan pods through the real kube-proxy.
+WEB_SVC=$(k get svc web -o 'jsonpath={.spec.clusterIP}')
+ECHO_SVC=$(k get svc echo -o 'jsonpath={.spec.clusterIP}')
+udp_from_pod() { matches '^web-.*: ping' k exec "$1" -c web -- /bin/probe udp "$2" ping; }
+for mode in iptables nftables; do
+  for cidr in "" 192.168.10.0/23; do
+    for node in "${CL_NODES[@]}"; do cl_kube_proxy_start "$node" "$mode" "$cidr"; done
+    how="kube-proxy $mode without --cluster-cidr"
+    [ -z "$cidr" ] || how="kube-proxy $mode --cluster-cidr $cidr"
+    for pod in "$WEB_A" "$WEB_B"; do
+      # Repeated, so that both backends (one per node) answer.
+      for i in 1 2 3 4; do
+        check "$how: $pod reaches the TCP Service $WEB_SVC ($i)" wait_for 60 "$pod to reach $WEB_SVC:80" from_pod "$pod" "http://$WEB_SVC/"
+        check "$how: $pod reaches the UDP Service $ECHO_SVC:53 ($i)" wait_for 60 "$pod to reach $ECHO_SVC:53" udp_from_pod "$pod" "$ECHO_SVC:53"
+      done
+    done
+    for node in "${CL_NODES[@]}"; do cl_kube_proxy_stop "$node"; done
+  done
+done
+
+for node in "${CL_NODES[@]}"; do cl_kube_proxy_start "$node" iptables 192.168.10.0/23; done
+
+# What a node holds of a pod: rules, routes, the plugins' records and
+# host-local's lease mentioning its address.
+mentions() { # mentions NODE ADDRESS: the node's state that names ADDRESS
+  local out
+  out=$(in_node "$1" iptables-save; in_node "$1" ip6tables-save; in_node "$1" nft list ruleset 2>/dev/null
+    in_node "$1" ip route show proto 197; grep -rs --exclude "last_reserved_ip*" -- "$2" "$T/$1/mnt/var/lib/cni"; find "$T/$1/mnt/var/lib/cni" -name "$2")
+  grep -F -- "$2" <<<"$out"
+}
+forgotten() { ! mentions "$1" "$2" >/dev/null; }
+# records NODE: the plugins' records of pods on NODE (locks are dot files;
+# the sub-device's answers stay with it, by design).
+records() {
+  find "$T/$1/mnt/var/lib/cni/portmap-lite" "$T/$1/mnt/var/lib/cni/macvlan-host-route" "$T/$1/mnt/var/lib/cni/multinic" \
+    -type f ! -name '.*' ! -name 'answers-*' 2>/dev/null | sort || true
+}
+no_records() { [ -z "$(records "$1")" ]; }
+# no_records_within SECONDS NODE: waits for NODE's records to go; names those left.
+no_records_within() {
+  wait_for "$1" "$2's records to go" no_records "$2" && return 0
+  echo "left on $2:" $(records "$2") >&2
+  return 1
+}
+lite_chains() { in_node "$1" iptables-save -t nat | grep -E '^-A CNI-LITE' | sed 's/\[[0-9:]*\]//' | sort; }
+
+# Deleting a pod.
+HP_IP=$(pod_ip hostport)
+k delete pod hostport --wait=true --timeout 120s >/dev/null
+check "deleting the hostPort pod leaves nothing of it on node-a" \
+  wait_for 60 "node-a to forget $HP_IP" forgotten node-a "$HP_IP"
+check "deleting the hostPort pod leaves no DNAT for 8080" \
+  wait_for 60 "node-a's rules to drop 8080" sh -c "! ip netns exec $CL_ID-node-a iptables-save -t nat | grep -q -- '--dport 8080'"
+
+# Draining a node: its pod is evicted; node-a keeps serving.
+k drain node-b --ignore-daemonsets --force --grace-period 0 --timeout 120s >/dev/null 2>&1
+check "draining node-b evicts its pod and leaves nothing of it" \
+  wait_for 60 "node-b to forget $IP_B" forgotten node-b "$IP_B"
+check "draining node-b leaves no record on it" no_records_within 60 node-b
+check "node-a's pod still answers the lan while node-b is drained" from_lan "http://$IP_A/"
+k uncordon node-b >/dev/null
+check "the Deployment gets its pod back on node-b" wait_for 180 "two Ready web pods" ready_pods app=web 2
+WEB_B=$(pod_on node-b) IP_B=$(pod_ip "$WEB_B")
+
+# Deleting the DaemonSet's pods: it recreates them; the pods' rules,
+# routes and records stay as they were.
+before_a=$(lite_chains node-a; records node-a) before_b=$(lite_chains node-b; records node-b)
+k -n kube-system delete pod -l app.kubernetes.io/name=cnichain-plugins --wait=true --timeout 120s >/dev/null
+check "the DaemonSet's pods come back" k -n kube-system rollout status daemonset/cnichain-plugins --timeout 180s
+check "deleting the DaemonSet's pods changes nothing of node-a's pods" test "$before_a" = "$(lite_chains node-a; records node-a)"
+check "deleting the DaemonSet's pods changes nothing of node-b's pods" test "$before_b" = "$(lite_chains node-b; records node-b)"
+
+# kubelet and containerd restarts under running pods.
+k apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Pod
+metadata: {name: hostport}
+spec:
+  nodeName: node-a
+  terminationGracePeriodSeconds: 0
+  containers:
+  - name: web
+    image: $BUSYBOX
+    imagePullPolicy: Never
+    command: [/bin/busybox, httpd, -f, -p, "80", -h, /www]
+    ports: [{containerPort: 80, hostPort: 8080}]
+EOF
+check "a new hostPort pod becomes Ready" wait_for 180 "the hostPort pod to be Ready" pod_ready hostport
+HP_IP=$(pod_ip hostport)
+for node in "${CL_NODES[@]}"; do
+  cl_kubelet_stop "$node"
+  cl_kubelet_start "$node"
+done
+check "after kubelet restarts: the lan reaches node-a:8080" wait_for 60 "node-a:8080 from the lan" from_lan "http://192.168.0.11:8080/"
+check "after kubelet restarts: the lan reaches node-b's pod" from_lan "http://$IP_B/"
+for node in "${CL_NODES[@]}"; do
+  cl_containerd_stop "$node"
+  cl_containerd_start "$node"
+done
+check "after containerd restarts: the lan reaches node-a:8080" wait_for 60 "node-a:8080 from the lan" from_lan "http://192.168.0.11:8080/"
+check "after containerd restarts: node-b reaches node-a's pod" from_node node-b "http://$IP_A/"
+for node in "${CL_NODES[@]}"; do
+  check "after the restarts, $node is Ready" wait_for 180 "$node to be Ready again" node_ready "$node"
+done
+
+# A new image rolled out by the DaemonSet, under running pods: the hostPort
+# is probed from the lan all along.
+probe_log=$T/rollout-probes
+( while :; do
+    if in_lan curl -s --max-time 2 http://192.168.0.11:8080/ | grep -q hello; then echo ok; else echo FAIL; fi
+    sleep 0.2
+  done >"$probe_log" ) &
+PROBE=$!
+daemonset k8s-e2e-2 | k apply -f - >/dev/null
+check "the DaemonSet rolls out the new image" k -n kube-system rollout status daemonset/cnichain-plugins --timeout 300s
+kill "$PROBE" 2>/dev/null; wait "$PROBE" 2>/dev/null || true
+check "during the rollout, every probe of node-a:8080 from the lan was answered ($(grep -c ok "$probe_log") probes)" \
+  sh -c "grep -q ok '$probe_log' && ! grep -q FAIL '$probe_log'"
+version_of() { "$T/$1/mnt/opt/cni/bin/$2" </dev/null 2>&1 || true; }
+for node in "${CL_NODES[@]}"; do
+  for p in static-ipam macvlan-host-route portmap-lite multinic; do
+    check "$node: $p is the new version" matches 'k8s-e2e-2' version_of "$node" "$p"
+  done
+done
+k delete pod hostport --wait=true --timeout 120s >/dev/null
+k apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Pod
+metadata: {name: hostport}
+spec:
+  nodeName: node-b
+  terminationGracePeriodSeconds: 0
+  containers:
+  - name: web
+    image: $BUSYBOX
+    imagePullPolicy: Never
+    command: [/bin/busybox, httpd, -f, -p, "80", -h, /www]
+    ports: [{containerPort: 80, hostPort: 8080}]
+EOF
+check "a pod made with the new binaries becomes Ready" wait_for 180 "the hostPort pod to be Ready" pod_ready hostport
+check "the new pod's hostPort answers the lan at node-b:8080" wait_for 60 "node-b:8080 from the lan" from_lan "http://192.168.0.12:8080/"
+
+# A Dockin multinic pod: RuntimeClass "dockin" is containerd's runtime of
+# that name, whose CNI configuration is multinic; the resource manager (a
+# stand-in answering for that pod only) gives its two NICs static addresses.
+mkdir -p "$T/rm/cgi-bin" "$T/node-a/mnt/etc/cni/net.d/dockin" "$T/node-a/mnt/etc/cni/net.d/dockin.d"
+sed "s/192.168.1./192.168.71./; s/192.168.2./192.168.72./" net.d/dockin.d/rm-answer.json >"$T/rm/answer.json"
+cat >"$T/rm/cgi-bin/getPodMultiNetwork" <<EOF
+#!/bin/sh
+echo "\$QUERY_STRING" >> "$T/rm/queries"
+echo "Content-Type: application/json"
+echo
+case "\$QUERY_STRING" in
+  *podName=multi\&*) cat "$T/rm/answer.json" ;;
+  *) echo '{"code":1,"message":"unknown pod"}' ;;
+esac
+EOF
+chmod +x "$T/rm/cgi-bin/getPodMultiNetwork"
+cl_spawn node-a/rm in_node node-a busybox httpd -f -p 127.0.0.1:10002 -h "$T/rm"
+wait_for 60 "the resource-manager stand-in on node-a's 127.0.0.1:10002" matches ':10002 ' in_node node-a ss -ltnH
+for f in net.d/dockin.d/*.json; do
+  case "$f" in *rm-answer.json) continue ;; esac
+  sed 's/"0.2.0"/"1.0.0"/' "$f" >"$T/node-a/mnt/etc/cni/net.d/dockin.d/$(basename "$f")"
+done
+cat >"$T/node-a/mnt/etc/cni/net.d/dockin/40-multinic.conf" <<EOF
+{"cniVersion":"1.0.0","name":"dockin","type":"multinic","confDir":"/etc/cni/net.d/dockin.d",
+ "backend":"http://127.0.0.1:10002/cgi-bin/getPodMultiNetwork"}
+EOF
+k apply -f - >/dev/null <<EOF
+apiVersion: node.k8s.io/v1
+kind: RuntimeClass
+metadata: {name: dockin}
+handler: dockin
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: multi}
+spec:
+  nodeName: node-a
+  runtimeClassName: dockin
+  terminationGracePeriodSeconds: 0
+  containers:
+  - {name: main, image: $BUSYBOX, imagePullPolicy: Never}
+EOF
+check "multinic: the pod becomes Ready" wait_for 180 "the multinic pod to be Ready" pod_ready multi
+check "multinic: the RM was asked for the pod by its Kubernetes name" grep -q 'podName=multi&podNamespace=default' "$T/rm/queries"
+multi_has() { matches " $1/" k exec multi -- /bin/busybox ip -o addr; }
+check "multinic: eth0 has the RM's address" multi_has "$(jq -r '.data[] | select(.master) | .podIp' "$T/rm/answer.json")"
+check "multinic: net0 has the RM's address" multi_has "$(jq -r '.data[] | select(.master | not) | .podIp' "$T/rm/answer.json")"
+check "multinic: the pod's IP in the API is eth0's" matches '^192\.168\.71\.' pod_ip multi
+k delete pod multi --wait=true --timeout 120s >/dev/null
+check "multinic: deleting the pod leaves no record" wait_for 60 "node-a's multinic records to go" \
+  sh -c "[ -z \"\$(find '$T/node-a/mnt/var/lib/cni/multinic' -type f ! -name '.*' 2>/dev/null)\" ]"
+
+# Everything deleted: nothing of any pod is left on either node.
+k delete deployment web --wait=true --timeout 120s >/dev/null
+k delete pod hostport --wait=true --timeout 120s >/dev/null
+no_web_pods() { [ -z "$(k get pod -l app=web -o name)" ]; }
+check "all pods deleted: no web pod is left" wait_for 120 "the web pods to go" no_web_pods
+for node in "${CL_NODES[@]}"; do
+  check "all pods deleted: no record is left on $node" no_records_within 60 "$node"
+  check "all pods deleted: no pod chain and no pod route is left on $node" \
+    sh -c "! ip netns exec $CL_ID-$node iptables-save -t nat | grep -q '^-A CNI-LITE-DN-' && [ -z \"\$(ip -n $CL_ID-$node route show proto 197)\" ]"
+done
+
+report
