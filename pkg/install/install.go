@@ -9,6 +9,7 @@ package install
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -76,6 +77,9 @@ func Dir(src, dst string, mode fs.FileMode) ([]Result, error) {
 
 // Differing lists the regular files of src whose copy in dst is missing or
 // has other content or mode: what Dir would write. Empty means installed.
+// It streams the files rather than reading them whole: it runs as the
+// DaemonSet's readiness probe, inside the container's memory limit, beside
+// the agent.
 func Differing(src, dst string, mode fs.FileMode) ([]string, error) {
 	entries, err := os.ReadDir(src)
 	if err != nil {
@@ -86,17 +90,55 @@ func Differing(src, dst string, mode fs.FileMode) ([]string, error) {
 		if !e.Type().IsRegular() {
 			continue
 		}
-		want, err := os.ReadFile(filepath.Join(src, e.Name()))
+		target := filepath.Join(dst, e.Name())
+		same, err := sameFile(filepath.Join(src, e.Name()), target, mode)
 		if err != nil {
 			return nil, err
 		}
-		target := filepath.Join(dst, e.Name())
-		have, err := os.ReadFile(target)
-		info, statErr := os.Stat(target)
-		if err != nil || statErr != nil || !bytes.Equal(have, want) || info.Mode().Perm() != mode.Perm() {
+		if !same {
 			out = append(out, target)
 		}
 	}
 	sort.Strings(out)
 	return out, nil
+}
+
+// sameFile says whether installed holds want's content with mode; a
+// missing installed file is not the same, a missing want is an error.
+func sameFile(want, installed string, mode fs.FileMode) (bool, error) {
+	w, err := os.Open(want)
+	if err != nil {
+		return false, err
+	}
+	defer w.Close()
+	i, err := os.Open(installed)
+	if err != nil {
+		return false, nil
+	}
+	defer i.Close()
+	wInfo, err := w.Stat()
+	if err != nil {
+		return false, err
+	}
+	iInfo, err := i.Stat()
+	if err != nil || iInfo.Size() != wInfo.Size() || iInfo.Mode().Perm() != mode.Perm() {
+		return false, nil
+	}
+	wBuf, iBuf := make([]byte, 64<<10), make([]byte, 64<<10)
+	for {
+		n, wErr := io.ReadFull(w, wBuf)
+		m, iErr := io.ReadFull(i, iBuf)
+		if n != m || !bytes.Equal(wBuf[:n], iBuf[:m]) {
+			return false, nil
+		}
+		if wErr == io.EOF || wErr == io.ErrUnexpectedEOF {
+			return iErr == wErr, nil
+		}
+		if wErr != nil {
+			return false, wErr
+		}
+		if iErr != nil {
+			return false, nil
+		}
+	}
 }

@@ -154,3 +154,37 @@ func TestDiffering(t *testing.T) {
 		t.Errorf("old content and another mode: differing %v, want both", d)
 	}
 }
+
+func TestSameFileLongerThanItsBuffer(t *testing.T) {
+	dir := t.TempDir()
+	big := make([]byte, 200<<10)
+	for i := range big {
+		big[i] = byte(i)
+	}
+	want, installed := filepath.Join(dir, "want"), filepath.Join(dir, "installed")
+	if err := os.WriteFile(want, big, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name   string
+		change func([]byte) []byte
+		same   bool
+	}{
+		{"identical", func(b []byte) []byte { return b }, true},
+		{"one byte differs in the third block", func(b []byte) []byte { c := slices.Clone(b); c[150<<10]++; return c }, false},
+		{"one byte shorter", func(b []byte) []byte { return b[:len(b)-1] }, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := os.WriteFile(installed, tc.change(big), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chmod(installed, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			same, err := sameFile(want, installed, 0o755)
+			if err != nil || same != tc.same {
+				t.Errorf("sameFile = %v, %v; want %v", same, err, tc.same)
+			}
+		})
+	}
+}
