@@ -26,20 +26,8 @@ for node in "${CL_NODES[@]}"; do
   cl_import "$node" "$T/busybox.tar"
   # Provisioned by hand here: the bench is about pods, not the DaemonSet.
   cp "$SB_BIN"/* "$T/$node/mnt/opt/cni/bin/"
-  cl_kube_proxy_start "$node" iptables 192.168.10.0/23
+  cl_kube_proxy_start "$node" iptables "$CL_POD_CIDR"
 done
-
-conflist() { # conflist RANGE_PREFIX PORTMAP_TYPE
-  cat <<CONF
-{"cniVersion":"1.0.0","name":"lan","plugins":[
- {"type":"macvlan","master":"eno1","mode":"bridge",
-  "ipam":{"type":"host-local","ranges":[[{"subnet":"192.168.0.0/16","rangeStart":"$1.10","rangeEnd":"$1.250","gateway":"192.168.0.1"}]],
-          "routes":[{"dst":"0.0.0.0/0"}]}},
- {"type":"macvlan-host-route","master":"eno1","viaNode":["$CL_SERVICE_CIDR"]},
- {"type":"$2","capabilities":{"portMappings":true}}]}
-CONF
-}
-node_ready() { matches '^True$' k get node "$1" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}'; }
 
 pods() { # pods VARIANT: PODS pod manifests, alternating between the nodes
   local i node
@@ -66,11 +54,8 @@ EOF
 # round VARIANT: one round; appends "VARIANT SECONDS" per pod to $T/times.
 round() {
   local variant=$1 node watch start name ready t seen
-  for node in "${CL_NODES[@]}"; do
-    conflist "$([ "$node" = node-a ] && echo 192.168.10 || echo 192.168.11)" "$variant" \
-      >"$T/$node/mnt/etc/cni/net.d/10-lan.conflist"
-  done
-  for node in "${CL_NODES[@]}"; do wait_for 120 "$node to be Ready" node_ready "$node"; done
+  for node in "${CL_NODES[@]}"; do cl_conflist "$node" "$variant" >"$T/$node/mnt/etc/cni/net.d/10-lan.conflist"; done
+  for node in "${CL_NODES[@]}"; do wait_for 120 "$node to be Ready" cl_node_ready "$node"; done
   : >"$T/watch"
   k get pods -l "bench=$variant" --watch \
     -o 'jsonpath={.metadata.name} {.status.conditions[?(@.type=="Ready")].status}{"\n"}' 2>/dev/null |
@@ -96,6 +81,7 @@ done
 pct() { # pct VARIANT P: the Pth percentile (nearest rank) of VARIANT's times
   awk -v v="$1" '$1==v{print $2}' "$T/times" | sort -n | awk -v p="$2" '{a[NR]=$1} END{i=int((p/100)*NR+0.999999); if(i<1)i=1; print a[i]}'
 }
+ratio() { awk -v a="$(pct portmap-lite "$1")" -v b="$(pct portmap "$1")" 'BEGIN{printf "%.2f", a / b}'; }
 {
   echo "# Pod created -> Ready on a two-node cluster ($(date -u +%Y-%m-%d))"
   echo
@@ -104,9 +90,11 @@ pct() { # pct VARIANT P: the Pth percentile (nearest rank) of VARIANT's times
   echo "interleaved; the whole chain (macvlan + host-local -> macvlan-host-route -> the port mapper). Seconds from"
   echo "the creation being sent to a watch seeing the pod Ready (\`make bench-k8s\`, scripts/bench-k8s.sh)."
   echo
-  echo "| port mapper | p50 | p99 | pods |"
+  echo "| port mapper | p50 (s) | p99 (s) | pods |"
   echo "|---|---|---|---|"
   for v in portmap-lite portmap; do
     echo "| $v | $(pct "$v" 50) | $(pct "$v" 99) | $(awk -v v="$v" '$1==v' "$T/times" | wc -l) |"
   done
+  echo
+  echo "portmap-lite / portmap: p50 $(ratio 50)x, p99 $(ratio 99)x."
 } | tee "$OUT"

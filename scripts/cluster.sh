@@ -17,7 +17,7 @@
 # (vm.overcommit_memory, kernel.panic, ...): it finds them as it wants them.
 # Its cgroups live under a cgroupRoot of this run's in every v1 hierarchy.
 
-CL_ID="cnichain-k8s-$$"
+CL_ID="cnichain-k8s-$$-$RANDOM" # also names cgroups, which every mount and PID namespace shares
 CL_DIR=""
 CL_BIN=""
 CL_NODES=(node-a node-b)
@@ -110,7 +110,7 @@ cl_remove_cgroups() { # cl_remove_cgroups NODE: its cgroups, deepest first, once
     [ -d "$h$root" ] || continue
     until find "$h$root" -depth -type d -exec rmdir {} + 2>/dev/null; [ ! -d "$h$root" ]; do
       if [ "$SECONDS" -ge "$deadline" ]; then
-        echo "cluster: $h$root still holds processes after 60 s" >&2
+        echo "cluster: $h$root still holds processes after 60 s"
         break
       fi
       cl_kill_pods "$1"
@@ -119,7 +119,10 @@ cl_remove_cgroups() { # cl_remove_cgroups NODE: its cgroups, deepest first, once
   done
 }
 
-cluster_down() {
+# cluster_down: everything stopped and removed. Bash's notices of the
+# processes it kills ("Killed ...") go nowhere; what went wrong is said.
+cluster_down() { cl_teardown 2>/dev/null; }
+cl_teardown() {
   local node pid key d
   for node in "${CL_NODES[@]}"; do
     [ -n "${CL_HOLDER[$node]:-}" ] || continue
@@ -409,6 +412,34 @@ cl_podman_clean() { # the images' build storage, once they are saved
 cl_provision_reference_plugins() {
   local p
   for p in macvlan host-local loopback portmap bridge; do cp "$2/$p" "$CL_DIR/$1/mnt/opt/cni/bin/"; done
+}
+
+# cl_conflist NODE PORT_MAPPER: the whole chain on the lan for NODE's pods:
+# macvlan with host-local handing out addresses from a range of the node's
+# (192.168.10.x on node-a, 192.168.11.x on node-b), macvlan-host-route with
+# the Service range through the node (viaNode), then PORT_MAPPER
+# (portmap-lite, or the reference portmap).
+cl_conflist() {
+  local range
+  range=192.168.$((10 + $(cl_node_index "$1")))
+  cat <<CONF
+{"cniVersion":"1.0.0","name":"lan","plugins":[
+ {"type":"macvlan","master":"eno1","mode":"bridge",
+  "ipam":{"type":"host-local","ranges":[[{"subnet":"192.168.0.0/16","rangeStart":"$range.10","rangeEnd":"$range.250","gateway":"192.168.0.1"}]],
+          "routes":[{"dst":"0.0.0.0/0"}]}},
+ {"type":"macvlan-host-route","master":"eno1","viaNode":["$CL_SERVICE_CIDR"]},
+ {"type":"$2","capabilities":{"portMappings":true}}]}
+CONF
+}
+CL_POD_CIDR=192.168.10.0/23 # both nodes' ranges
+cl_node_index() { # cl_node_index NODE: its place in CL_NODES, from 0
+  local i
+  for i in "${!CL_NODES[@]}"; do [ "${CL_NODES[$i]}" = "$1" ] && echo "$i" && return 0; done
+  return 1
+}
+
+cl_node_ready() {
+  [ "$(cl_kubectl get node "$1" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}')" = True ]
 }
 
 cl_node_registered() { cl_kubectl get node "$1" >/dev/null 2>&1; }

@@ -199,19 +199,7 @@ containerd_stop
 
 # multinic: the resource-manager stand-in answers only for the pod named
 # in K8S_POD_NAME, and logs every query.
-mkdir -p "$T/rm/cgi-bin"
-sed "s/192.168.1./192.168.71./; s/192.168.2./192.168.72./" net.d/dockin.d/rm-answer.json > "$T/rm/answer.json"
-cat > "$T/rm/cgi-bin/getPodMultiNetwork" <<EOF
-#!/bin/sh
-echo "\$QUERY_STRING" >> "$T/rm/queries"
-echo "Content-Type: application/json"
-echo
-case "\$QUERY_STRING" in
-  *podName=multi*) cat "$T/rm/answer.json" ;;
-  *) echo '{"code":1,"message":"unknown pod"}' ;;
-esac
-EOF
-chmod +x "$T/rm/cgi-bin/getPodMultiNetwork"
+rm_standin "$T/rm" multi
 ip netns exec "$SB_NODE" busybox httpd -f -p 127.0.0.1:10002 -h "$T/rm" </dev/null >/dev/null 2>&1 &
 RM_PID=$!
 wait_for 60 "the resource-manager stand-in on 127.0.0.1:10002" matches ':10002 ' in_ns node ss -ltnH

@@ -40,29 +40,16 @@ for node in "${CL_NODES[@]}"; do
   cl_provision_reference_plugins "$node" "$SB_BIN"
 done
 
-ready_status() { k get node "$1" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}'; }
 ready_message() { k get node "$1" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].message}'; }
-node_ready() { matches '^True$' ready_status "$1"; }
-not_ready_for_cni() { ! node_ready "$1" && matches 'cni|CNI|network plugin' ready_message "$1"; }
+not_ready_for_cni() { ! cl_node_ready "$1" && matches 'cni|CNI|network plugin' ready_message "$1"; }
 for node in "${CL_NODES[@]}"; do
   check "$node starts NotReady: no CNI configuration yet" wait_for 120 "$node to say its network is not ready" not_ready_for_cni "$node"
 done
 
-# The whole chain on the lan, with host-local handing out addresses from a
-# range of each node's (one key per node in the ConfigMap; the DaemonSet
-# picks its node's); Services through the node (viaNode).
-conflist() { # conflist RANGE_PREFIX
-  cat <<CONF
-{"cniVersion":"1.0.0","name":"lan","plugins":[
- {"type":"macvlan","master":"eno1","mode":"bridge",
-  "ipam":{"type":"host-local","ranges":[[{"subnet":"192.168.0.0/16","rangeStart":"$1.10","rangeEnd":"$1.99","gateway":"192.168.0.1"}]],
-          "routes":[{"dst":"0.0.0.0/0"}]}},
- {"type":"macvlan-host-route","master":"eno1","viaNode":["$CL_SERVICE_CIDR"]},
- {"type":"portmap-lite","capabilities":{"portMappings":true}}]}
-CONF
-}
-conflist 192.168.10 >"$T/node-a.conflist"
-conflist 192.168.11 >"$T/node-b.conflist"
+# The whole chain (cl_conflist), one key per node in the ConfigMap (the
+# DaemonSet picks its node's).
+cl_conflist node-a portmap-lite >"$T/node-a.conflist"
+cl_conflist node-b portmap-lite >"$T/node-b.conflist"
 k -n kube-system create configmap cnichain-conflist --from-file "$T/node-a.conflist" --from-file "$T/node-b.conflist" >/dev/null
 
 # deploy/daemonset.yaml as a user applies it, with the image tag of this
@@ -81,12 +68,29 @@ PATCH
 daemonset k8s-e2e-1 | k apply -f - >/dev/null
 for node in "${CL_NODES[@]}"; do
   check "$node becomes Ready once the DaemonSet has installed the plugins and conflist" \
-    wait_for 180 "$node to become Ready" node_ready "$node"
+    wait_for 180 "$node to become Ready" cl_node_ready "$node"
   check "$node: the DaemonSet wrote the plugins into its /opt/cni/bin" test -x "$T/$node/mnt/opt/cni/bin/portmap-lite"
   check "$node: the DaemonSet wrote its conflist into its /etc/cni/net.d" cmp -s "$T/$node/mnt/etc/cni/net.d/30-lan.conflist" "$T/$node.conflist"
 done
 
-# Workloads.
+# Workloads: a Deployment over both nodes with a web server and a UDP
+# server in each pod, its two Services, and a pod with a hostPort.
+hostport_pod() { # hostport_pod NODE: the pod "hostport", hostPort 8080 -> 80, on NODE
+  k apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Pod
+metadata: {name: hostport}
+spec:
+  nodeName: $1
+  terminationGracePeriodSeconds: 0
+  containers:
+  - name: web
+    image: $BUSYBOX
+    imagePullPolicy: Never
+    command: [/bin/busybox, httpd, -f, -p, "80", -h, /www]
+    ports: [{containerPort: 80, hostPort: 8080}]
+EOF
+}
 k apply -f - >/dev/null <<EOF
 apiVersion: apps/v1
 kind: Deployment
@@ -117,20 +121,8 @@ metadata: {name: echo}
 spec:
   selector: {app: web}
   ports: [{name: echo, port: 53, targetPort: 5353, protocol: UDP}]
----
-apiVersion: v1
-kind: Pod
-metadata: {name: hostport}
-spec:
-  nodeName: node-a
-  terminationGracePeriodSeconds: 0
-  containers:
-  - name: web
-    image: $BUSYBOX
-    imagePullPolicy: Never
-    command: [/bin/busybox, httpd, -f, -p, "80", -h, /www]
-    ports: [{containerPort: 80, hostPort: 8080}]
 EOF
+hostport_pod node-a
 # ready_pods SELECTOR COUNT: COUNT pods match SELECTOR and all are Ready.
 ready_pods() {
   local out
@@ -170,7 +162,7 @@ WEB_SVC=$(k get svc web -o 'jsonpath={.spec.clusterIP}')
 ECHO_SVC=$(k get svc echo -o 'jsonpath={.spec.clusterIP}')
 udp_from_pod() { matches '^web-.*: ping' k exec "$1" -c web -- /bin/probe udp "$2" ping; }
 for mode in iptables nftables; do
-  for cidr in "" 192.168.10.0/23; do
+  for cidr in "" "$CL_POD_CIDR"; do
     for node in "${CL_NODES[@]}"; do cl_kube_proxy_start "$node" "$mode" "$cidr"; done
     how="kube-proxy $mode without --cluster-cidr"
     [ -z "$cidr" ] || how="kube-proxy $mode --cluster-cidr $cidr"
@@ -185,7 +177,7 @@ for mode in iptables nftables; do
   done
 done
 
-for node in "${CL_NODES[@]}"; do cl_kube_proxy_start "$node" iptables 192.168.10.0/23; done
+for node in "${CL_NODES[@]}"; do cl_kube_proxy_start "$node" iptables "$CL_POD_CIDR"; done
 
 # What a node holds of a pod: rules, routes, the plugins' records and
 # host-local's lease mentioning its address.
@@ -238,51 +230,50 @@ check "deleting the DaemonSet's pods changes nothing of node-a's pods" test "$be
 check "deleting the DaemonSet's pods changes nothing of node-b's pods" test "$before_b" = "$(lite_chains node-b; records node-b)"
 
 # kubelet and containerd restarts under running pods.
-k apply -f - >/dev/null <<EOF
-apiVersion: v1
-kind: Pod
-metadata: {name: hostport}
-spec:
-  nodeName: node-a
-  terminationGracePeriodSeconds: 0
-  containers:
-  - name: web
-    image: $BUSYBOX
-    imagePullPolicy: Never
-    command: [/bin/busybox, httpd, -f, -p, "80", -h, /www]
-    ports: [{containerPort: 80, hostPort: 8080}]
-EOF
+hostport_pod node-a
 check "a new hostPort pod becomes Ready" wait_for 180 "the hostPort pod to be Ready" pod_ready hostport
-HP_IP=$(pod_ip hostport)
+# probe_start / probes_all_answered: node-a's hostPort probed from the lan
+# every 200 ms in the background, meanwhile; then whether every probe got
+# the page (and how many there were).
+probe_start() {
+  (while :; do
+    if from_lan http://192.168.0.11:8080/; then echo ok; else echo FAIL; fi
+    sleep 0.2
+  done >"$T/probes") &
+  PROBE=$!
+}
+probe_stop() { kill "$PROBE" 2>/dev/null; wait "$PROBE" 2>/dev/null || true; }
+probes_all_answered() { grep -q ok "$T/probes" && ! grep -q FAIL "$T/probes"; }
+probes() { echo "$(grep -c . "$T/probes") probes"; }
+
+probe_start
 for node in "${CL_NODES[@]}"; do
   cl_kubelet_stop "$node"
   cl_kubelet_start "$node"
 done
-check "after kubelet restarts: the lan reaches node-a:8080" wait_for 60 "node-a:8080 from the lan" from_lan "http://192.168.0.11:8080/"
+sleep 2
+probe_stop
+check "kubelet restarts: every probe of node-a:8080 from the lan was answered ($(probes))" probes_all_answered
 check "after kubelet restarts: the lan reaches node-b's pod" from_lan "http://$IP_B/"
+probe_start
 for node in "${CL_NODES[@]}"; do
   cl_containerd_stop "$node"
   cl_containerd_start "$node"
 done
-check "after containerd restarts: the lan reaches node-a:8080" wait_for 60 "node-a:8080 from the lan" from_lan "http://192.168.0.11:8080/"
+sleep 2
+probe_stop
+check "containerd restarts: every probe of node-a:8080 from the lan was answered ($(probes))" probes_all_answered
 check "after containerd restarts: node-b reaches node-a's pod" from_node node-b "http://$IP_A/"
 for node in "${CL_NODES[@]}"; do
-  check "after the restarts, $node is Ready" wait_for 180 "$node to be Ready again" node_ready "$node"
+  check "after the restarts, $node is Ready" wait_for 180 "$node to be Ready again" cl_node_ready "$node"
 done
 
-# A new image rolled out by the DaemonSet, under running pods: the hostPort
-# is probed from the lan all along.
-probe_log=$T/rollout-probes
-( while :; do
-    if in_lan curl -s --max-time 2 http://192.168.0.11:8080/ | grep -q hello; then echo ok; else echo FAIL; fi
-    sleep 0.2
-  done >"$probe_log" ) &
-PROBE=$!
+# A new image rolled out by the DaemonSet, under running pods.
+probe_start
 daemonset k8s-e2e-2 | k apply -f - >/dev/null
 check "the DaemonSet rolls out the new image" k -n kube-system rollout status daemonset/cnichain-plugins --timeout 300s
-kill "$PROBE" 2>/dev/null; wait "$PROBE" 2>/dev/null || true
-check "during the rollout, every probe of node-a:8080 from the lan was answered ($(grep -c ok "$probe_log") probes)" \
-  sh -c "grep -q ok '$probe_log' && ! grep -q FAIL '$probe_log'"
+probe_stop
+check "during the rollout, every probe of node-a:8080 from the lan was answered ($(probes))" probes_all_answered
 version_of() { "$T/$1/mnt/opt/cni/bin/$2" </dev/null 2>&1 || true; }
 for node in "${CL_NODES[@]}"; do
   for p in static-ipam macvlan-host-route portmap-lite multinic; do
@@ -290,39 +281,15 @@ for node in "${CL_NODES[@]}"; do
   done
 done
 k delete pod hostport --wait=true --timeout 120s >/dev/null
-k apply -f - >/dev/null <<EOF
-apiVersion: v1
-kind: Pod
-metadata: {name: hostport}
-spec:
-  nodeName: node-b
-  terminationGracePeriodSeconds: 0
-  containers:
-  - name: web
-    image: $BUSYBOX
-    imagePullPolicy: Never
-    command: [/bin/busybox, httpd, -f, -p, "80", -h, /www]
-    ports: [{containerPort: 80, hostPort: 8080}]
-EOF
+hostport_pod node-b
 check "a pod made with the new binaries becomes Ready" wait_for 180 "the hostPort pod to be Ready" pod_ready hostport
 check "the new pod's hostPort answers the lan at node-b:8080" wait_for 60 "node-b:8080 from the lan" from_lan "http://192.168.0.12:8080/"
 
 # A Dockin multinic pod: RuntimeClass "dockin" is containerd's runtime of
 # that name, whose CNI configuration is multinic; the resource manager (a
 # stand-in answering for that pod only) gives its two NICs static addresses.
-mkdir -p "$T/rm/cgi-bin" "$T/node-a/mnt/etc/cni/net.d/dockin" "$T/node-a/mnt/etc/cni/net.d/dockin.d"
-sed "s/192.168.1./192.168.71./; s/192.168.2./192.168.72./" net.d/dockin.d/rm-answer.json >"$T/rm/answer.json"
-cat >"$T/rm/cgi-bin/getPodMultiNetwork" <<EOF
-#!/bin/sh
-echo "\$QUERY_STRING" >> "$T/rm/queries"
-echo "Content-Type: application/json"
-echo
-case "\$QUERY_STRING" in
-  *podName=multi\&*) cat "$T/rm/answer.json" ;;
-  *) echo '{"code":1,"message":"unknown pod"}' ;;
-esac
-EOF
-chmod +x "$T/rm/cgi-bin/getPodMultiNetwork"
+mkdir -p "$T/node-a/mnt/etc/cni/net.d/dockin" "$T/node-a/mnt/etc/cni/net.d/dockin.d"
+rm_standin "$T/rm" multi
 cl_spawn node-a/rm in_node node-a busybox httpd -f -p 127.0.0.1:10002 -h "$T/rm"
 wait_for 60 "the resource-manager stand-in on node-a's 127.0.0.1:10002" matches ':10002 ' in_node node-a ss -ltnH
 for f in net.d/dockin.d/*.json; do

@@ -57,3 +57,23 @@ machost_conflist() {
  {"type":"portmap-lite","stateDir":"$SB_DIR/portmap-lite","capabilities":{"portMappings":true}}]}
 CONF
 }
+
+# rm_standin DIR POD: the Dockin resource manager's stand-in, for busybox
+# httpd -h DIR: its CGI answers the RM's answer of net.d/dockin.d (moved to
+# 192.168.71/72.x) for the pod named POD only, and logs every query to
+# DIR/queries. The answer is DIR/answer.json.
+rm_standin() {
+  mkdir -p "$1/cgi-bin"
+  sed "s/192.168.1./192.168.71./; s/192.168.2./192.168.72./" net.d/dockin.d/rm-answer.json >"$1/answer.json"
+  cat >"$1/cgi-bin/getPodMultiNetwork" <<EOF
+#!/bin/sh
+echo "\$QUERY_STRING" >> "$1/queries"
+echo "Content-Type: application/json"
+echo
+case "\$QUERY_STRING" in
+  *podName=$2\&*) cat "$1/answer.json" ;;
+  *) echo '{"code":1,"message":"unknown pod"}' ;;
+esac
+EOF
+  chmod +x "$1/cgi-bin/getPodMultiNetwork"
+}
