@@ -7,20 +7,18 @@
 # sees it Ready. Prints p50 and p99 and writes bench/RESULTS-k8s.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/ensure-tools.sh podman runc nft openssl
 . scripts/e2e-lib.sh
 . scripts/cluster.sh
 
 SB_BIN="${SB_BIN:-$(pwd)/bin}"
 PODS=${BENCH_K8S_PODS:-30}
 ROUNDS=${BENCH_K8S_ROUNDS:-3}
-BUSYBOX=localhost/cnichain-busybox:1
 OUT=bench/RESULTS-k8s.md
 
 cluster_up
 T=$CL_DIR
 k() { cl_kubectl "$@"; }
-cl_busybox_image "$BUSYBOX" "$T/busybox.tar"
+cl_busybox_image "$T/busybox.tar"
 cl_podman_clean
 for node in "${CL_NODES[@]}"; do
   cl_import "$node" "$T/busybox.tar"
@@ -30,24 +28,10 @@ for node in "${CL_NODES[@]}"; do
 done
 
 pods() { # pods VARIANT: PODS pod manifests, alternating between the nodes
-  local i node
+  local i
   for ((i = 0; i < PODS; i++)); do
-    node=${CL_NODES[$((i % 2))]}
-    cat <<EOF
----
-apiVersion: v1
-kind: Pod
-metadata: {name: $1-$i, labels: {bench: "$1"}}
-spec:
-  nodeName: $node
-  terminationGracePeriodSeconds: 0
-  containers:
-  - name: web
-    image: $BUSYBOX
-    imagePullPolicy: Never
-    command: [/bin/busybox, httpd, -f, -p, "80", -h, /www]
-    ports: [{containerPort: 80, hostPort: $((9000 + i))}]
-EOF
+    echo ---
+    cl_hostport_pod "$1-$i" "${CL_NODES[$((i % 2))]}" $((9000 + i)) "bench: $1"
   done
 }
 

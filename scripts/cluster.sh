@@ -15,7 +15,8 @@
 # is made and removed again), and its own copies of the six kernel
 # settings a kubelet would otherwise set for the whole machine
 # (vm.overcommit_memory, kernel.panic, ...): it finds them as it wants them.
-# Its cgroups live under a cgroupRoot of this run's in every v1 hierarchy.
+# Its cgroups live under a cgroupRoot of this run's in every hierarchy
+# (cgroups v1 here; v2's unified one is handled alike, untested here).
 
 CL_ID="cnichain-k8s-$$-$RANDOM" # also names cgroups, which every mount and PID namespace shares
 CL_DIR=""
@@ -24,6 +25,8 @@ CL_NODES=(node-a node-b)
 declare -A CL_NODE_IP=([node-a]=192.168.0.11 [node-b]=192.168.0.12)
 CL_CP_IP=192.168.0.2
 CL_SERVICE_CIDR=10.96.0.0/16
+# The pods' image (cl_busybox_image), also every sandbox's "pause" image.
+CL_POD_IMAGE=localhost/cnichain-busybox:1
 declare -A CL_HOLDER=() # node -> the process that holds its mount namespace
 declare -A CL_PID=()    # "node/component" or "cp/component" -> its PID
 CL_MADE_DIRS=()         # mount points this run had to create on the machine
@@ -74,8 +77,8 @@ cl_stop() {
   unset "CL_PID[$1]"
 }
 
-cl_hierarchies() { # the cgroup v1 hierarchies, one directory each
-  findmnt -rn -t cgroup -o TARGET
+cl_hierarchies() { # the cgroup hierarchies (v1's, or the unified v2 one), one directory each
+  findmnt -rn -t cgroup,cgroup2 -o TARGET
 }
 cl_cgroup_root() { echo "/$CL_ID-$1"; }
 
@@ -123,7 +126,7 @@ cl_remove_cgroups() { # cl_remove_cgroups NODE: its cgroups, deepest first, once
 # processes it kills ("Killed ...") go nowhere; what went wrong is said.
 cluster_down() { cl_teardown 2>/dev/null; }
 cl_teardown() {
-  local node pid key d
+  local node pid key i ns
   for node in "${CL_NODES[@]}"; do
     [ -n "${CL_HOLDER[$node]:-}" ] || continue
     cl_kill_pods "$node"
@@ -244,8 +247,15 @@ cl_node_namespace() {
   root=$(cl_cgroup_root "$node")
   for h in $(cl_hierarchies); do
     mkdir -p "$h$root"
-    # A new cpuset cgroup starts with no CPUs and no memory nodes.
-    [ -f "$h/cpuset.cpus" ] && cat "$h/cpuset.cpus" >"$h$root/cpuset.cpus" && cat "$h/cpuset.mems" >"$h$root/cpuset.mems"
+    # v1: a new cpuset cgroup starts with no CPUs and no memory nodes.
+    if [ -f "$h/cpuset.cpus" ]; then
+      cat "$h/cpuset.cpus" >"$h$root/cpuset.cpus"
+      cat "$h/cpuset.mems" >"$h$root/cpuset.mems"
+    fi
+    # v2: the kubelet's cgroups below need the controllers delegated.
+    if [ -f "$h/cgroup.subtree_control" ]; then
+      for c in $(cat "$h/cgroup.subtree_control"); do echo "+$c" >"$h$root/cgroup.subtree_control" 2>/dev/null || true; done
+    fi
   done
   # Private first, so that nothing propagates to or from the machine; then
   # shared within the node, as a node's / is (containerd's HostToContainer
@@ -262,7 +272,7 @@ cl_node_namespace() {
 }
 
 cl_containerd_config() {
-  cat <<'EOF'
+  cat <<EOF
 version = 3
 root = "/var/lib/containerd"
 state = "/run/containerd"
@@ -274,7 +284,7 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
 [plugins.'io.containerd.cri.v1.images']
   snapshotter = "native"
   [plugins.'io.containerd.cri.v1.images'.pinned_images]
-    sandbox = "localhost/cnichain-busybox:1"
+    sandbox = "$CL_POD_IMAGE"
 [plugins.'io.containerd.cri.v1.runtime']
   disable_apparmor = true
   restrict_oom_score_adj = true
@@ -383,7 +393,7 @@ cl_import() {
 
 cl_podman_opts() { echo "--root $CL_DIR/podman --runroot $CL_DIR/podman-run --tmpdir $CL_DIR --storage-driver vfs"; }
 
-# cl_busybox_image NAME ARCHIVE: the pods' image, from scratch: the static
+# cl_busybox_image ARCHIVE: the pods' image (CL_POD_IMAGE), from scratch: the static
 # busybox (the sandbox's sleeping PID 1 and the pods' web server, serving
 # /www) and the network probe (internal/testworkload/probe); saved as an
 # OCI archive.
@@ -395,9 +405,9 @@ cl_busybox_image() {
   echo "hello from a k8s pod" >"$d/www/index.html"
   printf 'FROM scratch\nCOPY bin /bin\nCOPY www /www\nENTRYPOINT ["/bin/busybox", "sleep", "2147483647"]\n' >"$d/Containerfile"
   # shellcheck disable=SC2046
-  podman $(cl_podman_opts) --cgroup-manager cgroupfs --events-backend file build -q -t "$1" "$d" >/dev/null
+  podman $(cl_podman_opts) --cgroup-manager cgroupfs --events-backend file build -q -t "$CL_POD_IMAGE" "$d" >/dev/null
   # shellcheck disable=SC2046
-  podman $(cl_podman_opts) save -q --format oci-archive -o "$2" "$1"
+  podman $(cl_podman_opts) save -q --format oci-archive -o "$1" "$CL_POD_IMAGE"
 }
 
 cl_podman_clean() { # the images' build storage, once they are saved
@@ -432,6 +442,26 @@ cl_conflist() {
 CONF
 }
 CL_POD_CIDR=192.168.10.0/23 # both nodes' ranges
+
+# cl_hostport_pod NAME NODE HOSTPORT LABEL: a pod's manifest: busybox httpd
+# on port 80, reached at NODE's HOSTPORT; gone at once when deleted (a
+# busybox PID 1 ignores SIGTERM).
+cl_hostport_pod() {
+  cat <<EOF
+apiVersion: v1
+kind: Pod
+metadata: {name: $1, labels: {$4}}
+spec:
+  nodeName: $2
+  terminationGracePeriodSeconds: 0
+  containers:
+  - name: web
+    image: $CL_POD_IMAGE
+    imagePullPolicy: Never
+    command: [/bin/busybox, httpd, -f, -p, "80", -h, /www]
+    ports: [{containerPort: 80, hostPort: $3}]
+EOF
+}
 cl_node_index() { # cl_node_index NODE: its place in CL_NODES, from 0
   local i
   for i in "${!CL_NODES[@]}"; do [ "${CL_NODES[$i]}" = "$1" ] && echo "$i" && return 0; done
@@ -447,6 +477,7 @@ cl_node_registered() { cl_kubectl get node "$1" >/dev/null 2>&1; }
 # cluster_up: control plane and both nodes (NotReady until a CNI conflist
 # lands in their /etc/cni/net.d).
 cluster_up() {
+  scripts/ensure-tools.sh podman runc nft openssl
   CL_BIN=$(scripts/k8s-build.sh)/bin
   # One cluster at a time per machine: the nodes' mount points on the
   # machine's tree are shared, and one run's removal of a mount point it

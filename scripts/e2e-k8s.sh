@@ -11,12 +11,10 @@
 # the DaemonSet rolled to a new image under running pods.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/ensure-tools.sh podman runc nft openssl
 . scripts/e2e-lib.sh
 . scripts/cluster.sh
 
 SB_BIN="${SB_BIN:-$(pwd)/bin}"
-BUSYBOX=localhost/cnichain-busybox:1
 PLUGINS=localhost/cnichain-plugins
 
 cluster_up
@@ -27,7 +25,7 @@ echo "== Kubernetes $("$CL_BIN/kubelet" --version | awk '{print $2}'), container
 # Images, built here from scratch and imported into each node (no registry):
 # the pods' (cl_busybox_image); the installer image at two versions, for
 # the rolling update.
-cl_busybox_image "$BUSYBOX" "$T/busybox.tar"
+cl_busybox_image "$T/busybox.tar"
 for v in 1 2; do
   VERSION="k8s-e2e-$v" LDFLAGS="-X github.com/cnichain/plugins/pkg/buildinfo.Version=k8s-e2e-$v" \
     IMAGE="$PLUGINS:k8s-e2e-$v" IMAGE_ARCHIVE="$T/plugins-$v.tar" PODMAN_OPTS="$(cl_podman_opts)" scripts/image.sh >/dev/null
@@ -75,22 +73,7 @@ done
 
 # Workloads: a Deployment over both nodes with a web server and a UDP
 # server in each pod, its two Services, and a pod with a hostPort.
-hostport_pod() { # hostport_pod NODE: the pod "hostport", hostPort 8080 -> 80, on NODE
-  k apply -f - >/dev/null <<EOF
-apiVersion: v1
-kind: Pod
-metadata: {name: hostport}
-spec:
-  nodeName: $1
-  terminationGracePeriodSeconds: 0
-  containers:
-  - name: web
-    image: $BUSYBOX
-    imagePullPolicy: Never
-    command: [/bin/busybox, httpd, -f, -p, "80", -h, /www]
-    ports: [{containerPort: 80, hostPort: 8080}]
-EOF
-}
+hostport_pod() { cl_hostport_pod hostport "$1" 8080 "app: hostport" | k apply -f - >/dev/null; }
 k apply -f - >/dev/null <<EOF
 apiVersion: apps/v1
 kind: Deployment
@@ -105,8 +88,8 @@ spec:
       topologySpreadConstraints:
       - {maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule, labelSelector: {matchLabels: {app: web}}}
       containers:
-      - {name: web, image: $BUSYBOX, imagePullPolicy: Never, command: [/bin/busybox, httpd, -f, -p, "80", -h, /www]}
-      - {name: echo, image: $BUSYBOX, imagePullPolicy: Never, command: [/bin/probe, udp-serve, "5353"]}
+      - {name: web, image: $CL_POD_IMAGE, imagePullPolicy: Never, command: [/bin/busybox, httpd, -f, -p, "80", -h, /www]}
+      - {name: echo, image: $CL_POD_IMAGE, imagePullPolicy: Never, command: [/bin/probe, udp-serve, "5353"]}
 ---
 apiVersion: v1
 kind: Service
@@ -225,7 +208,17 @@ WEB_B=$(pod_on node-b) IP_B=$(pod_ip "$WEB_B")
 # routes and records stay as they were.
 before_a=$(lite_chains node-a; records node-a) before_b=$(lite_chains node-b; records node-b)
 k -n kube-system delete pod -l app.kubernetes.io/name=cnichain-plugins --wait=true --timeout 120s >/dev/null
-check "the DaemonSet's pods come back" k -n kube-system rollout status daemonset/cnichain-plugins --timeout 180s
+# rolled_out SECONDS: the DaemonSet's pods are all updated and Ready; if
+# not, says what its pods are doing.
+rolled_out() {
+  k -n kube-system rollout status daemonset/cnichain-plugins --timeout "$1s" >/dev/null && return 0
+  echo "the DaemonSet's pods, after ${1}s:" >&2
+  k -n kube-system get pods -o wide >&2 || true
+  k -n kube-system get pods -o 'jsonpath={range .items[*]}{.metadata.name}: {.status.containerStatuses[0].lastState}{"\n"}{end}' >&2 || true
+  k -n kube-system get events --sort-by .lastTimestamp 2>/dev/null | tail -15 >&2 || true
+  return 1
+}
+check "the DaemonSet's pods come back" rolled_out 180
 check "deleting the DaemonSet's pods changes nothing of node-a's pods" test "$before_a" = "$(lite_chains node-a; records node-a)"
 check "deleting the DaemonSet's pods changes nothing of node-b's pods" test "$before_b" = "$(lite_chains node-b; records node-b)"
 
@@ -271,7 +264,7 @@ done
 # A new image rolled out by the DaemonSet, under running pods.
 probe_start
 daemonset k8s-e2e-2 | k apply -f - >/dev/null
-check "the DaemonSet rolls out the new image" k -n kube-system rollout status daemonset/cnichain-plugins --timeout 300s
+check "the DaemonSet rolls out the new image" rolled_out 300
 probe_stop
 check "during the rollout, every probe of node-a:8080 from the lan was answered ($(probes))" probes_all_answered
 version_of() { "$T/$1/mnt/opt/cni/bin/$2" </dev/null 2>&1 || true; }
@@ -314,7 +307,7 @@ spec:
   runtimeClassName: dockin
   terminationGracePeriodSeconds: 0
   containers:
-  - {name: main, image: $BUSYBOX, imagePullPolicy: Never}
+  - {name: main, image: $CL_POD_IMAGE, imagePullPolicy: Never}
 EOF
 check "multinic: the pod becomes Ready" wait_for 180 "the multinic pod to be Ready" pod_ready multi
 check "multinic: the RM was asked for the pod by its Kubernetes name" grep -q 'podName=multi&podNamespace=default' "$T/rm/queries"

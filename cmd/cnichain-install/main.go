@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"syscall"
 
 	"github.com/cnichain/plugins/internal/agentcmd"
@@ -59,6 +60,9 @@ func main() {
 		os.Exit(1)
 	}
 	if *runAgent {
+		// What installing read is garbage now; the agent runs for days
+		// within the container's memory limit.
+		debug.FreeOSMemory()
 		if err := agent.Run(os.Stderr); err != nil {
 			fmt.Fprintln(os.Stderr, "cnichain-install: agent:", err)
 			os.Exit(1)

@@ -61,18 +61,32 @@ func Dir(src, dst string, mode fs.FileMode) ([]Result, error) {
 		if !e.Type().IsRegular() {
 			continue
 		}
-		data, err := os.ReadFile(filepath.Join(src, e.Name()))
-		if err != nil {
-			return out, err
-		}
 		target := filepath.Join(dst, e.Name())
-		o, err := File(target, data, mode)
+		o, err := installFile(filepath.Join(src, e.Name()), target, mode)
 		if err != nil {
 			return out, fmt.Errorf("install %s: %w", target, err)
 		}
 		out = append(out, Result{target, o})
 	}
 	return out, nil
+}
+
+// installFile is File for a source on disk: an installed file already the
+// same is compared in blocks, not read whole (the installer runs within the
+// DaemonSet's memory limit), and only a differing source is read to write.
+func installFile(src, dst string, mode fs.FileMode) (Outcome, error) {
+	same, err := sameFile(src, dst, mode)
+	if err != nil || same {
+		return Unchanged, err
+	}
+	data, err := os.ReadFile(src)
+	if err != nil {
+		return "", err
+	}
+	if err := atomicfile.Write(dst, data, mode); err != nil {
+		return "", err
+	}
+	return Written, nil
 }
 
 // Differing lists the regular files of src whose copy in dst is missing or
