@@ -53,13 +53,22 @@ in_node() {
 }
 in_lan() { ip netns exec "$CL_ID-lan" "$@"; }
 
-# cl_spawn KEY NETNS_CMD... : starts a component in the background, its
-# output in logs/KEY (with / as -), and remembers its PID under KEY.
+# cl_spawn KEY CMD...: starts a component in the background, its output in
+# logs/KEY (with / as -), and remembers its PID under KEY. CMD must be a
+# program that ends in an exec of the component (nsenter, env, sh -c
+# 'exec ...'), never a shell function: a function runs in a subshell of its
+# own, whose PID a stop would kill, leaving the component running.
 cl_spawn() {
   local key=$1
   shift
   "$@" >>"$(cl_log "${key//\//-}")" 2>&1 </dev/null &
   CL_PID[$key]=$!
+}
+# cl_spawn_in_node KEY NODE CMD...: cl_spawn in NODE's namespaces.
+cl_spawn_in_node() {
+  local key=$1 node=$2
+  shift 2
+  cl_spawn "$key" nsenter -t "${CL_HOLDER[$node]}" --mount --net "$@"
 }
 
 # cl_stop KEY: SIGTERM, then SIGKILL after 30 s (kube-apiserver takes more
@@ -310,7 +319,7 @@ EOF
 # cl_containerd_start NODE / cl_containerd_stop NODE (its shims and pods stay,
 # as on a node whose containerd restarts).
 cl_containerd_start() {
-  cl_spawn "$1/containerd" in_node "$1" env PATH="$CL_BIN:$PATH" sh -c 'ulimit -n 1024 -u 4096; exec containerd --config "$1"' sh "$CL_DIR/$1/containerd.toml"
+  cl_spawn_in_node "$1/containerd" "$1" env PATH="$CL_BIN:$PATH" sh -c 'ulimit -n 1024 -u 4096; exec containerd --config "$1"' sh "$CL_DIR/$1/containerd.toml"
   wait_for 120 "containerd on $1 to answer" in_node "$1" "$CL_BIN/ctr" --address /run/containerd/containerd.sock version >/dev/null 2>&1
 }
 cl_containerd_stop() { cl_stop "$1/containerd"; }
@@ -344,7 +353,7 @@ EOF
 }
 
 cl_kubelet_start() {
-  cl_spawn "$1/kubelet" in_node "$1" env PATH="$CL_BIN:$PATH" "$CL_BIN/kubelet" --config "$CL_DIR/$1/kubelet.yaml" \
+  cl_spawn_in_node "$1/kubelet" "$1" env PATH="$CL_BIN:$PATH" "$CL_BIN/kubelet" --config "$CL_DIR/$1/kubelet.yaml" \
     --kubeconfig "$CL_DIR/$1/kubelet.kubeconfig" --hostname-override "$1" --node-ip "${CL_NODE_IP[$1]}" \
     --cert-dir "$CL_DIR/$1/kubelet-pki" --v 1
 }
@@ -364,7 +373,7 @@ conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeou
 metricsBindAddress: 127.0.0.1:10249
 healthzBindAddress: 127.0.0.1:10256
 EOF
-  cl_spawn "$1/kube-proxy" in_node "$1" "$CL_BIN/kube-proxy" --config "$CL_DIR/$1/kube-proxy.yaml"
+  cl_spawn_in_node "$1/kube-proxy" "$1" "$CL_BIN/kube-proxy" --config "$CL_DIR/$1/kube-proxy.yaml"
 }
 # cl_kube_proxy_stop NODE: stops it and removes its rules (kube-proxy --cleanup).
 cl_kube_proxy_stop() {

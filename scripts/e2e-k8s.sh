@@ -248,6 +248,9 @@ sleep 2
 probe_stop
 check "kubelet restarts: every probe of node-a:8080 from the lan was answered ($(probes))" probes_all_answered
 check "after kubelet restarts: the lan reaches node-b's pod" from_lan "http://$IP_B/"
+# kubectl exec goes through each node's new kubelet (its server bound anew).
+check "after kubelet restarts: kubectl exec into node-a's pod works" from_pod "$WEB_A" "http://$IP_B/"
+check "after kubelet restarts: kubectl exec into node-b's pod works" from_pod "$WEB_B" "http://$IP_A/"
 probe_start
 for node in "${CL_NODES[@]}"; do
   cl_containerd_stop "$node"
@@ -257,6 +260,8 @@ sleep 2
 probe_stop
 check "containerd restarts: every probe of node-a:8080 from the lan was answered ($(probes))" probes_all_answered
 check "after containerd restarts: node-b reaches node-a's pod" from_node node-b "http://$IP_A/"
+check "after containerd restarts: kubectl exec into node-b's pod works" \
+  wait_for 60 "an exec into $WEB_B through the new containerd" from_pod "$WEB_B" "http://$IP_A/"
 for node in "${CL_NODES[@]}"; do
   check "after the restarts, $node is Ready" wait_for 180 "$node to be Ready again" cl_node_ready "$node"
 done
@@ -283,7 +288,7 @@ check "the new pod's hostPort answers the lan at node-b:8080" wait_for 60 "node-
 # stand-in answering for that pod only) gives its two NICs static addresses.
 mkdir -p "$T/node-a/mnt/etc/cni/net.d/dockin" "$T/node-a/mnt/etc/cni/net.d/dockin.d"
 rm_standin "$T/rm" multi
-cl_spawn node-a/rm in_node node-a busybox httpd -f -p 127.0.0.1:10002 -h "$T/rm"
+cl_spawn_in_node node-a/rm node-a busybox httpd -f -p 127.0.0.1:10002 -h "$T/rm"
 wait_for 60 "the resource-manager stand-in on node-a's 127.0.0.1:10002" matches ':10002 ' in_node node-a ss -ltnH
 for f in net.d/dockin.d/*.json; do
   case "$f" in *rm-answer.json) continue ;; esac
