@@ -150,7 +150,8 @@ for mode in iptables nftables; do
     how="kube-proxy $mode without --cluster-cidr"
     [ -z "$cidr" ] || how="kube-proxy $mode --cluster-cidr $cidr"
     for pod in "$WEB_A" "$WEB_B"; do
-      # Repeated, so that both backends (one per node) answer.
+      # Four times from each pod: kube-proxy picks a backend per connection,
+      # so the one on the other node very likely answers too (not asserted).
       for i in 1 2 3 4; do
         check "$how: $pod reaches the TCP Service $WEB_SVC ($i)" wait_for 60 "$pod to reach $WEB_SVC:80" from_pod "$pod" "http://$WEB_SVC/"
         check "$how: $pod reaches the UDP Service $ECHO_SVC:53 ($i)" wait_for 60 "$pod to reach $ECHO_SVC:53" udp_from_pod "$pod" "$ECHO_SVC:53"
