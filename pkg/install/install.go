@@ -13,7 +13,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"sort"
 
 	"github.com/cnichain/plugins/pkg/atomicfile"
 )
@@ -48,21 +47,17 @@ type Result struct {
 // Dir installs every regular file of src into dst (created if missing)
 // with mode, in name order.
 func Dir(src, dst string, mode fs.FileMode) ([]Result, error) {
-	entries, err := os.ReadDir(src)
+	names, err := regularFiles(src)
 	if err != nil {
 		return nil, err
 	}
 	if err := os.MkdirAll(dst, 0o755); err != nil {
 		return nil, err
 	}
-	sort.Slice(entries, func(i, j int) bool { return entries[i].Name() < entries[j].Name() })
 	var out []Result
-	for _, e := range entries {
-		if !e.Type().IsRegular() {
-			continue
-		}
-		target := filepath.Join(dst, e.Name())
-		o, err := installFile(filepath.Join(src, e.Name()), target, mode)
+	for _, name := range names {
+		target := filepath.Join(dst, name)
+		o, err := installFile(filepath.Join(src, name), target, mode)
 		if err != nil {
 			return out, fmt.Errorf("install %s: %w", target, err)
 		}
@@ -76,8 +71,11 @@ func Dir(src, dst string, mode fs.FileMode) ([]Result, error) {
 // DaemonSet's memory limit), and only a differing source is read to write.
 func installFile(src, dst string, mode fs.FileMode) (Outcome, error) {
 	same, err := sameFile(src, dst, mode)
-	if err != nil || same {
-		return Unchanged, err
+	if err != nil {
+		return "", err
+	}
+	if same {
+		return Unchanged, nil
 	}
 	data, err := os.ReadFile(src)
 	if err != nil {
@@ -95,17 +93,14 @@ func installFile(src, dst string, mode fs.FileMode) (Outcome, error) {
 // DaemonSet's readiness probe, inside the container's memory limit, beside
 // the agent.
 func Differing(src, dst string, mode fs.FileMode) ([]string, error) {
-	entries, err := os.ReadDir(src)
+	names, err := regularFiles(src)
 	if err != nil {
 		return nil, err
 	}
 	var out []string
-	for _, e := range entries {
-		if !e.Type().IsRegular() {
-			continue
-		}
-		target := filepath.Join(dst, e.Name())
-		same, err := sameFile(filepath.Join(src, e.Name()), target, mode)
+	for _, name := range names {
+		target := filepath.Join(dst, name)
+		same, err := sameFile(filepath.Join(src, name), target, mode)
 		if err != nil {
 			return nil, err
 		}
@@ -113,8 +108,22 @@ func Differing(src, dst string, mode fs.FileMode) ([]string, error) {
 			out = append(out, target)
 		}
 	}
-	sort.Strings(out)
 	return out, nil
+}
+
+// regularFiles names the regular files of dir, in name order (os.ReadDir's).
+func regularFiles(dir string) ([]string, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, e := range entries {
+		if e.Type().IsRegular() {
+			names = append(names, e.Name())
+		}
+	}
+	return names, nil
 }
 
 // sameFile says whether installed holds want's content with mode; a
