@@ -68,7 +68,7 @@ func EnsureMacvlanBridge(name, master string, mtu int, mac net.HardwareAddr) (ne
 	}
 	link, err := macvlanBridge(name, parent)
 	if err == nil {
-		return link, upIfDown(link)
+		return link, readyForPods(link)
 	}
 	var notFound netlink.LinkNotFoundError
 	if !errors.As(err, &notFound) {
@@ -82,7 +82,34 @@ func EnsureMacvlanBridge(name, master string, mtu int, mac net.HardwareAddr) (ne
 	if link, err = macvlanBridge(name, parent); err != nil {
 		return nil, err
 	}
-	return link, upIfDown(link)
+	return link, readyForPods(link)
+}
+
+// readyForPods brings the sub-device up and makes it answer ARP only for
+// askers routed through it, the pods: it hears the wire too, and an answer
+// to the LAN's ARP for the node's address (the kernel answers for any
+// local address on any interface) would move the LAN's entry for the node
+// to the sub-device's MAC. The node's traffic from the LAN would then come
+// in on the sub-device, which strict rp_filter drops and rules matching
+// the master do not see, and stop when the sub-device goes.
+func readyForPods(link netlink.Link) error {
+	if err := setIPv4Conf(link.Attrs().Name, "arp_filter", "1"); err != nil {
+		return err
+	}
+	return upIfDown(link)
+}
+
+// setIPv4Conf sets the IPv4 setting key of the link called name to value,
+// writing only when it differs: it changes that link only.
+func setIPv4Conf(name, key, value string) error {
+	path := "/proc/sys/net/ipv4/conf/" + name + "/" + key
+	if cur, err := os.ReadFile(path); err == nil && strings.TrimSpace(string(cur)) == value {
+		return nil
+	}
+	if err := os.WriteFile(path, []byte(value), 0o644); err != nil {
+		return fmt.Errorf("set %s of %s: %w", key, name, err)
+	}
+	return nil
 }
 
 // MacvlanBridge returns the existing sub-device name of master, checking
@@ -186,10 +213,49 @@ func HostRoute(linkIndex int, ip netip.Addr) *netlink.Route {
 }
 
 // AddHostRoute adds the route to ip through link, with src as the node's
-// preferred source address when valid. A route that is already there
-// through link is success; one through another link is an error, not
-// something to overwrite.
-func AddHostRoute(link netlink.Link, ip, src netip.Addr) error {
+// preferred source address when valid, and pins ip to mac, the pod's, when
+// given (PinNeighbour). A route that is already there through link is
+// success; one through another link is an error, not something to
+// overwrite.
+func AddHostRoute(link netlink.Link, ip, src netip.Addr, mac net.HardwareAddr) error {
+	if err := addHostRoute(link, ip, src); err != nil {
+		return err
+	}
+	return PinNeighbour(link.Attrs().Index, ip, mac)
+}
+
+// PinNeighbour makes the node reach ip at mac on the link with index
+// linkIndex without asking (a permanent neighbour entry); nothing when mac
+// is nil. An ARP request the node sends on the sub-device also goes out on
+// the wire, and names the node's address as its sender: every LAN host
+// that hears it moves its entry for the node to the sub-device's MAC.
+func PinNeighbour(linkIndex int, ip netip.Addr, mac net.HardwareAddr) error {
+	if mac == nil {
+		return nil
+	}
+	n := &netlink.Neigh{LinkIndex: linkIndex, Family: family(ip), State: netlink.NUD_PERMANENT, IP: ip.AsSlice(), HardwareAddr: mac}
+	if err := netlink.NeighSet(n); err != nil {
+		return fmt.Errorf("neighbour %s lladdr %s: %w", ip, mac, err)
+	}
+	return nil
+}
+
+// IsPinned reports whether ip is pinned to mac on the link with index
+// linkIndex, as PinNeighbour leaves it.
+func IsPinned(linkIndex int, ip netip.Addr, mac net.HardwareAddr) (bool, error) {
+	neighs, err := netlink.NeighList(linkIndex, family(ip))
+	if err != nil {
+		return false, err
+	}
+	for _, n := range neighs {
+		if got, _ := netip.AddrFromSlice(n.IP); got.Unmap() == ip {
+			return n.State&netlink.NUD_PERMANENT != 0 && bytes.Equal(n.HardwareAddr, mac), nil
+		}
+	}
+	return false, nil
+}
+
+func addHostRoute(link netlink.Link, ip, src netip.Addr) error {
 	route := HostRoute(link.Attrs().Index, ip)
 	if src.IsValid() {
 		route.Src = src.AsSlice()
@@ -211,13 +277,18 @@ func AddHostRoute(link netlink.Link, ip, src netip.Addr) error {
 }
 
 // DelHostRoute removes our route to ip through the link with index
-// linkIndex; one that is already gone is success.
+// linkIndex and the node's neighbour entry for ip there; what is already
+// gone is success.
 func DelHostRoute(linkIndex int, ip netip.Addr) error {
 	err := netlink.RouteDel(HostRoute(linkIndex, ip))
-	if err == nil || errors.Is(err, syscall.ESRCH) || errors.Is(err, syscall.ENODEV) {
-		return nil
+	if err != nil && !errors.Is(err, syscall.ESRCH) && !errors.Is(err, syscall.ENODEV) {
+		return fmt.Errorf("delete route to %s: %w", ip, err)
 	}
-	return fmt.Errorf("delete route to %s: %w", ip, err)
+	err = netlink.NeighDel(&netlink.Neigh{LinkIndex: linkIndex, Family: family(ip), IP: ip.AsSlice()})
+	if err != nil && !errors.Is(err, syscall.ENOENT) && !errors.Is(err, syscall.ENODEV) {
+		return fmt.Errorf("forget neighbour %s: %w", ip, err)
+	}
+	return nil
 }
 
 // ForgetNeighbours deletes the neighbour entries on the link with index
@@ -353,6 +424,7 @@ type PodLink struct {
 	// a macvlan's.
 	Mode        netlink.MacvlanMode
 	ParentIndex int
+	MAC         net.HardwareAddr
 }
 
 // linkIfThere is the link called name in the current netns; nil, nil
@@ -375,7 +447,7 @@ func InspectPodLink(netnsPath, ifname string) (*PodLink, error) {
 		if err != nil || link == nil {
 			return err
 		}
-		out = &PodLink{Name: ifname, Kind: link.Type(), ParentIndex: link.Attrs().ParentIndex}
+		out = &PodLink{Name: ifname, Kind: link.Type(), ParentIndex: link.Attrs().ParentIndex, MAC: link.Attrs().HardwareAddr}
 		if mv, ok := link.(*netlink.Macvlan); ok {
 			out.Mode = mv.Mode
 		}
@@ -399,11 +471,7 @@ func EnableRouteLocalnet(ip netip.Addr) error {
 	if err != nil {
 		return err
 	}
-	path := "/proc/sys/net/ipv4/conf/" + link.Attrs().Name + "/route_localnet"
-	if cur, err := os.ReadFile(path); err == nil && strings.TrimSpace(string(cur)) == "1" {
-		return nil
-	}
-	return os.WriteFile(path, []byte("1"), 0o644)
+	return setIPv4Conf(link.Attrs().Name, "route_localnet", "1")
 }
 
 // FlushUDPConntrack forgets the UDP flows to the given host ports in the

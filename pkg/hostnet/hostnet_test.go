@@ -60,6 +60,17 @@ func TestEnsureMacvlanBridge(t *testing.T) {
 			}
 		})
 	})
+	t.Run("answers ARP only for askers routed through it, also one made by an earlier release", func(t *testing.T) {
+		inNode(t, func(t *testing.T) {
+			sandbox.MustRunHere(t, "ip", "link", "add", "eno1.host", "link", "eno1", "type", "macvlan", "mode", "bridge")
+			if _, err := EnsureMacvlanBridge("eno1.host", "eno1", 0, nil); err != nil {
+				t.Fatal(err)
+			}
+			if b, err := os.ReadFile("/proc/sys/net/ipv4/conf/eno1.host/arp_filter"); err != nil || strings.TrimSpace(string(b)) != "1" {
+				t.Fatalf("arp_filter of eno1.host = %q, %v; want 1: it would answer the LAN's ARP for the node", b, err)
+			}
+		})
+	})
 	t.Run("reuses an existing one, also when many race to create it", func(t *testing.T) {
 		inNode(t, func(t *testing.T) {
 			node, err := ns.GetCurrentNS()
@@ -140,10 +151,22 @@ func TestHostRoutes(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
+				mac, _ := net.ParseMAC("02:00:00:00:00:20")
 				for i := 0; i < 2; i++ {
-					if err := AddHostRoute(link, addr, netip.Addr{}); err != nil {
+					if err := AddHostRoute(link, addr, netip.Addr{}, mac); err != nil {
 						t.Fatalf("AddHostRoute #%d: %v", i+1, err)
 					}
+				}
+				pinned := ip + " lladdr 02:00:00:00:00:20 PERMANENT"
+				if out := sandbox.MustRunHere(t, "ip", "neigh", "show", "dev", "eno1.host"); !strings.Contains(out, pinned) {
+					t.Fatalf("neighbours on eno1.host:\n%s\nwant %q: the node would ask for the pod in its own name on the wire", out, pinned)
+				}
+				other, _ := net.ParseMAC("02:00:00:00:00:21")
+				if ok, err := IsPinned(link.Attrs().Index, addr, mac); !ok || err != nil {
+					t.Fatalf("IsPinned = %v, %v", ok, err)
+				}
+				if ok, _ := IsPinned(link.Attrs().Index, addr, other); ok {
+					t.Fatal("IsPinned to another MAC = true")
 				}
 				if ok, err := HasHostRoute(link.Attrs().Index, addr); !ok || err != nil {
 					t.Fatalf("HasHostRoute = %v, %v", ok, err)
@@ -163,6 +186,9 @@ func TestHostRoutes(t *testing.T) {
 				if got, _ := HostRoutes(link); len(got) != 0 {
 					t.Fatalf("HostRoutes after delete = %v", got)
 				}
+				if ok, err := IsPinned(link.Attrs().Index, addr, mac); ok || err != nil {
+					t.Fatalf("after delete IsPinned = %v, %v", ok, err)
+				}
 			})
 		})
 	}
@@ -174,7 +200,7 @@ func TestHostRoutes(t *testing.T) {
 			if err := netlink.RouteAdd(HostRoute(master.Attrs().Index, addr)); err != nil {
 				t.Fatal(err)
 			}
-			if err := AddHostRoute(link, addr, netip.Addr{}); err == nil || !strings.Contains(err.Error(), "through another link") {
+			if err := AddHostRoute(link, addr, netip.Addr{}, nil); err == nil || !strings.Contains(err.Error(), "through another link") {
 				t.Fatalf("err = %v, want a refusal", err)
 			}
 		})

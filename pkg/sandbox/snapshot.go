@@ -21,10 +21,10 @@ var (
 )
 
 // Snapshot is the node's network state as text, for "nothing changed"
-// assertions: links, routes, addresses, the iptables and nftables rules of
-// every table in both families, and the files under the sandbox's
-// directory (records, host-local's leases, the runtime's cache). Counters
-// and comments of iptables-save are dropped.
+// assertions: links, routes, addresses, permanent neighbour entries, the
+// iptables and nftables rules of every table in both families, and the
+// files under the sandbox's directory (records, host-local's leases, the
+// runtime's cache). Counters and comments of iptables-save are dropped.
 func (sb *Sandbox) Snapshot(t testing.TB) string {
 	t.Helper()
 	// A new link's link-local address is "tentative" for a while: wait it out.
@@ -32,6 +32,7 @@ func (sb *Sandbox) Snapshot(t testing.TB) string {
 	var b strings.Builder
 	for _, cmd := range [][]string{
 		{"ip", "-o", "link"}, {"ip", "-o", "addr"}, {"ip", "route", "show", "table", "all"}, {"ip", "-6", "route", "show", "table", "all"},
+		{"ip", "neigh", "show", "nud", "permanent"},
 		{"iptables-save"}, {"ip6tables-save"},
 	} {
 		fmt.Fprintf(&b, "$ %s\n", strings.Join(cmd, " "))

@@ -8,6 +8,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
@@ -359,4 +360,78 @@ func TestConcurrentADDsKeepEveryAnswer(t *testing.T) {
 	if s := string(data); !strings.Contains(s, `"listed":["192.168.0.5/32"]`) || !strings.Contains(s, `"copies":["fd00:c0a8::5/64"]`) {
 		t.Fatalf("the sub-device's record lost an update: %s", s)
 	}
+}
+
+// TestTheLANReachesTheNodeAtTheMastersMAC: the sub-device hears the wire,
+// so it must neither answer the LAN's ARP for the node's address nor ask
+// for a pod in the node's name (its ARP requests go out on the wire too).
+// Either moves the LAN's entry for the node to the sub-device's MAC: the
+// node's traffic from the LAN then comes in on the sub-device, where
+// strict rp_filter drops it, and stops when the sub-device goes.
+func TestTheLANReachesTheNodeAtTheMastersMAC(t *testing.T) {
+	sb := sandbox.New(t)
+	rtm := sb.Runtime(t)
+	list := sb.Localize(t, sandbox.LoadList(t, "00-default.conflist"))
+	pod := sb.NewPod(t)
+	att := sandbox.Attachment(pod, "flux-1", "eth0")
+	res, err := rtm.Add(list, att)
+	if err != nil {
+		t.Fatalf("ADD: %v", err)
+	}
+	t.Cleanup(func() { _ = rtm.Del(list, att) })
+	ip := podIP(t, res)
+	// The LAN takes every answer, not only the first within a second: a
+	// sub-device's answer cannot hide behind the master's earlier one.
+	sandbox.MustRun(t, sb.LAN, "sh", "-c", "echo 0 > /proc/sys/net/ipv4/neigh/eth0/locktime")
+	node := sandbox.NodeIPv4.Addr().String()
+	master := macOf(sandbox.MustRun(t, sb.Node, "ip", "-o", "link", "show", "eno1"), "link/ether ")
+	// stays watches the LAN's entry for the node for a second: a late
+	// answer or request from the sub-device would change it.
+	stays := func(after string) {
+		t.Helper()
+		for end := time.Now().Add(time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+			out := sandbox.MustRun(t, sb.LAN, "ip", "neigh", "show", node, "dev", "eth0")
+			if got := macOf(out, "lladdr "); got != master {
+				t.Fatalf("after %s the LAN reaches the node %s at %s, not at eno1's %s:\n%s%s", after, node, got, master,
+					out, sandbox.MustRun(t, sb.Node, "ip", "-o", "link", "show", "eno1.host"))
+			}
+		}
+	}
+	sandbox.MustRun(t, sb.LAN, "ip", "neigh", "flush", "dev", "eth0")
+	if err := sandbox.Ping(sb.LAN, sandbox.NodeIPv4.Addr()); err != nil {
+		t.Fatal(err)
+	}
+	stays("the LAN asked for the node")
+	if err := sandbox.Ping(sb.Node, ip); err != nil {
+		t.Fatal(err)
+	}
+	stays("the node reached the pod")
+	podMAC := macOf(sandbox.MustRun(t, pod, "ip", "-o", "link", "show", "eth0"), "link/ether ")
+	pinned := fmt.Sprintf("%s lladdr %s PERMANENT", ip, podMAC)
+	if out := sandbox.MustRun(t, sb.Node, "ip", "neigh", "show", "dev", "eno1.host"); !strings.Contains(out, pinned) {
+		t.Fatalf("the node's neighbours on eno1.host:\n%swant %q", out, pinned)
+	}
+	if err := rtm.Check(list, att); err != nil {
+		t.Fatalf("CHECK: %v", err)
+	}
+	sandbox.MustRun(t, sb.Node, "ip", "neigh", "del", ip.String(), "dev", "eno1.host")
+	if err := rtm.Check(list, att); err == nil || !strings.Contains(err.Error(), "neighbour entry for "+ip.String()) {
+		t.Fatalf("CHECK without the pinned entry = %v, want it named", err)
+	}
+	if err := rtm.Del(list, att); err != nil {
+		t.Fatal(err)
+	}
+	if out := sandbox.MustRun(t, sb.Node, "ip", "neigh", "show", "dev", "eno1.host"); strings.Contains(out, ip.String()+" ") {
+		t.Fatalf("DEL left the pod's neighbour entry:\n%s", out)
+	}
+}
+
+// macOf is the link-layer address that follows key in ip's output, or "".
+func macOf(out, key string) string {
+	_, rest, ok := strings.Cut(out, key)
+	if !ok {
+		return ""
+	}
+	mac, _, _ := strings.Cut(rest, " ")
+	return mac
 }

@@ -31,6 +31,9 @@ type owner struct {
 	Master string `json:"master,omitempty"`
 	MTU    int    `json:"mtu,omitempty"`
 	Netns  string `json:"netns,omitempty"`
+	// MAC is the pod's, which the node reaches the address at without
+	// asking (hostnet.PinNeighbour); none when it could not be told.
+	MAC string `json:"mac,omitempty"`
 }
 
 // PodNetns and Describe are what a restore needs of a record.
@@ -119,7 +122,8 @@ func Add(args *skel.CmdArgs) (err error) {
 	if err := updateSubDevice(cfg, link, masterAddrs, store); err != nil {
 		return err
 	}
-	rec := owner{Key: keyOf(cfg, args), Bridge: cfg.Bridge, Master: cfg.Master, MTU: cfg.MTU, Netns: args.Netns}
+	podMAC := PinnedMAC(prev, pod)
+	rec := owner{Key: keyOf(cfg, args), Bridge: cfg.Bridge, Master: cfg.Master, MTU: cfg.MTU, Netns: args.Netns, MAC: podMAC.String()}
 	var done []netip.Addr
 	defer func() {
 		if err != nil {
@@ -134,7 +138,7 @@ func Add(args *skel.CmdArgs) (err error) {
 			return cnierr.Internal("state "+cfg.StateDir, err)
 		}
 		done = append(done, ip)
-		if err := hostnet.AddHostRoute(link, ip, PreferredSource(masterAddrs, ip)); err != nil {
+		if err := hostnet.AddHostRoute(link, ip, PreferredSource(masterAddrs, ip), podMAC); err != nil {
 			return cnierr.Internal(fmt.Sprintf("host route to %s via %s", ip, cfg.Bridge), err)
 		}
 		log.Info("route added", "ip", ip, "bridge", cfg.Bridge)
@@ -273,7 +277,8 @@ func settleMaster(cfg *Config) error {
 }
 
 // Check fails when the sub-device is missing or wrong, or a pod address of
-// prevResult has no host route through it.
+// prevResult has no host route through it or is no longer pinned to the
+// pod's MAC.
 func Check(args *skel.CmdArgs) error {
 	cfg, err := Parse(args.StdinData)
 	if err != nil {
@@ -311,6 +316,11 @@ func Check(args *skel.CmdArgs) error {
 			return cnierr.CheckFailed("bridge %q does not answer for the node's address %s: pods cannot reach the node at it", cfg.Bridge, p.Addr())
 		}
 	}
+	pod, err := hostnet.InspectPodLink(args.Netns, args.IfName)
+	if err != nil {
+		return cnierr.Internal("the pod's "+args.IfName, err)
+	}
+	podMAC := PinnedMAC(prev, pod)
 	for _, ip := range RouteTargets(chain.ContainerIPs(prev)) {
 		ok, err := hostnet.HasHostRoute(link.Attrs().Index, ip)
 		if err != nil {
@@ -318,6 +328,14 @@ func Check(args *skel.CmdArgs) error {
 		}
 		if !ok {
 			return cnierr.CheckFailed("host route to %s via %q is missing", ip, cfg.Bridge)
+		}
+		if podMAC == nil {
+			continue
+		}
+		if ok, err = hostnet.IsPinned(link.Attrs().Index, ip, podMAC); err != nil {
+			return cnierr.Internal("list neighbours", err)
+		} else if !ok {
+			return cnierr.CheckFailed("the node's neighbour entry for %s on %q is not the pod's MAC %s, permanent: it would ask for the pod in its own name on the wire", ip, cfg.Bridge, podMAC)
 		}
 	}
 	return checkViaNode(attachstate.Store{Dir: cfg.StateDir}, keyOf(cfg, args), args.Netns)

@@ -4,10 +4,12 @@ package hostroute
 import (
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
 
 	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/utils"
 	"github.com/vishvananda/netlink"
 
@@ -210,6 +212,22 @@ func Answered(master []netip.Prefix, arpIgnore int) []netip.Prefix {
 		}
 	}
 	return out
+}
+
+// PinnedMAC is the MAC the node reaches the pod's addresses at without
+// asking: its interface's, when prevResult puts all of them on it; nil
+// (the kernel asks, as for any neighbour) when the interface could not be
+// looked at or prevResult names another one in the container.
+func PinnedMAC(prev *current.Result, pod *hostnet.PodLink) net.HardwareAddr {
+	if pod == nil || len(pod.MAC) == 0 {
+		return nil
+	}
+	for _, i := range prev.Interfaces {
+		if i != nil && i.Sandbox != "" && i.Name != pod.Name {
+			return nil
+		}
+	}
+	return pod.MAC
 }
 
 // modeNames are macvlan's words for its modes, as its "mode" key takes them.

@@ -3,11 +3,13 @@ package hostroute
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"strings"
 	"testing"
 
 	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/vishvananda/netlink"
 
 	"github.com/cnichain/plugins/pkg/attachstate"
@@ -167,6 +169,32 @@ func TestAnswered(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			if got := fmt.Sprint(Answered(master, tt.arpIgnore)); got != tt.want {
 				t.Errorf("Answered = %s, want %s", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestPinnedMAC(t *testing.T) {
+	mac, _ := net.ParseMAC("02:00:00:00:00:01")
+	eth0 := &hostnet.PodLink{Name: "eth0", Kind: "macvlan", MAC: mac}
+	result := func(ifaces ...*current.Interface) *current.Result { return &current.Result{Interfaces: ifaces} }
+	tests := []struct {
+		name string
+		prev *current.Result
+		pod  *hostnet.PodLink
+		want string
+	}{
+		{"macvlan's result: the pod's interface", result(&current.Interface{Name: "eth0", Sandbox: "/var/run/netns/p"}), eth0, mac.String()},
+		{"a result without interfaces", result(), eth0, mac.String()},
+		{"a node-side interface beside it", result(&current.Interface{Name: "eno1"}, &current.Interface{Name: "eth0", Sandbox: "/p"}), eth0, mac.String()},
+		{"another container interface: its addresses may be there, not asked", result(&current.Interface{Name: "eth0", Sandbox: "/p"}, &current.Interface{Name: "net1", Sandbox: "/p"}), eth0, ""},
+		{"no interface to look at", result(), nil, ""},
+		{"an interface without a MAC", result(), &hostnet.PodLink{Name: "eth0"}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := PinnedMAC(tt.prev, tt.pod).String(); got != tt.want {
+				t.Errorf("PinnedMAC = %q, want %q", got, tt.want)
 			}
 		})
 	}

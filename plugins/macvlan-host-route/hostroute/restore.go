@@ -33,12 +33,13 @@ func Restore(stateDir string, out io.Writer) error {
 		return err
 	}
 	defer unlock()
-	routes := map[string][]netip.Addr{} // per sub-device
-	devices := map[string]owner{}       // a record naming each sub-device's master
+	routes := map[string][]podAddr{} // per sub-device
+	devices := map[string]owner{}    // a record naming each sub-device's master
 	for _, l := range loaded {
 		ip, _ := recordAddr(l.Name)
 		rec := *l.Rec
-		routes[rec.Bridge] = append(routes[rec.Bridge], ip)
+		mac, _ := net.ParseMAC(rec.MAC) // none recorded: the kernel asks
+		routes[rec.Bridge] = append(routes[rec.Bridge], podAddr{ip, mac})
 		if d := devices[rec.Bridge]; d.Master == "" {
 			devices[rec.Bridge] = rec
 		}
@@ -64,9 +65,16 @@ func Restore(stateDir string, out io.Writer) error {
 	return errors.Join(errs...)
 }
 
-// restoreDevice restores one sub-device, its answers and its routes to ips,
-// and returns how many routes it added.
-func restoreDevice(store attachstate.Store, dev owner, ips []netip.Addr) (int, error) {
+// podAddr is a pod address a host route leads to, and the MAC the node
+// reaches it at (nil: the kernel asks).
+type podAddr struct {
+	IP  netip.Addr
+	MAC net.HardwareAddr
+}
+
+// restoreDevice restores one sub-device, its answers and its routes to
+// pods, and returns how many routes it added.
+func restoreDevice(store attachstate.Store, dev owner, pods []podAddr) (int, error) {
 	var ans answers
 	if _, err := store.Load(answersRecord(dev.Bridge), &ans); err != nil && !attachstate.IsTorn(err) {
 		return 0, err
@@ -107,12 +115,13 @@ func restoreDevice(store attachstate.Store, dev owner, ips []netip.Addr) (int, e
 		errs = append(errs, hostnet.EnsureAddress(link, p))
 	}
 	added := 0
-	for _, ip := range ips {
-		if ok, err := hostnet.HasHostRoute(link.Attrs().Index, ip); err != nil || ok {
-			errs = append(errs, err)
+	for _, p := range pods {
+		if ok, err := hostnet.HasHostRoute(link.Attrs().Index, p.IP); err != nil || ok {
+			// The route is there; its pinned neighbour may not be.
+			errs = append(errs, err, hostnet.PinNeighbour(link.Attrs().Index, p.IP, p.MAC))
 			continue
 		}
-		if err := hostnet.AddHostRoute(link, ip, PreferredSource(masterAddrs, ip)); err != nil {
+		if err := hostnet.AddHostRoute(link, p.IP, PreferredSource(masterAddrs, p.IP), p.MAC); err != nil {
 			errs = append(errs, err)
 			continue
 		}
