@@ -145,21 +145,24 @@ func TestWholeChain(t *testing.T) {
 				if err := rtm.Check(list, att); err != nil {
 					t.Fatalf("CHECK: %v", err)
 				}
+				_, sub, _ := strings.Cut(sandbox.MustRun(t, sb.Node, "ip", "-o", "link", "show", "eno1.host"), "link/ether ")
+				sub, _, _ = strings.Cut(sub, " ")
 				for _, tt := range []struct {
 					name           string
+					netns          ns.NetNS
 					breakIt, fixIt []string
 					want           string
 				}{
-					{"a host route", []string{"ip", "route", "del", podV4.String(), "dev", "eno1.host"},
+					{"a host route", sb.Node, []string{"ip", "route", "del", podV4.String(), "dev", "eno1.host"},
 						[]string{"ip", "route", "add", podV4.String(), "dev", "eno1.host", "proto", "197", "scope", "link"},
 						"host route to 192.168.50.20"},
-					{"the IPv6 answer for the node", []string{"ip", "addr", "del", sandbox.NodeIPv6.String(), "dev", "eno1.host"},
-						[]string{"ip", "addr", "add", sandbox.NodeIPv6.String(), "dev", "eno1.host", "nodad", "noprefixroute"},
-						"does not answer for the node's address " + node6.String()},
+					{"the pod's pin to the node's IPv6 address", web, []string{"ip", "neigh", "del", node6.String(), "dev", "eth0"},
+						[]string{"ip", "neigh", "replace", node6.String(), "lladdr", sub, "nud", "permanent", "dev", "eth0"},
+						"permanent neighbour entry " + node6.String()},
 				} {
-					sandbox.MustRun(t, sb.Node, tt.breakIt[0], tt.breakIt[1:]...)
+					sandbox.MustRun(t, tt.netns, tt.breakIt[0], tt.breakIt[1:]...)
 					err := rtm.Check(list, att)
-					sandbox.MustRun(t, sb.Node, tt.fixIt[0], tt.fixIt[1:]...)
+					sandbox.MustRun(t, tt.netns, tt.fixIt[0], tt.fixIt[1:]...)
 					if err == nil || !strings.Contains(err.Error(), tt.want) {
 						t.Errorf("CHECK without %s: %v, want an error naming %q", tt.name, err, tt.want)
 					}

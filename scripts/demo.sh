@@ -34,10 +34,12 @@ step "a second pod of the chain, its addresses from CAP_ARGS ips, no port mappin
 peer=$(sandbox_pod hostport-peer)
 CAP_ARGS='{"ips":["192.168.50.21/16","fd00:c0a8::50:21/64"]}' \
   sandbox_cnitool "$netd" add macvlan-hostport "$peer" | grep -A1 '"address"' | sed 's/^/  /'
-step "on the node: host routes to the pods through eno1.host, which answers for the node's IPv6 address"
+step "on the node: host routes to the pods through eno1.host, each pod address pinned to the pod's MAC"
 show in_ns node ip route show proto 197
 show in_ns node ip -6 route show proto 197
-show in_ns node ip -br addr show dev eno1.host
+show in_ns node ip neigh show dev eno1.host nud permanent
+step "in the pod: the node's addresses pinned to eno1.host's MAC (eno1.host answers nobody for them)"
+show in_ns hostport-web ip neigh show dev eth0 nud permanent
 step "the pod's NAT rules (the pod's gateway is the lan router, so connections are masqueraded)"
 in_ns node iptables-save -t nat | grep -F 192.168.50.20 | sed 's/^/  /'
 in_ns node ip6tables-save -t nat | grep -F fd00:c0a8::50:20 | sed 's/^/  /'

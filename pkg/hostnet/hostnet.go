@@ -243,16 +243,8 @@ func PinNeighbour(linkIndex int, ip netip.Addr, mac net.HardwareAddr) error {
 // IsPinned reports whether ip is pinned to mac on the link with index
 // linkIndex, as PinNeighbour leaves it.
 func IsPinned(linkIndex int, ip netip.Addr, mac net.HardwareAddr) (bool, error) {
-	neighs, err := netlink.NeighList(linkIndex, family(ip))
-	if err != nil {
-		return false, err
-	}
-	for _, n := range neighs {
-		if got, _ := netip.AddrFromSlice(n.IP); got.Unmap() == ip {
-			return n.State&netlink.NUD_PERMANENT != 0 && bytes.Equal(n.HardwareAddr, mac), nil
-		}
-	}
-	return false, nil
+	missing, err := missingPin(linkIndex, []netip.Addr{ip}, mac)
+	return err == nil && missing == "", err
 }
 
 func addHostRoute(link netlink.Link, ip, src netip.Addr) error {

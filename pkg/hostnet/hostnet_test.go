@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -293,4 +294,47 @@ func TestHostRoutes(t *testing.T) {
 			}
 		})
 	})
+}
+
+func TestPinInPod(t *testing.T) {
+	pod := sandbox.NewNS(t)
+	mac, _ := net.ParseMAC("02:00:00:00:00:05")
+	addrs := []netip.Addr{netip.MustParseAddr("192.168.0.5"), netip.MustParseAddr("fd00:c0a8::5")}
+	if err := pod.Do(func(ns.NetNS) error {
+		attrs := netlink.NewLinkAttrs()
+		attrs.Name = "eth0"
+		return netlink.LinkAdd(&netlink.Veth{LinkAttrs: attrs, PeerName: "peer0"})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	missing := func() string {
+		t.Helper()
+		what, err := MissingPin(pod.Path(), "eth0", addrs, mac)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return what
+	}
+	if what := missing(); !strings.Contains(what, "192.168.0.5 lladdr 02:00:00:00:00:05 on eth0") {
+		t.Fatalf("MissingPin before = %q", what)
+	}
+	for i := 0; i < 2; i++ {
+		if err := PinInPod(pod.Path(), "eth0", addrs, mac); err != nil {
+			t.Fatalf("PinInPod #%d: %v", i+1, err)
+		}
+	}
+	if what := missing(); what != "" {
+		t.Fatalf("MissingPin after PinInPod = %q", what)
+	}
+	for i := 0; i < 2; i++ {
+		if err := UnpinInPod(pod.Path(), "eth0", addrs); err != nil {
+			t.Fatalf("UnpinInPod #%d: %v", i+1, err)
+		}
+	}
+	if out := sandbox.MustRun(t, pod, "ip", "neigh", "show", "nud", "permanent"); out != "" {
+		t.Fatalf("left after UnpinInPod:\n%s", out)
+	}
+	if err := UnpinInPod(filepath.Join(t.TempDir(), "gone"), "eth0", addrs); err != nil {
+		t.Fatalf("UnpinInPod of a pod that is gone: %v", err)
+	}
 }

@@ -33,11 +33,8 @@ func SetPodRoutes(netnsPath, ifname string, routes []PodRoute, mac net.HardwareA
 			return err
 		}
 		index := link.Attrs().Index
-		for _, via := range nextHops(routes) {
-			n := &netlink.Neigh{LinkIndex: index, Family: family(via), State: netlink.NUD_PERMANENT, IP: via.AsSlice(), HardwareAddr: mac}
-			if err := netlink.NeighSet(n); err != nil {
-				return fmt.Errorf("neighbour %s lladdr %s on %s: %w", via, mac, ifname, err)
-			}
+		if err := pin(index, nextHops(routes), mac); err != nil {
+			return fmt.Errorf("%w on %s", err, ifname)
 		}
 		for _, r := range routes {
 			if err := netlink.RouteReplace(podRoute(index, r)); err != nil {
@@ -62,14 +59,108 @@ func DelPodRoutes(netnsPath, ifname string, routes []PodRoute) error {
 				return fmt.Errorf("route %s via %s on %s: %w", r.Dst, r.Via, ifname, err)
 			}
 		}
-		for _, via := range nextHops(routes) {
-			n := &netlink.Neigh{LinkIndex: index, Family: family(via), IP: via.AsSlice()}
-			if err := netlink.NeighDel(n); err != nil && !isGone(err) {
-				return fmt.Errorf("neighbour %s on %s: %w", via, ifname, err)
-			}
+		if err := unpin(index, nextHops(routes)); err != nil {
+			return fmt.Errorf("%w on %s", err, ifname)
 		}
 		return nil
 	})
+	return ignoreGoneNetns(err)
+}
+
+// PinInPod gives ifname in the pod's netns a permanent neighbour entry
+// with mac for each of addrs: the pod reaches them without asking.
+func PinInPod(netnsPath, ifname string, addrs []netip.Addr, mac net.HardwareAddr) error {
+	if len(addrs) == 0 {
+		return nil
+	}
+	return ns.WithNetNSPath(netnsPath, func(ns.NetNS) error {
+		link, err := netlinksafe.LinkByName(ifname)
+		if err != nil {
+			return err
+		}
+		if err := pin(link.Attrs().Index, addrs, mac); err != nil {
+			return fmt.Errorf("%w on %s", err, ifname)
+		}
+		return nil
+	})
+}
+
+// UnpinInPod removes what PinInPod added; what is gone already (the pod's
+// netns, its link, an entry) is not an error.
+func UnpinInPod(netnsPath, ifname string, addrs []netip.Addr) error {
+	if len(addrs) == 0 {
+		return nil
+	}
+	err := ns.WithNetNSPath(netnsPath, func(ns.NetNS) error {
+		link, err := linkIfThere(ifname)
+		if err != nil || link == nil {
+			return err
+		}
+		if err := unpin(link.Attrs().Index, addrs); err != nil {
+			return fmt.Errorf("%w on %s", err, ifname)
+		}
+		return nil
+	})
+	return ignoreGoneNetns(err)
+}
+
+// MissingPin describes the first of addrs that ifname in the pod does not
+// reach at mac without asking; "" when none.
+func MissingPin(netnsPath, ifname string, addrs []netip.Addr, mac net.HardwareAddr) (string, error) {
+	if len(addrs) == 0 {
+		return "", nil
+	}
+	var missing string
+	err := ns.WithNetNSPath(netnsPath, func(ns.NetNS) error {
+		link, err := netlinksafe.LinkByName(ifname)
+		if err != nil {
+			return err
+		}
+		missing, err = missingPin(link.Attrs().Index, addrs, mac)
+		if missing != "" {
+			missing += " on " + ifname
+		}
+		return err
+	})
+	return missing, err
+}
+
+// pin, unpin and missingPin work on the link with index in the current
+// netns.
+func pin(index int, addrs []netip.Addr, mac net.HardwareAddr) error {
+	for _, a := range addrs {
+		n := &netlink.Neigh{LinkIndex: index, Family: family(a), State: netlink.NUD_PERMANENT, IP: a.AsSlice(), HardwareAddr: mac}
+		if err := netlink.NeighSet(n); err != nil {
+			return fmt.Errorf("neighbour %s lladdr %s: %w", a, mac, err)
+		}
+	}
+	return nil
+}
+
+func unpin(index int, addrs []netip.Addr) error {
+	for _, a := range addrs {
+		n := &netlink.Neigh{LinkIndex: index, Family: family(a), IP: a.AsSlice()}
+		if err := netlink.NeighDel(n); err != nil && !isGone(err) {
+			return fmt.Errorf("neighbour %s: %w", a, err)
+		}
+	}
+	return nil
+}
+
+func missingPin(index int, addrs []netip.Addr, mac net.HardwareAddr) (string, error) {
+	for _, a := range addrs {
+		neighs, err := netlink.NeighList(index, family(a))
+		if err != nil {
+			return "", err
+		}
+		if !hasPermanent(neighs, a, mac) {
+			return fmt.Sprintf("the pod's permanent neighbour entry %s lladdr %s", a, mac), nil
+		}
+	}
+	return "", nil
+}
+
+func ignoreGoneNetns(err error) error {
 	var nsErr ns.NSPathNotExistErr
 	if errors.As(err, &nsErr) {
 		return nil
@@ -87,15 +178,11 @@ func MissingPodRoute(netnsPath, ifname string, routes []PodRoute, mac net.Hardwa
 			return err
 		}
 		index := link.Attrs().Index
-		for _, via := range nextHops(routes) {
-			neighs, err := netlink.NeighList(index, family(via))
-			if err != nil {
-				return err
+		if missing, err = missingPin(index, nextHops(routes), mac); err != nil || missing != "" {
+			if missing != "" {
+				missing += " on " + ifname
 			}
-			if !hasPermanent(neighs, via, mac) {
-				missing = fmt.Sprintf("the pod's permanent neighbour entry %s lladdr %s on %s", via, mac, ifname)
-				return nil
-			}
+			return err
 		}
 		for _, r := range routes {
 			have, err := netlinksafe.RouteListFiltered(family(r.Via), &netlink.Route{LinkIndex: index, Dst: prefixNet(r.Dst)},

@@ -12,6 +12,7 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/plugins/pkg/ns"
 
 	"github.com/cnichain/plugins/pkg/sandbox"
 )
@@ -329,11 +330,34 @@ func TestGCLeavesOtherStateDirs(t *testing.T) {
 	}
 }
 
+// earlierRelease leaves in the sandbox's stateDir what a release that put
+// copies of the master's addresses on the sub-device left: its record of
+// them, and the route record of a pod it made, which asks for the node.
+func earlierRelease(t *testing.T, sb *sandbox.Sandbox, copies string) {
+	t.Helper()
+	dir := sb.Dir + "/state"
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for name, data := range map[string]string{
+		"answers-eno1.host":   `{"copies":` + copies + `}`,
+		"route-192.168.1.199": `{"network":"old","containerID":"old","ifName":"eth0","bridge":"eno1.host"}`,
+	} {
+		if err := os.WriteFile(dir+"/"+name, []byte(data), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // TestConcurrentADDsKeepEveryAnswer: ADDs of two networks sharing the
-// sub-device and the stateDir, one naming hostAddresses, one copying the
-// master's, run at once; the sub-device's record keeps both.
+// sub-device and the stateDir, one naming hostAddresses, one bringing an
+// earlier release's copies of the master's up to date, run at once; the
+// sub-device's record keeps both.
 func TestConcurrentADDsKeepEveryAnswer(t *testing.T) {
 	sb := sandbox.New(t)
+	// A copy of an address the master no longer has: each ADD of the
+	// copying network takes it away, a lost update would bring it back.
+	earlierRelease(t, sb, `["fd00:c0a8::99/64"]`)
 	pod := sb.NewPod(t)
 	const n = 16
 	errs := make(chan error, n)
@@ -362,67 +386,159 @@ func TestConcurrentADDsKeepEveryAnswer(t *testing.T) {
 	}
 }
 
+// TestCopiesOfAnEarlierRelease: a node upgraded while pods of a release
+// that copied the master's addresses onto the sub-device run keeps the
+// copies while any pod is routed through it (those pods ask for the node),
+// and the first ADD that finds none takes them away; a new node has none.
+func TestCopiesOfAnEarlierRelease(t *testing.T) {
+	sb := sandbox.New(t)
+	earlierRelease(t, sb, `["fd00:c0a8::5/64"]`)
+	sandbox.MustRun(t, sb.Node, "ip", "link", "add", "eno1.host", "link", "eno1", "type", "macvlan", "mode", "bridge")
+	sandbox.MustRun(t, sb.Node, "ip", "addr", "add", "fd00:c0a8::5/64", "dev", "eno1.host", "nodad", "noprefixroute")
+	pod := sb.NewPod(t)
+	run := func(verb, id, addr string) {
+		t.Helper()
+		c := conf(sb, "eno1", "", addr)
+		if _, err := sb.Invoke(t, "macvlan-host-route", c, sandbox.Invocation{Command: verb, ContainerID: id, NetNS: pod.Path(), IfName: "eth0"}); err != nil {
+			t.Fatalf("%s %s: %v", verb, id, err)
+		}
+		if verb == "ADD" {
+			t.Cleanup(func() {
+				sb.Invoke(t, "macvlan-host-route", c, sandbox.Invocation{Command: "DEL", ContainerID: id, NetNS: pod.Path(), IfName: "eth0"})
+			})
+		}
+	}
+	copies := func() string {
+		return sandbox.MustRun(t, sb.Node, "ip", "-6", "addr", "show", "dev", "eno1.host", "scope", "global")
+	}
+	// The first ADD lists the stateDir on the sub-device; the second finds
+	// only the earlier release's pod routed.
+	run("ADD", "new-1", "192.168.1.101/16")
+	run("DEL", "new-1", "192.168.1.101/16")
+	run("ADD", "new-2", "192.168.1.102/16")
+	if !strings.Contains(copies(), "fd00:c0a8::5/64") {
+		t.Fatalf("the copy went while the earlier release's pod is routed:\n%s", copies())
+	}
+	if err := os.Remove(sb.Dir + "/state/route-192.168.1.199"); err != nil { // its DEL
+		t.Fatal(err)
+	}
+	run("DEL", "new-2", "192.168.1.102/16")
+	run("ADD", "new-3", "192.168.1.103/16")
+	if out := copies(); strings.Contains(out, "fd00:c0a8::5") {
+		t.Fatalf("the copy stayed with no pod of the earlier release left:\n%s", out)
+	}
+	if data, _ := os.ReadFile(sb.Dir + "/state/answers-eno1.host"); strings.Contains(string(data), "copies") {
+		t.Fatalf("the record still lists copies: %s", data)
+	}
+}
+
+// dualStackCopyless is the headline's first two plugins: the node's
+// addresses are the master's, not listed.
+const dualStackCopyless = `{"cniVersion":"1.1.0","name":"dual","plugins":[
+	{"type":"macvlan","master":"eno1","mode":"bridge","ipam":{"type":"static-ipam","addresses":[
+		{"address":"192.168.1.70/16","gateway":"192.168.0.1"},{"address":"fd00:c0a8::70/64"}]}},
+	{"type":"macvlan-host-route","master":"eno1"}]}`
+
 // TestTheLANReachesTheNodeAtTheMastersMAC: the sub-device hears the wire,
-// so it must neither answer the LAN's ARP for the node's address nor ask
-// for a pod in the node's name (its ARP requests go out on the wire too).
-// Either moves the LAN's entry for the node to the sub-device's MAC: the
-// node's traffic from the LAN then comes in on the sub-device, where
-// strict rp_filter drops it, and stops when the sub-device goes.
+// so it must not answer the LAN's ARP or NDP for the node's addresses,
+// nor ask for a pod in the node's name (its ARP requests go out on the
+// wire too). Either moves the LAN's entry for the node to the sub-device's
+// MAC: the node's traffic from the LAN then comes in on the sub-device,
+// where strict rp_filter (and firewalld's IPv6 rpfilter) drops it, and
+// stops when the sub-device goes. The pod reaches the node all the same:
+// it is pinned to the node's addresses.
 func TestTheLANReachesTheNodeAtTheMastersMAC(t *testing.T) {
 	sb := sandbox.New(t)
 	rtm := sb.Runtime(t)
-	list := sb.Localize(t, sandbox.LoadList(t, "00-default.conflist"))
+	list := sb.Localize(t, sandbox.ListFromJSON(t, dualStackCopyless))
 	pod := sb.NewPod(t)
 	att := sandbox.Attachment(pod, "flux-1", "eth0")
-	res, err := rtm.Add(list, att)
-	if err != nil {
+	if _, err := rtm.Add(list, att); err != nil {
 		t.Fatalf("ADD: %v", err)
 	}
 	t.Cleanup(func() { _ = rtm.Del(list, att) })
-	ip := podIP(t, res)
-	// The LAN takes every answer, not only the first within a second: a
-	// sub-device's answer cannot hide behind the master's earlier one.
+	sandbox.WaitDAD(t, pod)
+	pod4, pod6 := netip.MustParseAddr("192.168.1.70"), netip.MustParseAddr("fd00:c0a8::70")
+	node4, node6 := sandbox.NodeIPv4.Addr(), sandbox.NodeIPv6.Addr()
+	// The LAN takes every ARP answer, not only the first within a second:
+	// a sub-device's answer cannot hide behind the master's earlier one
+	// (NDP has no such wait: the last answer wins).
 	sandbox.MustRun(t, sb.LAN, "sh", "-c", "echo 0 > /proc/sys/net/ipv4/neigh/eth0/locktime")
-	node := sandbox.NodeIPv4.Addr().String()
 	master := macOf(sandbox.MustRun(t, sb.Node, "ip", "-o", "link", "show", "eno1"), "link/ether ")
-	// stays watches the LAN's entry for the node for a second: a late
-	// answer or request from the sub-device would change it.
+	sub := macOf(sandbox.MustRun(t, sb.Node, "ip", "-o", "link", "show", "eno1.host"), "link/ether ")
+	// stays watches the LAN's entries for the node for a second: a late
+	// answer or request from the sub-device would change them.
 	stays := func(after string) {
 		t.Helper()
 		for end := time.Now().Add(time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
-			out := sandbox.MustRun(t, sb.LAN, "ip", "neigh", "show", node, "dev", "eth0")
-			if got := macOf(out, "lladdr "); got != master {
-				t.Fatalf("after %s the LAN reaches the node %s at %s, not at eno1's %s:\n%s%s", after, node, got, master,
-					out, sandbox.MustRun(t, sb.Node, "ip", "-o", "link", "show", "eno1.host"))
+			for _, node := range []netip.Addr{node4, node6} {
+				out := sandbox.MustRun(t, sb.LAN, "ip", "neigh", "show", node.String(), "dev", "eth0")
+				if got := macOf(out, "lladdr "); got != master {
+					t.Fatalf("after %s the LAN reaches the node %s at %s, not at eno1's %s (eno1.host's is %s):\n%s",
+						after, node, got, master, sub, out)
+				}
 			}
 		}
 	}
 	sandbox.MustRun(t, sb.LAN, "ip", "neigh", "flush", "dev", "eth0")
-	if err := sandbox.Ping(sb.LAN, sandbox.NodeIPv4.Addr()); err != nil {
-		t.Fatal(err)
+	for _, node := range []netip.Addr{node4, node6} {
+		if err := sandbox.Ping(sb.LAN, node); err != nil {
+			t.Fatal(err)
+		}
 	}
 	stays("the LAN asked for the node")
-	if err := sandbox.Ping(sb.Node, ip); err != nil {
-		t.Fatal(err)
+	for _, ip := range []netip.Addr{pod4, pod6} {
+		if err := sandbox.Ping(sb.Node, ip); err != nil {
+			t.Fatalf("node -> pod %s: %v", ip, err)
+		}
 	}
 	stays("the node reached the pod")
+	for _, node := range []netip.Addr{node4, node6} {
+		if err := sandbox.Ping(pod, node); err != nil {
+			t.Fatalf("pod -> node %s: %v", node, err)
+		}
+	}
+	if out := sandbox.MustRun(t, sb.Node, "ip", "addr", "show", "dev", "eno1.host", "scope", "global"); strings.Contains(out, "inet") {
+		t.Errorf("the sub-device holds node addresses, which it answers the LAN for:\n%s", out)
+	}
 	podMAC := macOf(sandbox.MustRun(t, pod, "ip", "-o", "link", "show", "eth0"), "link/ether ")
-	pinned := fmt.Sprintf("%s lladdr %s PERMANENT", ip, podMAC)
-	if out := sandbox.MustRun(t, sb.Node, "ip", "neigh", "show", "dev", "eno1.host"); !strings.Contains(out, pinned) {
-		t.Fatalf("the node's neighbours on eno1.host:\n%swant %q", out, pinned)
+	nodeSide := sandbox.MustRun(t, sb.Node, "ip", "neigh", "show", "dev", "eno1.host")
+	podSide := sandbox.MustRun(t, pod, "ip", "neigh", "show", "dev", "eth0")
+	for _, want := range []struct{ where, table, entry string }{
+		{"the node", nodeSide, fmt.Sprintf("%s lladdr %s PERMANENT", pod4, podMAC)},
+		{"the node", nodeSide, fmt.Sprintf("%s lladdr %s PERMANENT", pod6, podMAC)},
+		{"the pod", podSide, fmt.Sprintf("%s lladdr %s PERMANENT", node4, sub)},
+		{"the pod", podSide, fmt.Sprintf("%s lladdr %s PERMANENT", node6, sub)},
+	} {
+		if !strings.Contains(want.table, want.entry) {
+			t.Errorf("%s's neighbours:\n%swant %q", want.where, want.table, want.entry)
+		}
 	}
 	if err := rtm.Check(list, att); err != nil {
 		t.Fatalf("CHECK: %v", err)
 	}
-	sandbox.MustRun(t, sb.Node, "ip", "neigh", "del", ip.String(), "dev", "eno1.host")
-	if err := rtm.Check(list, att); err == nil || !strings.Contains(err.Error(), "neighbour entry for "+ip.String()) {
-		t.Fatalf("CHECK without the pinned entry = %v, want it named", err)
+	for _, c := range []struct {
+		netns        ns.NetNS
+		ip, dev, mac string
+		want         string
+	}{
+		{sb.Node, pod4.String(), "eno1.host", podMAC, "neighbour entry for " + pod4.String()},
+		{pod, node6.String(), "eth0", sub, "permanent neighbour entry " + node6.String()},
+	} {
+		sandbox.MustRun(t, c.netns, "ip", "neigh", "del", c.ip, "dev", c.dev)
+		if err := rtm.Check(list, att); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Fatalf("CHECK without %s on %s = %v, want it named", c.ip, c.dev, err)
+		}
+		sandbox.MustRun(t, c.netns, "ip", "neigh", "replace", c.ip, "lladdr", c.mac, "nud", "permanent", "dev", c.dev)
 	}
 	if err := rtm.Del(list, att); err != nil {
 		t.Fatal(err)
 	}
-	if out := sandbox.MustRun(t, sb.Node, "ip", "neigh", "show", "dev", "eno1.host"); strings.Contains(out, ip.String()+" ") {
-		t.Fatalf("DEL left the pod's neighbour entry:\n%s", out)
+	if out := sandbox.MustRun(t, sb.Node, "ip", "neigh", "show", "dev", "eno1.host"); strings.Contains(out, "PERMANENT") {
+		t.Errorf("DEL left the node's pinned entries:\n%s", out)
+	}
+	if out := sandbox.MustRun(t, pod, "ip", "neigh", "show", "nud", "permanent"); out != "" {
+		t.Errorf("DEL left the pod's pinned entries:\n%s", out)
 	}
 }
 

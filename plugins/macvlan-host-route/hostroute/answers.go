@@ -13,14 +13,14 @@ import (
 	"github.com/cnichain/plugins/pkg/hostnet"
 )
 
-// answers is what a sub-device answers for: copies of master addresses,
-// which the record lets a later ADD take away once the master no longer
-// has them, and hostAddresses; a restore puts both back.
+// answers is what a sub-device answers for: copies of master addresses
+// (which an earlier release made, and which stay while pods it routed may
+// be there) and hostAddresses; a restore puts both back.
 type answers struct {
 	Copies []netip.Prefix `json:"copies,omitempty"`
 	Listed []netip.Prefix `json:"listed,omitempty"`
 	// MAC is the sub-device's, which a restore gives it back: the pods'
-	// neighbour caches hold it.
+	// neighbour entries hold it.
 	MAC string `json:"mac,omitempty"`
 }
 
@@ -30,24 +30,49 @@ func (a answers) equal(b answers) bool {
 
 func answersRecord(bridge string) string { return "answers-" + bridge }
 
-// answerForNode makes the sub-device answer for the node's addresses that
-// pods talk to: hostAddresses when set, else copies of the master's that
-// Answered picks, brought up to date (added and taken away) on every ADD.
-// It changes addresses of the sub-device only, which is ours. The record
-// is read, changed and written back: the caller holds the sub-device's
-// lock (lockSubDevice).
+// answerForNode makes the sub-device answer for hostAddresses when set.
+// Copies of the master's addresses, which an earlier release put on it for
+// the pods to find the node, are brought up to date while a pod is routed
+// through it (it may be one of that release's, which asks for the node),
+// and taken away by the first ADD that finds none: pods of this release
+// are pinned to the node's addresses instead (NodePins). It changes
+// addresses of the sub-device only, which is ours. The record is read,
+// changed and written back: the caller holds the sub-device's lock
+// (lockSubDevice).
 func answerForNode(cfg *Config, link netlink.Link, masterAddrs []netip.Prefix, store attachstate.Store) error {
-	want, err := nodeAnswers(cfg, masterAddrs)
-	if err != nil {
-		return err
-	}
-
 	var rec answers
 	if _, err := store.Load(answersRecord(cfg.Bridge), &rec); attachstate.IsTorn(err) {
-		// Moved aside: the copies it listed are found again by this ADD.
+		// Moved aside: the copies it listed are what the sub-device holds
+		// of the master's addresses.
 		fmt.Fprintf(os.Stderr, "macvlan-host-route: %v\n", err)
+		held, err := hostnet.GlobalAddresses(link)
+		if err != nil {
+			return cnierr.Internal("addresses of "+cfg.Bridge, err)
+		}
+		for _, p := range held {
+			if slices.Contains(masterAddrs, p) {
+				rec.Copies = append(rec.Copies, p)
+			}
+		}
 	} else if err != nil {
 		return cnierr.Internal("state "+cfg.StateDir, err)
+	}
+	var want []netip.Prefix
+	switch {
+	case len(cfg.HostAddresses) > 0:
+		want = listedAnswers(cfg)
+	case len(rec.Copies) > 0:
+		routed, err := podsRouted(link, store)
+		if err != nil {
+			return cnierr.Internal("state "+cfg.StateDir, err)
+		}
+		if routed {
+			arpIgnore, err := hostnet.ARPIgnore(cfg.Bridge)
+			if err != nil {
+				return cnierr.Internal("arp_ignore", err)
+			}
+			want = Answered(masterAddrs, arpIgnore)
+		}
 	}
 	was := rec
 	rec.MAC = link.Attrs().HardwareAddr.String()
@@ -78,19 +103,44 @@ func answerForNode(cfg *Config, link netlink.Link, masterAddrs []netip.Prefix, s
 	return nil
 }
 
-// nodeAnswers are the addresses the sub-device must answer for now, given
-// the master's.
-func nodeAnswers(cfg *Config, masterAddrs []netip.Prefix) ([]netip.Prefix, error) {
-	if len(cfg.HostAddresses) > 0 {
-		out := make([]netip.Prefix, len(cfg.HostAddresses))
-		for i, a := range cfg.HostAddresses {
-			out[i] = netip.PrefixFrom(a, a.BitLen())
+// listedAnswers are hostAddresses as the sub-device holds them.
+func listedAnswers(cfg *Config) []netip.Prefix {
+	out := make([]netip.Prefix, len(cfg.HostAddresses))
+	for i, a := range cfg.HostAddresses {
+		out[i] = netip.PrefixFrom(a, a.BitLen())
+	}
+	return out
+}
+
+// podsRouted reports whether a record of store's stateDir, or of another
+// the sub-device lists, routes a pod through it; true when it lists none
+// (a sub-device of an earlier release): its pods cannot be told.
+func podsRouted(link netlink.Link, store attachstate.Store) (bool, error) {
+	dirs, ok := stateDirsOf(link)
+	if !ok {
+		return true, nil
+	}
+	for _, dir := range append(dirs, store.Dir) {
+		names, err := attachstate.Store{Dir: dir}.Names()
+		if err != nil {
+			return false, err
 		}
-		return out, nil
+		if slices.ContainsFunc(names, func(n string) bool { _, ok := recordAddr(n); return ok }) {
+			return true, nil
+		}
 	}
-	arpIgnore, err := hostnet.ARPIgnore(cfg.Bridge)
-	if err != nil {
-		return nil, cnierr.Internal("arp_ignore", err)
+	return false, nil
+}
+
+// expectedAnswers are the addresses CHECK wants on the sub-device: the
+// listed ones, or the copies its record says it holds.
+func expectedAnswers(cfg *Config, store attachstate.Store) ([]netip.Prefix, error) {
+	if len(cfg.HostAddresses) > 0 {
+		return listedAnswers(cfg), nil
 	}
-	return Answered(masterAddrs, arpIgnore), nil
+	var rec answers
+	if _, err := store.Load(answersRecord(cfg.Bridge), &rec); err != nil && !attachstate.IsTorn(err) {
+		return nil, cnierr.Internal("state "+cfg.StateDir, err)
+	}
+	return rec.Copies, nil
 }

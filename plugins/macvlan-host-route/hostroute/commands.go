@@ -34,6 +34,9 @@ type owner struct {
 	// MAC is the pod's, which the node reaches the address at without
 	// asking (hostnet.PinNeighbour); none when it could not be told.
 	MAC string `json:"mac,omitempty"`
+	// NodePins are the node's addresses the pod reaches at the sub-device
+	// without asking (hostroute.NodePins).
+	NodePins []netip.Addr `json:"nodePins,omitempty"`
 }
 
 // PodNetns and Describe are what a restore needs of a record.
@@ -123,10 +126,16 @@ func Add(args *skel.CmdArgs) (err error) {
 		return err
 	}
 	podMAC := PinnedMAC(prev, pod)
-	rec := owner{Key: keyOf(cfg, args), Bridge: cfg.Bridge, Master: cfg.Master, MTU: cfg.MTU, Netns: args.Netns, MAC: podMAC.String()}
+	var pins []netip.Addr
+	if pod != nil && len(cfg.HostAddresses) == 0 {
+		pins = NodePins(masterAddrs, targets)
+	}
+	rec := owner{Key: keyOf(cfg, args), Bridge: cfg.Bridge, Master: cfg.Master, MTU: cfg.MTU, Netns: args.Netns,
+		MAC: podMAC.String(), NodePins: pins}
 	var done []netip.Addr
 	defer func() {
 		if err != nil {
+			_ = hostnet.UnpinInPod(args.Netns, args.IfName, pins)
 			for _, ip := range done {
 				_ = hostnet.DelHostRoute(link.Attrs().Index, ip)
 				_ = store.Delete(recordName(ip))
@@ -142,6 +151,9 @@ func Add(args *skel.CmdArgs) (err error) {
 			return cnierr.Internal(fmt.Sprintf("host route to %s via %s", ip, cfg.Bridge), err)
 		}
 		log.Info("route added", "ip", ip, "bridge", cfg.Bridge)
+	}
+	if err := hostnet.PinInPod(args.Netns, args.IfName, pins, link.Attrs().HardwareAddr); err != nil {
+		return cnierr.Internal("the node's addresses in the pod", err)
 	}
 	if via != nil {
 		vrec := &viaNodeRecord{Key: keyOf(cfg, args), ViaNodePlan: *via, Netns: args.Netns,
@@ -211,6 +223,10 @@ func Del(args *skel.CmdArgs) error {
 	if settleMaster(cfg) == nil {
 		fallback = cfg.Bridge
 	}
+	pins, err := nodePinsOf(store, key, targets) // the node's addresses in the pod
+	if err != nil {
+		return cnierr.Internal("state "+cfg.StateDir, err)
+	}
 	owned := map[string][]netip.Addr{} // per sub-device
 	var bridges []string
 	for _, ip := range targets {
@@ -258,6 +274,11 @@ func Del(args *skel.CmdArgs) error {
 			log.Info("route removed", "ip", ip, "bridge", bridge)
 		}
 	}
+	if args.Netns != "" {
+		if err := hostnet.UnpinInPod(args.Netns, args.IfName, pins); err != nil {
+			return cnierr.Internal("the node's addresses in the pod", err)
+		}
+	}
 	if err := delViaNode(cfg, store, key, args.Netns); err != nil {
 		return cnierr.Internal("viaNode", err)
 	}
@@ -295,15 +316,8 @@ func Check(args *skel.CmdArgs) error {
 	if err != nil {
 		return cnierr.CheckFailed("bridge %q: %v", cfg.Bridge, err)
 	}
-	master, err := hostnet.Master(cfg.Master)
-	if err != nil {
-		return linkError(cfg, err)
-	}
-	masterAddrs, err := hostnet.GlobalAddresses(master)
-	if err != nil {
-		return cnierr.Internal("addresses of "+cfg.Master, err)
-	}
-	want, err := nodeAnswers(cfg, masterAddrs)
+	store := attachstate.Store{Dir: cfg.StateDir}
+	want, err := expectedAnswers(cfg, store)
 	if err != nil {
 		return err
 	}
@@ -321,7 +335,8 @@ func Check(args *skel.CmdArgs) error {
 		return cnierr.Internal("the pod's "+args.IfName, err)
 	}
 	podMAC := PinnedMAC(prev, pod)
-	for _, ip := range RouteTargets(chain.ContainerIPs(prev)) {
+	targets := RouteTargets(chain.ContainerIPs(prev))
+	for _, ip := range targets {
 		ok, err := hostnet.HasHostRoute(link.Attrs().Index, ip)
 		if err != nil {
 			return cnierr.Internal("list routes", err)
@@ -338,7 +353,39 @@ func Check(args *skel.CmdArgs) error {
 			return cnierr.CheckFailed("the node's neighbour entry for %s on %q is not the pod's MAC %s, permanent: it would ask for the pod in its own name on the wire", ip, cfg.Bridge, podMAC)
 		}
 	}
-	return checkViaNode(attachstate.Store{Dir: cfg.StateDir}, keyOf(cfg, args), args.Netns)
+	if pod != nil {
+		pins, err := nodePinsOf(store, keyOf(cfg, args), targets)
+		if err != nil {
+			return cnierr.Internal("state "+cfg.StateDir, err)
+		}
+		what, err := hostnet.MissingPin(args.Netns, args.IfName, pins, link.Attrs().HardwareAddr)
+		if err != nil {
+			return cnierr.Internal("the pod's neighbours", err)
+		}
+		if what != "" {
+			return cnierr.CheckFailed("%s is missing: the pod cannot reach the node at that address", what)
+		}
+	}
+	return checkViaNode(store, keyOf(cfg, args), args.Netns)
+}
+
+// nodePinsOf are the node addresses the records of key's routes to ips say
+// its pod was pinned to.
+func nodePinsOf(store attachstate.Store, key attachstate.Key, ips []netip.Addr) ([]netip.Addr, error) {
+	var pins []netip.Addr
+	for _, ip := range ips {
+		var rec owner
+		if found, err := store.Load(recordName(ip), &rec); err != nil && !attachstate.IsTorn(err) {
+			return nil, err
+		} else if found && rec.Key == key {
+			for _, p := range rec.NodePins {
+				if !slices.Contains(pins, p) {
+					pins = append(pins, p)
+				}
+			}
+		}
+	}
+	return pins, nil
 }
 
 // GC removes the routes of this network's attachments that are not in

@@ -36,8 +36,8 @@ type Config struct {
 	// MTU of the sub-device when we create it; 0 takes the master's.
 	MTU int `json:"mtu"`
 	// HostAddresses, when set, are the node addresses put on the sub-device
-	// (as /32, /128) so pods reach the node at them, instead of the copies
-	// of the master's that Answered picks.
+	// (as /32, /128) so pods reach the node at them, instead of the master's
+	// pinned in each pod (NodePins).
 	HostAddresses []netip.Addr `json:"-"`
 	RawHostAddrs  []string     `json:"hostAddresses"`
 	// StateDir is where route ownership is recorded.
@@ -196,14 +196,30 @@ func PreferredSource(master []netip.Prefix, ip netip.Addr) netip.Addr {
 	return netip.Addr{}
 }
 
-// Answered picks which of the master's addresses the sub-device must answer
-// ARP or NDP for, so that pods reach the node at them. A pod's macvlan hears
-// only the sub-device, never the master, and the kernel answers a neighbour
-// solicitation only for addresses of the interface it arrived on: so every
-// global IPv6 address. ARP answers for any address of the node on any
-// interface, unless arp_ignore (1 or more) restricts it to the receiving
-// interface's: then the IPv4 addresses too. Each keeps its prefix length,
-// which arp_ignore 2 wants for the asker's subnet.
+// NodePins are the node's addresses a pod reaches at the sub-device's MAC
+// without asking: the master's, in the families the pod has addresses in
+// (a pod link without IPv6 takes no IPv6 entry). A pod's macvlan hears only
+// the sub-device, never the master; and a sub-device that answered the
+// pods' ARP or NDP for the node would answer the lan's too (it hears the
+// wire), moving the lan's entries for the node to its MAC.
+func NodePins(master []netip.Prefix, pod []netip.Addr) []netip.Addr {
+	var out []netip.Addr
+	for _, p := range master {
+		if slices.ContainsFunc(pod, func(a netip.Addr) bool { return a.Is4() == p.Addr().Is4() }) {
+			out = append(out, p.Addr())
+		}
+	}
+	return out
+}
+
+// Answered picks which of the master's addresses an earlier release's
+// sub-device answers ARP or NDP for (copies put on it), which pods made
+// before NodePins still need. The kernel answers a neighbour solicitation
+// only for addresses of the interface it arrived on: so every global IPv6
+// address. ARP answers for any address of the node on any interface,
+// unless arp_ignore (1 or more) restricts it to the receiving interface's:
+// then the IPv4 addresses too. Each keeps its prefix length, which
+// arp_ignore 2 wants for the asker's subnet.
 func Answered(master []netip.Prefix, arpIgnore int) []netip.Prefix {
 	var out []netip.Prefix
 	for _, p := range master {

@@ -174,6 +174,31 @@ func TestAnswered(t *testing.T) {
 	}
 }
 
+func TestNodePins(t *testing.T) {
+	master := []netip.Prefix{netip.MustParsePrefix("192.168.0.5/16"), netip.MustParsePrefix("fd00:c0a8::5/64"), netip.MustParsePrefix("2001:db8::5/64")}
+	tests := []struct {
+		name string
+		pod  []string
+		want string
+	}{
+		{"a dual-stack pod: every address of the master", []string{"192.168.50.20", "fd00:c0a8::50:20"}, "[192.168.0.5 fd00:c0a8::5 2001:db8::5]"},
+		{"an IPv4 pod: no IPv6 entry on a link that may have IPv6 off", []string{"192.168.50.20"}, "[192.168.0.5]"},
+		{"an IPv6 pod", []string{"fd00:c0a8::50:20"}, "[fd00:c0a8::5 2001:db8::5]"},
+		{"no pod address", nil, "[]"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var pod []netip.Addr
+			for _, a := range tt.pod {
+				pod = append(pod, netip.MustParseAddr(a))
+			}
+			if got := fmt.Sprint(NodePins(master, pod)); got != tt.want {
+				t.Errorf("NodePins = %s, want %s", got, tt.want)
+			}
+		})
+	}
+}
+
 func TestPinnedMAC(t *testing.T) {
 	mac, _ := net.ParseMAC("02:00:00:00:00:01")
 	eth0 := &hostnet.PodLink{Name: "eth0", Kind: "macvlan", MAC: mac}
