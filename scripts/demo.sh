@@ -38,7 +38,7 @@ step "on the node: host routes to the pods through eno1.host, each pod address p
 show in_ns node ip route show proto 197
 show in_ns node ip -6 route show proto 197
 show in_ns node ip neigh show dev eno1.host nud permanent
-step "in the pod: the node's addresses pinned to eno1.host's MAC (eno1.host answers nobody for them)"
+step "in the pod: the node's addresses pinned to eno1.host's MAC (the pod never asks for the node)"
 show in_ns hostport-web ip neigh show dev eth0 nud permanent
 step "the pod's NAT rules (the pod's gateway is the lan router, so connections are masqueraded)"
 in_ns node iptables-save -t nat | grep -F 192.168.50.20 | sed 's/^/  /'
