@@ -76,7 +76,9 @@ demo: tools build
 	SB_BIN=$(BIN) scripts/demo.sh
 
 # Our plugins against the reference ones, interleaved, in the sandbox; writes
-# bench/RESULTS.md and bench/latency.png. BENCH_ROUNDS, BENCH_PODS tune it.
+# bench/RESULTS.md and bench/latency.png. BENCH_ROUNDS, BENCH_PODS tune it;
+# CNICHAIN_BENCH_ONLY=hostroute (ipam, portmap, wholechain, throughput, agent)
+# with CNICHAIN_BENCH_OUT=DIR runs sections alone, for a quick comparison.
 # bench/ is a module of its own, so its plotting library stays out of the
 # plugins' go.mod.
 BENCH_ROUNDS ?= 15

@@ -40,12 +40,23 @@ func TestBench(t *testing.T) {
 	levels = slices.Compact(levels)
 	r := &report{}
 
-	benchIPAM(t, r, rounds)
-	benchHostRoute(t, r, rounds)
-	benchPortmap(t, r, rounds, levels, envInt("CNICHAIN_BENCH_MANY_PODS", 2000))
-	benchWholeChain(t, r, rounds)
-	benchThroughput(t, r, envInt("CNICHAIN_BENCH_THROUGHPUT_PODS", 200), 16)
-	benchAgent(t, r, rounds, most)
+	// CNICHAIN_BENCH_ONLY=hostroute,portmap runs those sections alone.
+	only := strings.Split(os.Getenv("CNICHAIN_BENCH_ONLY"), ",")
+	for _, b := range []struct {
+		name string
+		run  func()
+	}{
+		{"ipam", func() { benchIPAM(t, r, rounds) }},
+		{"hostroute", func() { benchHostRoute(t, r, rounds) }},
+		{"portmap", func() { benchPortmap(t, r, rounds, levels, envInt("CNICHAIN_BENCH_MANY_PODS", 2000)) }},
+		{"wholechain", func() { benchWholeChain(t, r, rounds) }},
+		{"throughput", func() { benchThroughput(t, r, envInt("CNICHAIN_BENCH_THROUGHPUT_PODS", 200), 16) }},
+		{"agent", func() { benchAgent(t, r, rounds, most) }},
+	} {
+		if only[0] == "" || slices.Contains(only, b.name) {
+			b.run()
+		}
+	}
 
 	out := os.Getenv("CNICHAIN_BENCH_OUT")
 	if out == "" {
