@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -550,4 +551,42 @@ func macOf(out, key string) string {
 	}
 	mac, _, _ := strings.Cut(rest, " ")
 	return mac
+}
+
+// TestASubDeviceMadeAnewKeepsItsMAC: when someone deletes the sub-device,
+// the next ADD makes it anew with the MAC the running pods are pinned to,
+// so once a restore has put their routes back they reach the node again.
+func TestASubDeviceMadeAnewKeepsItsMAC(t *testing.T) {
+	sb := sandbox.New(t)
+	rtm := sb.Runtime(t)
+	first := sb.Localize(t, sandbox.ListFromJSON(t, dualStackCopyless))
+	second := sb.Localize(t, sandbox.ListFromJSON(t, strings.NewReplacer("::70", "::71", ".1.70", ".1.71").Replace(dualStackCopyless)))
+	old, young := sb.NewPod(t), sb.NewPod(t)
+	oldAtt, youngAtt := sandbox.Attachment(old, "old", "eth0"), sandbox.Attachment(young, "young", "eth0")
+	if _, err := rtm.Add(first, oldAtt); err != nil {
+		t.Fatalf("ADD: %v", err)
+	}
+	t.Cleanup(func() { _ = rtm.Del(first, oldAtt) })
+	subMAC := func() string {
+		return macOf(sandbox.MustRun(t, sb.Node, "ip", "-o", "link", "show", "eno1.host"), "link/ether ")
+	}
+	was := subMAC()
+	sandbox.MustRun(t, sb.Node, "ip", "link", "del", "eno1.host")
+	if _, err := rtm.Add(second, youngAtt); err != nil {
+		t.Fatalf("ADD after the sub-device went: %v", err)
+	}
+	t.Cleanup(func() { _ = rtm.Del(second, youngAtt) })
+	if now := subMAC(); now != was {
+		t.Fatalf("the sub-device came back with MAC %s, not %s: the old pod is pinned to that", now, was)
+	}
+	restore := filepath.Join(sandbox.Plugins(t), "macvlan-host-route")
+	if out, err := sandbox.Run(sb.Node, nil, restore, "restore", "-state-dir", filepath.Join(sb.Dir, "state", "macvlan-host-route")); err != nil {
+		t.Fatalf("restore: %v\n%s", err, out)
+	}
+	sandbox.WaitDAD(t, old)
+	for _, node := range []netip.Addr{sandbox.NodeIPv4.Addr(), sandbox.NodeIPv6.Addr()} {
+		if err := sandbox.Ping(old, node); err != nil {
+			t.Errorf("the old pod -> node %s: %v", node, err)
+		}
+	}
 }

@@ -2,6 +2,7 @@ package hostroute
 
 import (
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"slices"
@@ -101,6 +102,17 @@ func answerForNode(cfg *Config, link netlink.Link, masterAddrs []netip.Prefix, s
 		}
 	}
 	return nil
+}
+
+// recordedMAC is the sub-device's MAC as its record has it; nil when there
+// is none or it cannot be read (answerForNode says so).
+func recordedMAC(store attachstate.Store, bridge string) net.HardwareAddr {
+	var rec answers
+	if found, err := store.Load(answersRecord(bridge), &rec); !found || err != nil {
+		return nil
+	}
+	mac, _ := net.ParseMAC(rec.MAC)
+	return mac
 }
 
 // listedAnswers are hostAddresses as the sub-device holds them.

@@ -105,7 +105,10 @@ func Add(args *skel.CmdArgs) (err error) {
 			return err
 		}
 	}
-	link, err := hostnet.EnsureMacvlanBridge(cfg.Bridge, cfg.Master, cfg.MTU, nil)
+	// Made anew (someone deleted it), it gets back the MAC its pods are
+	// pinned to.
+	store := attachstate.Store{Dir: cfg.StateDir}
+	link, err := hostnet.EnsureMacvlanBridge(cfg.Bridge, cfg.Master, cfg.MTU, recordedMAC(store, cfg.Bridge))
 	if err != nil {
 		return linkError(cfg, err)
 	}
@@ -116,7 +119,6 @@ func Add(args *skel.CmdArgs) (err error) {
 			log.Error("add", "error", err)
 		}
 	}()
-	store := attachstate.Store{Dir: cfg.StateDir}
 	unlock, err := store.HoldAgainstRestore()
 	if err != nil {
 		return cnierr.Internal("state "+cfg.StateDir, err)
