@@ -57,11 +57,12 @@ func Master(name string) (netlink.Link, error) {
 }
 
 // EnsureMacvlanBridge returns the bridge-mode macvlan sub-device name of
-// master, up, creating it when missing (with mac as its address, when
-// given: a restored sub-device keeps the address pods have cached).
-// Concurrent callers may race to create it: the loser's EEXIST is success
-// when the link that won is right.
-func EnsureMacvlanBridge(name, master string, mtu int, mac net.HardwareAddr) (netlink.Link, error) {
+// master, up, creating it when missing, with the address macIfMade gives
+// (asked only then; nil, or a nil answer, lets the kernel pick): a sub-device
+// made anew keeps the address its pods are pinned to. Concurrent callers
+// may race to create it: the loser's EEXIST is success when the link that
+// won is right.
+func EnsureMacvlanBridge(name, master string, mtu int, macIfMade func() net.HardwareAddr) (netlink.Link, error) {
 	parent, err := Master(master)
 	if err != nil {
 		return nil, err
@@ -75,7 +76,10 @@ func EnsureMacvlanBridge(name, master string, mtu int, mac net.HardwareAddr) (ne
 		return nil, err
 	}
 	attrs := netlink.NewLinkAttrs()
-	attrs.Name, attrs.ParentIndex, attrs.MTU, attrs.HardwareAddr = name, parent.Attrs().Index, mtu, mac
+	attrs.Name, attrs.ParentIndex, attrs.MTU = name, parent.Attrs().Index, mtu
+	if macIfMade != nil {
+		attrs.HardwareAddr = macIfMade()
+	}
 	if err := netlink.LinkAdd(&netlink.Macvlan{LinkAttrs: attrs, Mode: netlink.MACVLAN_MODE_BRIDGE}); err != nil && !errors.Is(err, syscall.EEXIST) {
 		return nil, fmt.Errorf("create macvlan %q on %q: %w", name, master, err)
 	}
@@ -233,11 +237,7 @@ func PinNeighbour(linkIndex int, ip netip.Addr, mac net.HardwareAddr) error {
 	if mac == nil {
 		return nil
 	}
-	n := &netlink.Neigh{LinkIndex: linkIndex, Family: family(ip), State: netlink.NUD_PERMANENT, IP: ip.AsSlice(), HardwareAddr: mac}
-	if err := netlink.NeighSet(n); err != nil {
-		return fmt.Errorf("neighbour %s lladdr %s: %w", ip, mac, err)
-	}
-	return nil
+	return pin(linkIndex, []netip.Addr{ip}, mac)
 }
 
 // IsPinned reports whether ip is pinned to mac on the link with index
@@ -276,11 +276,7 @@ func DelHostRoute(linkIndex int, ip netip.Addr) error {
 	if err != nil && !errors.Is(err, syscall.ESRCH) && !errors.Is(err, syscall.ENODEV) {
 		return fmt.Errorf("delete route to %s: %w", ip, err)
 	}
-	err = netlink.NeighDel(&netlink.Neigh{LinkIndex: linkIndex, Family: family(ip), IP: ip.AsSlice()})
-	if err != nil && !errors.Is(err, syscall.ENOENT) && !errors.Is(err, syscall.ENODEV) {
-		return fmt.Errorf("forget neighbour %s: %w", ip, err)
-	}
-	return nil
+	return unpin(linkIndex, []netip.Addr{ip})
 }
 
 // ForgetNeighbours deletes the neighbour entries on the link with index

@@ -47,7 +47,7 @@ func TestEnsureMacvlanBridge(t *testing.T) {
 	t.Run("creates it up, in bridge mode, with the MTU and MAC asked for", func(t *testing.T) {
 		inNode(t, func(t *testing.T) {
 			mac, _ := net.ParseMAC("02:42:ac:11:00:07")
-			link, err := EnsureMacvlanBridge("eno1.host", "eno1", 1400, mac)
+			link, err := EnsureMacvlanBridge("eno1.host", "eno1", 1400, func() net.HardwareAddr { return mac })
 			if err != nil {
 				t.Fatal(err)
 			}

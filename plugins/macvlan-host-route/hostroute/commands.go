@@ -105,10 +105,11 @@ func Add(args *skel.CmdArgs) (err error) {
 			return err
 		}
 	}
-	// Made anew (someone deleted it), it gets back the MAC its pods are
-	// pinned to.
 	store := attachstate.Store{Dir: cfg.StateDir}
-	link, err := hostnet.EnsureMacvlanBridge(cfg.Bridge, cfg.Master, cfg.MTU, recordedMAC(store, cfg.Bridge))
+	// Made anew (someone deleted it), the sub-device gets back the MAC its
+	// pods are pinned to.
+	recorded := func() net.HardwareAddr { return recordedMAC(store, cfg.Bridge) }
+	link, err := hostnet.EnsureMacvlanBridge(cfg.Bridge, cfg.Master, cfg.MTU, recorded)
 	if err != nil {
 		return linkError(cfg, err)
 	}
@@ -225,10 +226,7 @@ func Del(args *skel.CmdArgs) error {
 	if settleMaster(cfg) == nil {
 		fallback = cfg.Bridge
 	}
-	pins, err := nodePinsOf(store, key, targets) // the node's addresses in the pod
-	if err != nil {
-		return cnierr.Internal("state "+cfg.StateDir, err)
-	}
+	var pins []netip.Addr              // the node's addresses in the pod
 	owned := map[string][]netip.Addr{} // per sub-device
 	var bridges []string
 	for _, ip := range targets {
@@ -244,6 +242,9 @@ func Del(args *skel.CmdArgs) error {
 		}
 		if found && rec.Key != key {
 			continue
+		}
+		if found && pins == nil {
+			pins = rec.NodePins // the same in each record of the attachment
 		}
 		bridge := fallback
 		if found {
@@ -371,23 +372,19 @@ func Check(args *skel.CmdArgs) error {
 	return checkViaNode(store, keyOf(cfg, args), args.Netns)
 }
 
-// nodePinsOf are the node addresses the records of key's routes to ips say
-// its pod was pinned to.
+// nodePinsOf are the node addresses the first of key's route records to
+// ips says its pod was pinned to (each record of the attachment says the
+// same).
 func nodePinsOf(store attachstate.Store, key attachstate.Key, ips []netip.Addr) ([]netip.Addr, error) {
-	var pins []netip.Addr
 	for _, ip := range ips {
 		var rec owner
 		if found, err := store.Load(recordName(ip), &rec); err != nil && !attachstate.IsTorn(err) {
 			return nil, err
 		} else if found && rec.Key == key {
-			for _, p := range rec.NodePins {
-				if !slices.Contains(pins, p) {
-					pins = append(pins, p)
-				}
-			}
+			return rec.NodePins, nil
 		}
 	}
-	return pins, nil
+	return nil, nil
 }
 
 // GC removes the routes of this network's attachments that are not in

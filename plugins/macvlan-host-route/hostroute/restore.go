@@ -91,7 +91,7 @@ func restoreDevice(store attachstate.Store, dev owner, pods []podAddr) (int, err
 		link, err = netlink.LinkByIndex(index)
 	} else {
 		mac, _ := net.ParseMAC(ans.MAC) // none recorded: the kernel picks one
-		link, err = hostnet.EnsureMacvlanBridge(dev.Bridge, dev.Master, dev.MTU, mac)
+		link, err = hostnet.EnsureMacvlanBridge(dev.Bridge, dev.Master, dev.MTU, func() net.HardwareAddr { return mac })
 	}
 	if err != nil {
 		return 0, err
