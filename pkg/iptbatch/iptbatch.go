@@ -67,16 +67,84 @@ func command(name string, args ...string) *exec.Cmd {
 	if root == "" {
 		return exec.Command(name, args...)
 	}
-	for _, dir := range []string{"/usr/sbin", "/sbin", "/usr/bin", "/bin"} {
-		if _, err := os.Stat(filepath.Join(root, dir, name)); err == nil {
-			path := filepath.Join(dir, name)
-			return &exec.Cmd{Path: path, Args: append([]string{path}, args...), Dir: "/",
-				SysProcAttr: &syscall.SysProcAttr{Chroot: root}}
+	path, err := lookInRoot(root, name)
+	if err != nil {
+		cmd := exec.Command(name, args...)
+		cmd.Err = err
+		return cmd
+	}
+	return &exec.Cmd{Path: path, Args: append([]string{path}, args...), Dir: "/",
+		SysProcAttr: &syscall.SysProcAttr{Chroot: root}}
+}
+
+// binDirs are where a node keeps its iptables binaries.
+var binDirs = []string{"/usr/sbin", "/sbin", "/usr/bin", "/bin"}
+
+// lookInRoot finds the program name in root's sbin and bin directories and
+// returns its path as a process chrooted into root sees it. Symbolic links
+// are followed inside root, as that process follows them: on Debian,
+// Ubuntu, RHEL and Fedora /usr/sbin/iptables-save is a link to
+// /etc/alternatives/iptables-save, an absolute path that, resolved from a
+// container's own root, names nothing (or something else).
+func lookInRoot(root, name string) (string, error) {
+	for _, bin := range binDirs {
+		path := filepath.Join(bin, name)
+		real, err := ResolveInRoot(root, path)
+		if err != nil {
+			continue
+		}
+		if info, err := os.Stat(real); err == nil && info.Mode().IsRegular() && info.Mode().Perm()&0o111 != 0 {
+			return path, nil
 		}
 	}
-	cmd := exec.Command(name, args...)
-	cmd.Err = fmt.Errorf("%s not found in the sbin and bin directories of %s", name, root)
-	return cmd
+	return "", fmt.Errorf("%s not found in the sbin and bin directories of %s (symbolic links followed inside it)", name, root)
+}
+
+// maxLinks is how many symbolic links a resolution follows, as Linux's
+// MAXSYMLINKS: more is a loop.
+const maxLinks = 40
+
+// ResolveInRoot returns the file that path names for a process chrooted
+// into root, as a path outside it (under root): every symbolic link is
+// followed inside root, an absolute target starting again at root, and
+// ".." never climbs above it. openat2's RESOLVE_IN_ROOT would do the same,
+// but not on the kernels before 5.6 that nodes still run (RHEL 8).
+func ResolveInRoot(root, path string) (string, error) {
+	pending := strings.Split(path, "/")
+	resolved := "/"
+	links := 0
+	for len(pending) > 0 {
+		part := pending[0]
+		pending = pending[1:]
+		switch part {
+		case "", ".":
+			continue
+		case "..":
+			resolved = filepath.Dir(resolved)
+			continue
+		}
+		next := filepath.Join(resolved, part)
+		info, err := os.Lstat(filepath.Join(root, next))
+		if err != nil {
+			return "", err
+		}
+		if info.Mode()&os.ModeSymlink == 0 {
+			resolved = next
+			continue
+		}
+		if links++; links > maxLinks {
+			return "", &os.PathError{Op: "resolve", Path: path, Err: syscall.ELOOP}
+		}
+		target, err := os.Readlink(filepath.Join(root, next))
+		if err != nil {
+			return "", err
+		}
+		if filepath.IsAbs(target) {
+			resolved = "/"
+		}
+		pending = append(strings.Split(target, "/"), pending...)
+	}
+	return filepath.Join(root, resolved), nil
 }
 
 // Restore applies text with --noflush (leave other rules alone) and --wait
