@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os/signal"
 	"syscall"
 	"time"
@@ -57,6 +58,8 @@ func (f *Flags) Run(logs io.Writer) error {
 		NoCanary:      f.noCanary,
 		BackoffWindow: f.backoffWindow,
 		BackoffMax:    f.backoffMax,
+		OwnsLink:      hostroute.OwnsLink,
+		RouteClaimed:  func(ip netip.Addr) bool { return hostroute.RouteClaimed(f.hostrouteDir, ip) },
 		Log:           log,
 	})
 }

@@ -4,14 +4,18 @@
 // routes. It watches for those and runs the plugins' own restores, in
 // process, once per burst of events.
 //
-// Where the kernel tells, it listens: nftables events (a table, one of our
-// chains, or a rule of the nat base chains or our shared chains deleted:
-// iptables-nft writes nftables too) and link, address and route events
-// (vishvananda/netlink). Where it cannot, it polls a canary, as kube-proxy
-// does: an empty chain of ours in iptables-legacy's nat table, looked at every
-// few seconds. What a pod's own DEL deletes (its chains, its elements, its
-// per-pod rules) is not an event worth a restore; the rest is, and a restore
-// that finds everything there changes nothing.
+// Where the kernel tells, it listens: nftables events (iptables-nft writes
+// nftables too) and link, address and route events (vishvananda/netlink).
+// Where it cannot, it polls a canary, as kube-proxy does: an empty chain of
+// ours in iptables-legacy's nat table, looked at every few seconds.
+//
+// It reacts to what is ours only, taken by others: our tables and chains
+// and the base chains' jumps into them, our sub-devices and their
+// addresses, our host routes. What others own (kube-proxy's chains,
+// firewalld's tables, the links the reference macvlan moves into pods) and
+// what our own verbs delete (a pod's chains and rules, the host route its
+// DEL removes with its record) are no reason for a restore, nor for the
+// back-off; a restore that finds everything there changes nothing.
 package agent
 
 import (
@@ -20,8 +24,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"strings"
 	"time"
+
+	"github.com/vishvananda/netlink"
 )
 
 // Restorer puts back what is missing of the plugins' state; out receives
@@ -43,7 +50,23 @@ type Config struct {
 	// "in a row" (default 10s); BackoffMax bounds the wait between restores
 	// while an admin keeps deleting what they put back (default 5 minutes).
 	BackoffWindow, BackoffMax time.Duration
-	Log                       *slog.Logger
+	// OwnsLink tells a link of ours (a sub-device) by its alias, as the
+	// event of its deletion carries it: nil counts every link as ours.
+	OwnsLink func(alias string) bool
+	// RouteClaimed tells whether a record still claims the host route to
+	// ip, once no verb is under way: nil counts every route as claimed.
+	RouteClaimed func(ip netip.Addr) bool
+	Log          *slog.Logger
+}
+
+// ownsLink tells whether the deleted link with alias was ours.
+func (c Config) ownsLink(alias string) bool { return c.OwnsLink == nil || c.OwnsLink(alias) }
+
+// ownsLinkIndex tells whether the link with index is ours; a link gone
+// meanwhile is not (its own deletion is the event that counts).
+func (c Config) ownsLinkIndex(index int) bool {
+	link, err := netlink.LinkByIndex(index)
+	return err == nil && c.ownsLink(link.Attrs().Alias)
 }
 
 func (c *Config) defaults() {
@@ -69,11 +92,11 @@ func (c *Config) defaults() {
 // ctx ends, or the error that kept a watcher from starting.
 func Run(ctx context.Context, cfg Config) error {
 	cfg.defaults()
-	triggers := make(chan string, 64)
+	triggers := make(chan trigger, 64)
 	activity := make(chan struct{}, 1)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	if err := watchNetlink(ctx, triggers); err != nil {
+	if err := watchNetlink(ctx, cfg, triggers); err != nil {
 		return fmt.Errorf("netlink events: %w", err)
 	}
 	if err := watchNFTables(ctx, triggers, activity); err != nil {
@@ -83,7 +106,7 @@ func Run(ctx context.Context, cfg Config) error {
 		go watchCanary(ctx, cfg, triggers)
 	}
 	cfg.Log.Info("watching", "settle", cfg.Settle, "canary", !cfg.NoCanary)
-	triggers <- "start"
+	triggers <- trigger{reason: "start"}
 	loop(ctx, cfg, triggers, activity)
 	cfg.Log.Info("stopped")
 	return nil
@@ -99,9 +122,9 @@ func Run(ctx context.Context, cfg Config) error {
 // the shared chains' first. A burst settles only when they stop too, and
 // when they went on while a restore ran, that restore may have been undone
 // by them: another runs.
-func loop(ctx context.Context, cfg Config, triggers <-chan string, activity <-chan struct{}) {
+func loop(ctx context.Context, cfg Config, triggers <-chan trigger, activity <-chan struct{}) {
 	b := backoff{window: cfg.BackoffWindow}
-	var pending []string
+	var pending []trigger
 	// secondLook fires a second after a restore that events called for:
 	// one more restore then, cheap when nothing is missing, finds what a
 	// flush still going on took after the first.
@@ -118,7 +141,7 @@ func loop(ctx context.Context, cfg Config, triggers <-chan string, activity <-ch
 			case r := <-triggers:
 				reasons = append(reasons, r)
 			case <-secondLook.C:
-				reasons, looking = append(reasons, "a second look"), true
+				reasons, looking = append(reasons, trigger{reason: "a second look"}), true
 			}
 		}
 		// A burst: wait until it has been quiet for Settle.
@@ -138,6 +161,11 @@ func loop(ctx context.Context, cfg Config, triggers <-chan string, activity <-ch
 				break burst
 			}
 		}
+		// What its own DEL or GC deleted is no reason for a restore, nor
+		// for the back-off.
+		if reasons = stillClaimed(reasons); len(reasons) == 0 {
+			continue
+		}
 		if wait := b.next(time.Now(), cfg.BackoffMax); wait > 0 && !looking {
 			cfg.Log.Warn("restores keep being undone: backing off", "wait", wait, "restoresInARow", b.count)
 			select {
@@ -156,7 +184,7 @@ func loop(ctx context.Context, cfg Config, triggers <-chan string, activity <-ch
 			secondLook.Reset(secondLookAfter)
 		}
 		if drainActivity(activity) {
-			pending = append(pending, "deletions went on during the restore")
+			pending = append(pending, trigger{reason: "deletions went on during the restore"})
 		}
 		attrs := []any{"after", summarize(reasons), "took", time.Since(start).Round(time.Millisecond)}
 		for _, line := range strings.Split(strings.TrimSpace(out.String()), "\n") {
@@ -172,6 +200,18 @@ func loop(ctx context.Context, cfg Config, triggers <-chan string, activity <-ch
 	}
 }
 
+// stillClaimed keeps the triggers whose deleted things a record still
+// claims.
+func stillClaimed(ts []trigger) []trigger {
+	kept := ts[:0]
+	for _, t := range ts {
+		if t.claimed == nil || t.claimed() {
+			kept = append(kept, t)
+		}
+	}
+	return kept
+}
+
 // drainActivity empties activity and tells whether it held any.
 func drainActivity(activity <-chan struct{}) bool {
 	select {
@@ -185,8 +225,8 @@ func drainActivity(activity <-chan struct{}) bool {
 // secondLookAfter is when the second look follows an event's restore.
 const secondLookAfter = time.Second
 
-func drain(triggers <-chan string) []string {
-	var out []string
+func drain(triggers <-chan trigger) []trigger {
+	var out []trigger
 	for {
 		select {
 		case r := <-triggers:
@@ -198,12 +238,16 @@ func drain(triggers <-chan string) []string {
 }
 
 // summarize names the first few reasons of a burst and counts the rest.
-func summarize(reasons []string) string {
+func summarize(triggers []trigger) string {
 	const most = 3
-	if len(reasons) <= most {
+	reasons := make([]string, 0, most)
+	for _, t := range triggers[:min(most, len(triggers))] {
+		reasons = append(reasons, t.reason)
+	}
+	if len(triggers) <= most {
 		return strings.Join(reasons, "; ")
 	}
-	return fmt.Sprintf("%s; and %d more events", strings.Join(reasons[:most], "; "), len(reasons)-most)
+	return fmt.Sprintf("%s; and %d more events", strings.Join(reasons, "; "), len(triggers)-most)
 }
 
 // backoff spaces out restores that follow each other closely: each one

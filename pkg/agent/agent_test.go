@@ -29,7 +29,7 @@ func TestBackoff(t *testing.T) {
 }
 
 func TestSummarize(t *testing.T) {
-	if got := summarize([]string{"a", "b", "c", "d", "e"}); got != "a; b; c; and 2 more events" {
+	if got := summarize([]trigger{{reason: "a"}, {reason: "b"}, {reason: "c"}, {reason: "d"}, {reason: "e"}}); got != "a; b; c; and 2 more events" {
 		t.Fatalf("summarize = %q", got)
 	}
 }

@@ -3,13 +3,13 @@ package agent
 import (
 	"context"
 	"fmt"
-	"os/exec"
+	"net/netip"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/coreos/go-iptables/iptables"
 	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
 	mdnetlink "github.com/mdlayher/netlink"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -17,67 +17,168 @@ import (
 	"github.com/cnichain/plugins/pkg/hostnet"
 )
 
-// send hands a reason to the restore loop without ever blocking a
+// trigger is an event that may call for a restore.
+type trigger struct {
+	reason string
+	// claimed, when set, is asked once the burst has settled: whether a
+	// record still claims what was deleted. One whose record is gone too
+	// was deleted by its own DEL or GC: no reason for a restore.
+	claimed func() bool
+}
+
+// send hands a trigger to the restore loop without ever blocking a
 // watcher: a full channel means a restore is coming anyway.
-func send(triggers chan<- string, reason string) {
+func send(triggers chan<- trigger, t trigger) {
 	select {
-	case triggers <- reason:
+	case triggers <- t:
 	default:
 	}
 }
 
-// watchNetlink triggers on a link deleted, an address deleted, or one of
-// our host routes (proto 197) deleted.
-func watchNetlink(ctx context.Context, triggers chan<- string) error {
-	links := make(chan netlink.LinkUpdate, 64)
-	addrs := make(chan netlink.AddrUpdate, 64)
-	routes := make(chan netlink.RouteUpdate, 64)
-	failed := func(err error) { send(triggers, "netlink: "+err.Error()) }
-	if err := netlink.LinkSubscribeWithOptions(links, ctx.Done(), netlink.LinkSubscribeOptions{ErrorCallback: failed}); err != nil {
-		return err
-	}
-	if err := netlink.AddrSubscribeWithOptions(addrs, ctx.Done(), netlink.AddrSubscribeOptions{ErrorCallback: failed}); err != nil {
-		return err
-	}
-	if err := netlink.RouteSubscribeWithOptions(routes, ctx.Done(), netlink.RouteSubscribeOptions{ErrorCallback: failed}); err != nil {
+// eventBuffer is the receive buffer of every event socket: the kernel
+// drops what does not fit (and vishvananda/netlink then ends the
+// subscription), and a flush of a node's worth of pods' routes or rules
+// comes at once. Set with SO_RCVBUFFORCE, past the system's rmem_max (the
+// agent has CAP_NET_ADMIN).
+const eventBuffer = 64 << 20
+
+// watchNetlink triggers on one of our sub-devices deleted, an address
+// deleted from one of them, or a host route of ours (proto 197) deleted.
+// A subscription that ends (its socket overflowed: events were lost) is
+// logged and started anew, with a restore for what the lost events said.
+func watchNetlink(ctx context.Context, cfg Config, triggers chan<- trigger) error {
+	sub, err := subscribeNetlink(ctx)
+	if err != nil {
 		return err
 	}
 	go func() {
 		for {
-			select {
-			case <-ctx.Done():
+			lost := sub.read(ctx, cfg, triggers)
+			sub.stop()
+			if ctx.Err() != nil {
 				return
-			case u, ok := <-links:
-				if !ok {
+			}
+			cfg.Log.Warn("netlink events lost; subscribing anew", "error", lost)
+			for {
+				if sub, err = subscribeNetlink(ctx); err == nil {
+					break
+				}
+				cfg.Log.Error("netlink events", "error", err)
+				select {
+				case <-ctx.Done():
 					return
-				}
-				if u.Header.Type == unix.RTM_DELLINK {
-					send(triggers, "link "+u.Attrs().Name+" deleted")
-				}
-			case u, ok := <-addrs:
-				if !ok {
-					return
-				}
-				if !u.NewAddr {
-					send(triggers, fmt.Sprintf("address %s deleted (link %d)", u.LinkAddress.String(), u.LinkIndex))
-				}
-			case u, ok := <-routes:
-				if !ok {
-					return
-				}
-				if u.Type == unix.RTM_DELROUTE && u.Protocol == hostnet.RouteProtocol && u.Dst != nil {
-					send(triggers, "host route to "+u.Dst.String()+" deleted")
+				case <-time.After(time.Second):
 				}
 			}
+			send(triggers, trigger{reason: "netlink events were lost: " + lost})
 		}
 	}()
 	return nil
 }
 
-// watchNFTables triggers on what a reload or an admin deletes in
-// nftables (which iptables-nft writes too): a table, a chain that is not a
-// pod's own, a rule of a nat base chain or of our shared chains.
-func watchNFTables(ctx context.Context, triggers chan<- string, activity chan<- struct{}) error {
+// netlinkSub is one generation of the link, address and route
+// subscriptions; stop ends all three.
+type netlinkSub struct {
+	links  chan netlink.LinkUpdate
+	addrs  chan netlink.AddrUpdate
+	routes chan netlink.RouteUpdate
+	errs   chan string
+	stop   context.CancelFunc
+}
+
+func subscribeNetlink(ctx context.Context) (*netlinkSub, error) {
+	ctx, stop := context.WithCancel(ctx)
+	s := &netlinkSub{
+		links:  make(chan netlink.LinkUpdate, 256),
+		addrs:  make(chan netlink.AddrUpdate, 256),
+		routes: make(chan netlink.RouteUpdate, 256),
+		errs:   make(chan string, 1),
+		stop:   stop,
+	}
+	failed := func(err error) {
+		select {
+		case s.errs <- err.Error():
+		default:
+		}
+	}
+	err := netlink.LinkSubscribeWithOptions(s.links, ctx.Done(), netlink.LinkSubscribeOptions{
+		ErrorCallback: failed, ReceiveBufferSize: eventBuffer, ReceiveBufferForceSize: true})
+	if err == nil {
+		err = netlink.AddrSubscribeWithOptions(s.addrs, ctx.Done(), netlink.AddrSubscribeOptions{
+			ErrorCallback: failed, ReceiveBufferSize: eventBuffer, ReceiveBufferForceSize: true})
+	}
+	if err == nil {
+		err = netlink.RouteSubscribeWithOptions(s.routes, ctx.Done(), netlink.RouteSubscribeOptions{
+			ErrorCallback: failed, ReceiveBufferSize: eventBuffer, ReceiveBufferForceSize: true})
+	}
+	if err != nil {
+		stop()
+		return nil, err
+	}
+	return s, nil
+}
+
+// read hands on what s's events say until ctx ends or a subscription
+// ends, and returns why it ended.
+func (s *netlinkSub) read(ctx context.Context, cfg Config, triggers chan<- trigger) (lost string) {
+	ended := func(what string) string {
+		select {
+		case err := <-s.errs:
+			return what + ": " + err
+		default:
+			return what + " ended"
+		}
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return ""
+		case u, ok := <-s.links:
+			if !ok {
+				return ended("link events")
+			}
+			if u.Header.Type == unix.RTM_DELLINK && cfg.ownsLink(u.Attrs().Alias) {
+				send(triggers, trigger{reason: "link " + u.Attrs().Name + " deleted"})
+			}
+		case u, ok := <-s.addrs:
+			if !ok {
+				return ended("address events")
+			}
+			if !u.NewAddr && cfg.ownsLinkIndex(u.LinkIndex) {
+				send(triggers, trigger{reason: fmt.Sprintf("address %s deleted (link %d)", u.LinkAddress.String(), u.LinkIndex)})
+			}
+		case u, ok := <-s.routes:
+			if !ok {
+				return ended("route events")
+			}
+			if t, ok := routeTrigger(cfg, u); ok {
+				send(triggers, t)
+			}
+		}
+	}
+}
+
+// routeTrigger is the trigger of a deleted host route of ours: one a
+// record still claims once the burst settles.
+func routeTrigger(cfg Config, u netlink.RouteUpdate) (trigger, bool) {
+	if u.Type != unix.RTM_DELROUTE || u.Protocol != hostnet.RouteProtocol || u.Dst == nil {
+		return trigger{}, false
+	}
+	ip, ok := netip.AddrFromSlice(u.Dst.IP)
+	if !ok {
+		return trigger{}, false
+	}
+	ip = ip.Unmap()
+	t := trigger{reason: "host route to " + ip.String() + " deleted"}
+	if cfg.RouteClaimed != nil {
+		t.claimed = func() bool { return cfg.RouteClaimed(ip) }
+	}
+	return t, true
+}
+
+// watchNFTables triggers on what a reload or an admin deletes of ours in
+// nftables (which iptables-nft writes too); see nftReason.
+func watchNFTables(ctx context.Context, triggers chan<- trigger, activity chan<- struct{}) error {
 	events, stop, err := monitorNFTables()
 	if err != nil {
 		return err
@@ -93,8 +194,8 @@ func watchNFTables(ctx context.Context, triggers chan<- string, activity chan<- 
 			case e, ok := <-events:
 				if ok {
 					if reason := nftReason(e); reason != "" {
-						send(triggers, reason)
-					} else if isDeletion(e) {
+						send(triggers, trigger{reason: reason})
+					} else if isDeletion(e) && inOurTables(e) {
 						select {
 						case activity <- struct{}{}:
 						default:
@@ -106,7 +207,7 @@ func watchNFTables(ctx context.Context, triggers chan<- string, activity chan<- 
 			// The monitor ended (an error it cannot go on after): events
 			// may have been lost meanwhile, so a restore, and a new monitor.
 			stop()
-			send(triggers, "the nftables monitor ended; started anew")
+			send(triggers, trigger{reason: "the nftables monitor ended; started anew"})
 			for {
 				if events, stop, err = monitorNFTables(); err == nil {
 					break
@@ -136,7 +237,7 @@ func monitorNFTables() (<-chan *nftables.MonitorEvent, func(), error) {
 		}
 		var serr error
 		if err := raw.Control(func(fd uintptr) {
-			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 64<<20)
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, eventBuffer)
 		}); err != nil {
 			return err
 		}
@@ -154,11 +255,24 @@ func monitorNFTables() (<-chan *nftables.MonitorEvent, func(), error) {
 	return events, func() { once.Do(func() { mon.Close() }) }, nil
 }
 
+// Our nftables tables (portmap-lite's nftables backend, viaNode's reply
+// paths) and iptables-nft's nat table, which holds our iptables chains and
+// the base chains' jumps into them.
+const (
+	portmapTable  = "cnichain-portmap"
+	viaNodeTable  = "cnichain-vianode"
+	iptablesNAT   = "nat"
+	ourChainStart = "CNI-LITE-"
+)
+
 // nftReason is why an nftables event calls for a restore, "" when it does
-// not: what a pod's own DEL deletes (its chains, its per-pod rules, its map
-// elements), and other tables' churn, does not.
+// not. Only what is ours counts: our tables, our chains (but a pod's own,
+// which its DEL deletes), and the rules that lead into them: the base
+// chains' jumps into ours, our dispatch chains' rules. Other owners'
+// tables, chains and rules (kube-proxy's, firewalld's) come and go as they
+// please.
 func nftReason(e *nftables.MonitorEvent) string {
-	if e.Error != nil {
+	if e.Type == nftables.MonitorEventTypeOOB && e.Error != nil {
 		return "nftables monitor: " + e.Error.Error()
 	}
 	if !isDeletion(e) {
@@ -166,17 +280,17 @@ func nftReason(e *nftables.MonitorEvent) string {
 	}
 	switch d := e.Data.(type) {
 	case *nftables.Table:
-		return "nftables table " + d.Name + " deleted"
+		if d != nil && (isOurTable(d.Name) || d.Name == iptablesNAT) {
+			return "nftables table " + d.Name + " deleted"
+		}
 	case *nftables.Chain:
-		if podOwned(d.Name) {
-			return ""
+		if d != nil && ourChain(tableName(d.Table), d.Name) && !podOwned(d.Name) {
+			return "nftables chain " + tableName(d.Table) + " " + d.Name + " deleted"
 		}
-		return "nftables chain " + tableName(d.Table) + " " + d.Name + " deleted"
 	case *nftables.Rule:
-		if d.Chain == nil || !watchedChain(d.Chain.Name) {
-			return ""
+		if d != nil && d.Chain != nil && ourRule(tableName(d.Table), d.Chain.Name, d.Exprs, e.Error != nil) {
+			return "a rule of " + tableName(d.Table) + " " + d.Chain.Name + " deleted"
 		}
-		return "a rule of " + tableName(d.Table) + " " + d.Chain.Name + " deleted"
 	}
 	return ""
 }
@@ -190,6 +304,29 @@ func isDeletion(e *nftables.MonitorEvent) bool {
 	return false
 }
 
+// inOurTables tells a deletion in a table that holds ours: a pod's chains
+// and rules going there show that a flush may still be under way.
+func inOurTables(e *nftables.MonitorEvent) bool {
+	var table, chain string
+	switch d := e.Data.(type) {
+	case *nftables.Chain:
+		if d == nil {
+			return false
+		}
+		table, chain = tableName(d.Table), d.Name
+	case *nftables.Rule:
+		if d == nil || d.Chain == nil {
+			return false
+		}
+		table, chain = tableName(d.Table), d.Chain.Name
+	default:
+		return false
+	}
+	return isOurTable(table) || (table == iptablesNAT && strings.HasPrefix(chain, ourChainStart))
+}
+
+func isOurTable(name string) bool { return name == portmapTable || name == viaNodeTable }
+
 func tableName(t *nftables.Table) string {
 	if t == nil {
 		return "?"
@@ -197,76 +334,59 @@ func tableName(t *nftables.Table) string {
 	return t.Name
 }
 
+// ourChain tells the chains that are ours: every chain of our tables, and
+// our chains (CNI-LITE-) and the base chains in iptables-nft's nat table.
+func ourChain(table, chain string) bool {
+	if isOurTable(table) {
+		return true
+	}
+	return table == iptablesNAT && (strings.HasPrefix(chain, ourChainStart) || natBaseChain(chain))
+}
+
 // podOwned tells the chains a pod's DEL deletes: its DNAT and SNAT chains.
 func podOwned(chain string) bool {
 	return strings.HasPrefix(chain, "CNI-LITE-DN-") || strings.HasPrefix(chain, "CNI-LITE-SN-")
 }
 
-// watchedChain tells the chains whose rules no pod's DEL deletes: the nat
-// base chains (the jumps into ours) and our shared chains' jumps into
-// their buckets; a flush takes those.
-func watchedChain(chain string) bool {
+func natBaseChain(chain string) bool {
 	switch chain {
-	case "PREROUTING", "OUTPUT", "POSTROUTING", "prerouting", "output", "postrouting",
-		"CNI-LITE-HOSTPORTS", "CNI-LITE-SNAT", "hostports", "masq":
+	case "PREROUTING", "OUTPUT", "POSTROUTING":
 		return true
 	}
 	return false
 }
 
-// canaryChain is an empty chain of ours in iptables-legacy's nat table: a
-// flush of it (-F -X) takes the canary too, which tells what no event does.
-const canaryChain = "CNI-LITE-CANARY"
+// ourRule tells a deleted rule that no pod's DEL deletes: in our tables,
+// one of the base chains' or of our dispatch chains' (the rules that lead
+// to every pod's); in iptables-nft's nat table, one of our shared chains'
+// (their jumps into their buckets), or a base chain's jump into ours.
+// A base chain's rule whose expressions could not be read is counted as
+// ours: a restore that finds all there changes nothing.
+func ourRule(table, chain string, exprs []expr.Any, unreadable bool) bool {
+	switch {
+	case isOurTable(table):
+		switch chain {
+		case "prerouting", "output", "postrouting", "hostports", "masq":
+			return true
+		}
+		return false
+	case table != iptablesNAT:
+		return false
+	case chain == "CNI-LITE-HOSTPORTS" || chain == "CNI-LITE-SNAT":
+		return true
+	case natBaseChain(chain):
+		return unreadable || jumpsToOurs(exprs)
+	}
+	return false
+}
 
-// watchCanary looks at the canary in both families every CanaryEvery,
-// where iptables-legacy holds our shared chain (a node whose pods use the
-// legacy flavour; elsewhere the agent writes nothing there, for tools such
-// as kube-proxy's iptables wrapper pick legacy or nft by which has rules):
-// the canary is put in then, and a missing one is put back and triggers a
-// restore.
-func watchCanary(ctx context.Context, cfg Config, triggers chan<- string) {
-	type family struct {
-		ipt    *iptables.IPTables
-		placed bool
-	}
-	var families []*family
-	for _, fam := range []struct {
-		proto iptables.Protocol
-		bin   string
-	}{{iptables.ProtocolIPv4, "iptables-legacy"}, {iptables.ProtocolIPv6, "ip6tables-legacy"}} {
-		path, err := exec.LookPath(fam.bin)
-		if err != nil {
-			continue
-		}
-		ipt, err := iptables.New(iptables.IPFamily(fam.proto), iptables.Path(path))
-		if err != nil {
-			cfg.Log.Warn("canary", "binary", fam.bin, "error", err)
-			continue
-		}
-		families = append(families, &family{ipt: ipt})
-	}
-	if len(families) == 0 {
-		return
-	}
-	tick := time.NewTicker(cfg.CanaryEvery)
-	defer tick.Stop()
-	for {
-		for _, f := range families {
-			if !f.placed {
-				if ok, err := f.ipt.ChainExists("nat", "CNI-LITE-HOSTPORTS"); err == nil && ok {
-					f.placed = f.ipt.ClearChain("nat", canaryChain) == nil // creates it
-				}
-				continue
-			}
-			if ok, err := f.ipt.ChainExists("nat", canaryChain); err == nil && !ok {
-				_ = f.ipt.NewChain("nat", canaryChain)
-				send(triggers, "iptables-legacy canary "+canaryChain+" gone")
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
+// jumpsToOurs tells whether a rule jumps (or goes) to one of our chains.
+func jumpsToOurs(exprs []expr.Any) bool {
+	for _, e := range exprs {
+		if v, ok := e.(*expr.Verdict); ok && (v.Kind == expr.VerdictJump || v.Kind == expr.VerdictGoto) &&
+			strings.HasPrefix(v.Chain, ourChainStart) {
+			return true
 		}
 	}
+	return false
 }

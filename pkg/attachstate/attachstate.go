@@ -182,6 +182,13 @@ func (s Store) HoldAgainstRestore() (unlock func(), err error) {
 	return s.lock("restore", unix.LOCK_SH)
 }
 
+// Quiet waits until no ADD, DEL or GC holds the store (HoldAgainstRestore)
+// and keeps new ones waiting until unlock: what the records say then is
+// settled, not half of a verb's work.
+func (s Store) Quiet() (unlock func(), err error) {
+	return s.lock("restore", unix.LOCK_EX)
+}
+
 // Live is what a restore needs to know of a record: the netns of its pod
 // ("" when it names none), and how to name it in what the restore says.
 type Live interface {
@@ -203,7 +210,7 @@ func Restoring[T any, R interface {
 	*T
 	Live
 }](s Store, out io.Writer, match func(name string) bool) (recs []Loaded[R], unlock func(), err error) {
-	unlock, err = s.lock("restore", unix.LOCK_EX)
+	unlock, err = s.Quiet()
 	if err != nil {
 		return nil, nil, err
 	}

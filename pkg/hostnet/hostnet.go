@@ -21,6 +21,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 )
 
@@ -97,20 +98,40 @@ func EnsureMacvlanBridge(name, master string, mtu int, macIfMade func() net.Hard
 // in on the sub-device, which strict rp_filter drops and rules matching
 // the master do not see, and stop when the sub-device goes.
 func readyForPods(link netlink.Link) error {
-	if err := setIPv4Conf(link.Attrs().Name, "arp_filter", "1"); err != nil {
+	if err := setIPv4Conf(link, "arp_filter", ipv4DevconfARPFilter, 1); err != nil {
 		return err
 	}
 	return upIfDown(link)
 }
 
-// setIPv4Conf sets the IPv4 setting key of the link called name to value,
-// writing only when it differs: it changes that link only.
-func setIPv4Conf(name, key, value string) error {
-	path := "/proc/sys/net/ipv4/conf/" + name + "/" + key
-	if cur, err := os.ReadFile(path); err == nil && strings.TrimSpace(string(cur)) == value {
+// The indexes of IPv4 link settings in the kernel's IPV4_DEVCONF_* enum
+// (include/uapi/linux/ip.h), which golang.org/x/sys/unix does not define.
+const (
+	ipv4DevconfARPFilter     = 13 // IPV4_DEVCONF_ARPFILTER: arp_filter
+	ipv4DevconfRouteLocalnet = 26 // IPV4_DEVCONF_ROUTE_LOCALNET: route_localnet
+)
+
+// setIPv4Conf sets the IPv4 setting key of link, whose IPV4_DEVCONF_* index
+// is id, to value, only when it differs: it changes that link only. It sets
+// through rtnetlink, which needs only CAP_NET_ADMIN, because a container
+// runtime mounts /proc/sys read-only; reading there still works, and a
+// failed read just sets.
+func setIPv4Conf(link netlink.Link, key string, id int, value uint32) error {
+	name := link.Attrs().Name
+	cur, err := os.ReadFile("/proc/sys/net/ipv4/conf/" + name + "/" + key)
+	if err == nil && strings.TrimSpace(string(cur)) == strconv.FormatUint(uint64(value), 10) {
 		return nil
 	}
-	if err := os.WriteFile(path, []byte(value), 0o644); err != nil {
+	req := nl.NewNetlinkRequest(unix.RTM_SETLINK, unix.NLM_F_ACK)
+	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
+	msg.Index = int32(link.Attrs().Index)
+	req.AddData(msg)
+	// IFLA_AF_SPEC > AF_INET > IFLA_INET_CONF > id: the kernel's
+	// inet_set_link_af applies it.
+	spec := nl.NewRtAttr(unix.IFLA_AF_SPEC, nil)
+	spec.AddRtAttr(unix.AF_INET, nil).AddRtAttr(unix.IFLA_INET_CONF, nil).AddRtAttr(id, nl.Uint32Attr(value))
+	req.AddData(spec)
+	if _, err := req.Execute(unix.NETLINK_ROUTE, 0); err != nil {
 		return fmt.Errorf("set %s of %s: %w", key, name, err)
 	}
 	return nil
@@ -459,7 +480,7 @@ func EnableRouteLocalnet(ip netip.Addr) error {
 	if err != nil {
 		return err
 	}
-	return setIPv4Conf(link.Attrs().Name, "route_localnet", "1")
+	return setIPv4Conf(link, "route_localnet", ipv4DevconfRouteLocalnet, 1)
 }
 
 // FlushUDPConntrack forgets the UDP flows to the given host ports in the

@@ -9,7 +9,9 @@ package iptbatch
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -40,6 +42,11 @@ type Runner struct {
 }
 
 func (r Runner) binary(f Family, verb string) string {
+	return r.tool(f) + "-" + verb
+}
+
+// tool is the name of r's iptables binary of f itself.
+func (r Runner) tool(f Family) string {
 	name := "iptables"
 	if f == IPv6 {
 		name = "ip6tables"
@@ -47,7 +54,7 @@ func (r Runner) binary(f Family, verb string) string {
 	if r.Flavour != "" {
 		name += "-" + r.Flavour
 	}
-	return name + "-" + verb
+	return name
 }
 
 // root, when set, is a directory holding the node's root file system: the
@@ -170,6 +177,30 @@ func (r Runner) Save(f Family, table string) (string, error) {
 		return "", fmt.Errorf("%s: %w: %s", r.binary(f, "save"), err, strings.TrimSpace(stderr.String()))
 	}
 	return stdout.String(), nil
+}
+
+// HasChain tells whether table has chain: one process that lists only
+// that chain (an iptables-save would print the whole table).
+func (r Runner) HasChain(f Family, table, chain string) (bool, error) {
+	cmd := command(r.tool(f), "--wait", "-t", table, "-S", chain)
+	var stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = io.Discard, &stderr
+	err := cmd.Run()
+	var exit *exec.ExitError
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.As(err, &exit) && exit.ExitCode() == 1 && strings.Contains(stderr.String(), "No chain"):
+		return false, nil
+	}
+	return false, fmt.Errorf("%s -t %s -S %s: %w: %s", r.tool(f), table, chain, err, strings.TrimSpace(stderr.String()))
+}
+
+// EnsureChain creates chain in table, empty; one that exists is emptied.
+func (r Runner) EnsureChain(f Family, table, chain string) error {
+	b := NewBatch(table)
+	b.DeclareChain(chain)
+	return r.Restore(f, b.Text())
 }
 
 // Quote renders one argument for iptables-restore: bare when it is a plain
