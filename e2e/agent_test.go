@@ -46,15 +46,36 @@ func (a *agentProc) signal(t *testing.T, sig syscall.Signal) {
 	}
 }
 
+// agentShape is how the agent is run: as a program of the node, or as the
+// DaemonSet runs it (asTheDaemonSet).
+type agentShape string
+
+const (
+	onTheNode      agentShape = "as a program on the node"
+	asTheDaemonSet agentShape = "as the DaemonSet runs it"
+)
+
 // startAgent runs cnichain-agent in the node namespace against the
 // sandbox's records until the test ends, then stops it with SIGTERM and
 // checks that it exits cleanly.
 func startAgent(t *testing.T, sb *sandbox.Sandbox, extra ...string) *agentProc {
 	t.Helper()
-	args := append([]string{"--net=" + sb.Node.Path(), filepath.Join(sandbox.Plugins(t), "cnichain-agent"),
+	return startAgentAs(t, sb, onTheNode, extra...)
+}
+
+// startAgentAs is startAgent in the given shape.
+func startAgentAs(t *testing.T, sb *sandbox.Sandbox, shape agentShape, extra ...string) *agentProc {
+	t.Helper()
+	agent := filepath.Join(sandbox.Plugins(t), "cnichain-agent")
+	flags := append([]string{
 		"-portmap-state-dir", filepath.Join(sb.Dir, "state", "portmap-lite"),
 		"-hostroute-state-dir", filepath.Join(sb.Dir, "state", "macvlan-host-route")}, extra...)
-	cmd := exec.Command("nsenter", args...)
+	var cmd *exec.Cmd
+	if shape == asTheDaemonSet {
+		cmd = daemonSetCommand(t, sb, agent, flags)
+	} else {
+		cmd = exec.Command("nsenter", append([]string{"--net=" + sb.Node.Path(), agent}, flags...)...)
+	}
 	var mu sync.Mutex
 	var buf bytes.Buffer
 	cmd.Stderr = writerFunc(func(p []byte) (int, error) { mu.Lock(); defer mu.Unlock(); return buf.Write(p) })
@@ -100,11 +121,19 @@ func waitFor(t *testing.T, what string, cond func() bool) time.Duration {
 	return time.Since(start)
 }
 
-// TestAgent: with the agent running, pods on the whole chain and on bridge
-// + portmap-lite (iptables, nftables, and the legacy flavour) lose their
-// traffic to each kind of flush and get it back with no manual step; an
-// admin who keeps deleting the same thing gets a back-off; SIGTERM ends it.
+// TestAgent: with the agent running, as a program on the node and as the
+// DaemonSet runs it (a scratch root, the node's iptables behind
+// /etc/alternatives, /proc/sys read-only, three capabilities), pods on the
+// whole chain and on bridge + portmap-lite (iptables, nftables, and the
+// legacy flavour) lose their traffic to each kind of flush and get it back
+// with no manual step; SIGTERM ends it.
 func TestAgent(t *testing.T) {
+	for _, shape := range []agentShape{onTheNode, asTheDaemonSet} {
+		t.Run(string(shape), func(t *testing.T) { testAgent(t, shape) })
+	}
+}
+
+func testAgent(t *testing.T, shape agentShape) {
 	sb := sandbox.New(t)
 	sb.EnableForwarding(t)
 	rtm := sb.Runtime(t)
@@ -149,7 +178,7 @@ func TestAgent(t *testing.T) {
 	}
 	// Each flush below is a new event, not an admin fighting the agent:
 	// the back-off has its own test.
-	agent := startAgent(t, sb, "-canary-every", "1s", "-backoff-window", "1ms")
+	agent := startAgentAs(t, sb, shape, "-canary-every", "1s", "-backoff-window", "1ms")
 	nftFlushRuleset := func() error {
 		return sb.Node.Do(func(ns.NetNS) error {
 			c, err := nftables.New()
@@ -203,6 +232,13 @@ func TestAgent(t *testing.T) {
 			t.Logf("traffic back after %s: median %s, worst %s of %d", f.name,
 				took[len(took)/2].Round(time.Millisecond), took[len(took)-1].Round(time.Millisecond), len(took))
 		})
+	}
+	// The sub-device it made anew answers ARP only for its pods.
+	if out, err := sandbox.Run(sb.Node, nil, "cat", "/proc/sys/net/ipv4/conf/eno1.host/arp_filter"); err != nil || strings.TrimSpace(out) != "1" {
+		t.Errorf("arp_filter of the sub-device the agent made anew: %q, %v; want 1", out, err)
+	}
+	if logs := agent.logs(); strings.Contains(logs, "level=ERROR") {
+		t.Errorf("the agent logged errors:\n%s", logs)
 	}
 }
 

@@ -205,6 +205,34 @@ k uncordon node-b >/dev/null
 check "the Deployment gets its pod back on node-b" wait_for 180 "two Ready web pods" ready_pods app=web 2
 WEB_B=$(pod_on node-b) IP_B=$(pod_ip "$WEB_B")
 
+# The node agent (the DaemonSet's, in its unprivileged container) beside
+# kube-proxy and pods that came and went: kube-proxy's four mode changes
+# and its chains, the pods deleted, evicted and made anew, their links
+# moved and routes deleted by their own DELs made it restore nothing.
+agent_log() { # agent_log NODE: what the agent on NODE has logged
+  local pod
+  pod=$(k -n kube-system get pod -l app.kubernetes.io/name=cnichain-plugins --field-selector "spec.nodeName=$1" -o 'jsonpath={.items[0].metadata.name}') || return 1
+  k -n kube-system logs "$pod"
+}
+# event_restores NODE: the agent's restores that events called for (not its
+# first, nor the second look after one), one line each.
+event_restores() {
+  local log
+  log=$(agent_log "$1") || return 1
+  awk '/msg=restore / && !/ after=start / && !/ after="a second look" /' <<<"$log"
+}
+no_event_restores() {
+  local out
+  out=$(event_restores "$1") || return 1
+  [ -z "$out" ] && return 0
+  echo "the agent on $1 restored after:" >&2
+  echo "$out" >&2
+  return 1
+}
+for node in "${CL_NODES[@]}"; do
+  check "$node: kube-proxy's mode changes and the pods' comings and goings made its agent restore nothing" no_event_restores "$node"
+done
+
 # Deleting the DaemonSet's pods: it recreates them; the pods' rules,
 # routes and records stay as they were.
 before_a=$(lite_chains node-a; records node-a) before_b=$(lite_chains node-b; records node-b)
@@ -226,6 +254,37 @@ check "deleting the DaemonSet's pods changes nothing of node-b's pods" test "$be
 # kubelet and containerd restarts under running pods.
 hostport_pod node-a
 check "a new hostPort pod becomes Ready" wait_for 180 "the hostPort pod to be Ready" pod_ready hostport
+# What others take of ours on node-a, put back by its agent: each deletion
+# calls for a restore (counted in its log), and the pod's paths answer.
+event_restore_count() {
+  local log
+  log=$(agent_log "$1") || return 1
+  awk '/msg=restore / && !/ after=start / && !/ after="a second look" / {n++} END {print n+0}' <<<"$log"
+}
+restores_past() { local n; n=$(event_restore_count "$1") || return 1; [ "$n" -gt "$2" ]; }
+take_from_node_a() { # take_from_node_a CMD...: runs CMD on node-a; checks its agent restores after it
+  local before
+  before=$(event_restore_count node-a)
+  in_node node-a "$@"
+  check "agent: $* on node-a is seen and put back" wait_for 60 "node-a's agent to restore after $*" restores_past node-a "$before"
+}
+agent_logged_no() { # agent_logged_no NODE PATTERN
+  local log
+  log=$(agent_log "$1") || return 1
+  ! grep -E -- "$2" <<<"$log" >&2
+}
+take_from_node_a iptables -t nat -F
+check "agent: after iptables -t nat -F, the lan reaches node-a:8080" wait_for 60 "node-a:8080 from the lan" from_lan "http://192.168.0.11:8080/"
+take_from_node_a nft flush ruleset
+check "agent: after nft flush ruleset, the lan reaches node-a:8080" wait_for 60 "node-a:8080 from the lan" from_lan "http://192.168.0.11:8080/"
+take_from_node_a ip link del eno1.host
+check "agent: the sub-device it made anew answers ARP only for its pods (arp_filter, set without a writable /proc/sys)" \
+  wait_for 60 "arp_filter 1 on node-a's eno1.host" matches '^1$' in_node node-a cat /proc/sys/net/ipv4/conf/eno1.host/arp_filter
+check "agent: after the sub-device was deleted, node-a reaches its pod" wait_for 60 "node-a to reach $IP_A" from_node node-a "http://$IP_A/"
+take_from_node_a ip route flush proto 197
+check "agent: after the host routes were flushed, node-a reaches its pod" wait_for 60 "node-a to reach $IP_A" from_node node-a "http://$IP_A/"
+check "agent: node-a's agent logged no error and never backed off" agent_logged_no node-a 'level=ERROR|backing off'
+
 # probe_start / probes_all_answered: node-a's hostPort probed from the lan
 # every 200 ms in the background, meanwhile; then whether every probe got
 # the page (and how many there were).

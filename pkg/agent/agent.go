@@ -92,22 +92,22 @@ func (c *Config) defaults() {
 // ctx ends, or the error that kept a watcher from starting.
 func Run(ctx context.Context, cfg Config) error {
 	cfg.defaults()
-	triggers := make(chan trigger, 64)
+	q := newQueue()
 	activity := make(chan struct{}, 1)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	if err := watchNetlink(ctx, cfg, triggers); err != nil {
+	if err := watchNetlink(ctx, cfg, q); err != nil {
 		return fmt.Errorf("netlink events: %w", err)
 	}
-	if err := watchNFTables(ctx, triggers, activity); err != nil {
+	if err := watchNFTables(ctx, q, activity); err != nil {
 		return fmt.Errorf("nftables events: %w", err)
 	}
 	if !cfg.NoCanary {
-		go watchCanary(ctx, cfg, triggers)
+		go watchCanary(ctx, cfg, q)
 	}
 	cfg.Log.Info("watching", "settle", cfg.Settle, "canary", !cfg.NoCanary)
-	triggers <- trigger{reason: "start"}
-	loop(ctx, cfg, triggers, activity)
+	q.send(trigger{reason: "start"})
+	loop(ctx, cfg, q, activity)
 	cfg.Log.Info("stopped")
 	return nil
 }
@@ -122,7 +122,7 @@ func Run(ctx context.Context, cfg Config) error {
 // the shared chains' first. A burst settles only when they stop too, and
 // when they went on while a restore ran, that restore may have been undone
 // by them: another runs.
-func loop(ctx context.Context, cfg Config, triggers <-chan trigger, activity <-chan struct{}) {
+func loop(ctx context.Context, cfg Config, q *queue, activity <-chan struct{}) {
 	b := backoff{window: cfg.BackoffWindow}
 	var pending []trigger
 	// secondLook fires a second after a restore that events called for:
@@ -138,7 +138,7 @@ func loop(ctx context.Context, cfg Config, triggers <-chan trigger, activity <-c
 			select {
 			case <-ctx.Done():
 				return
-			case r := <-triggers:
+			case r := <-q.ch:
 				reasons = append(reasons, r)
 			case <-secondLook.C:
 				reasons, looking = append(reasons, trigger{reason: "a second look"}), true
@@ -152,7 +152,7 @@ func loop(ctx context.Context, cfg Config, triggers <-chan trigger, activity <-c
 			case <-ctx.Done():
 				quiet.Stop()
 				return
-			case r := <-triggers:
+			case r := <-q.ch:
 				reasons = append(reasons, r)
 				quiet.Reset(cfg.Settle)
 			case <-activity:
@@ -163,7 +163,11 @@ func loop(ctx context.Context, cfg Config, triggers <-chan trigger, activity <-c
 		}
 		// What its own DEL or GC deleted is no reason for a restore, nor
 		// for the back-off.
-		if reasons = stillClaimed(reasons); len(reasons) == 0 {
+		reasons = stillClaimed(reasons)
+		if q.dropped.Swap(false) {
+			reasons = append(reasons, trigger{reason: "more events than the queue holds"})
+		}
+		if len(reasons) == 0 {
 			continue
 		}
 		if wait := b.next(time.Now(), cfg.BackoffMax); wait > 0 && !looking {
@@ -173,7 +177,7 @@ func loop(ctx context.Context, cfg Config, triggers <-chan trigger, activity <-c
 				return
 			case <-time.After(wait):
 			}
-			reasons = append(reasons, drain(triggers)...)
+			reasons = append(reasons, drain(q.ch)...)
 		}
 		drainActivity(activity)
 		var out bytes.Buffer

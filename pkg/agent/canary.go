@@ -46,7 +46,7 @@ func legacyNATInUse(f iptbatch.Family) bool {
 // and runs nothing there either while legacy's nat table does not exist):
 // the canary is put in then, and a missing one is put back and triggers a
 // restore. The binaries are the node's (iptbatch's root, if set).
-func watchCanary(ctx context.Context, cfg Config, triggers chan<- trigger) {
+func watchCanary(ctx context.Context, cfg Config, q *queue) {
 	legacy := iptbatch.Runner{Flavour: "legacy"}
 	placed := map[iptbatch.Family]bool{}
 	tick := time.NewTicker(cfg.CanaryEvery)
@@ -60,7 +60,7 @@ func watchCanary(ctx context.Context, cfg Config, triggers chan<- trigger) {
 				// canary).
 				if placed[f] {
 					placed[f] = false
-					send(triggers, trigger{reason: "iptables-legacy's " + f.String() + " nat table gone"})
+					q.send(trigger{reason: "iptables-legacy's " + f.String() + " nat table gone"})
 				}
 				continue
 			}
@@ -74,7 +74,7 @@ func watchCanary(ctx context.Context, cfg Config, triggers chan<- trigger) {
 				cfg.Log.Warn("canary", "family", f, "error", err)
 			} else if !ok {
 				_ = legacy.EnsureChain(f, "nat", canaryChain)
-				send(triggers, trigger{reason: "iptables-legacy canary " + canaryChain + " gone"})
+				q.send(trigger{reason: "iptables-legacy canary " + canaryChain + " gone"})
 			}
 		}
 		select {

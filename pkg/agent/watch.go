@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/nftables"
@@ -26,12 +27,22 @@ type trigger struct {
 	claimed func() bool
 }
 
-// send hands a trigger to the restore loop without ever blocking a
-// watcher: a full channel means a restore is coming anyway.
-func send(triggers chan<- trigger, t trigger) {
+// queue hands triggers from the watchers to the restore loop.
+type queue struct {
+	ch chan trigger
+	// dropped tells of triggers that did not fit: not knowing whether
+	// they were claimed, the loop restores unconditionally.
+	dropped atomic.Bool
+}
+
+func newQueue() *queue { return &queue{ch: make(chan trigger, 1024)} }
+
+// send hands t on without ever blocking a watcher.
+func (q *queue) send(t trigger) {
 	select {
-	case triggers <- t:
+	case q.ch <- t:
 	default:
+		q.dropped.Store(true)
 	}
 }
 
@@ -46,14 +57,14 @@ const eventBuffer = 64 << 20
 // deleted from one of them, or a host route of ours (proto 197) deleted.
 // A subscription that ends (its socket overflowed: events were lost) is
 // logged and started anew, with a restore for what the lost events said.
-func watchNetlink(ctx context.Context, cfg Config, triggers chan<- trigger) error {
+func watchNetlink(ctx context.Context, cfg Config, q *queue) error {
 	sub, err := subscribeNetlink(ctx)
 	if err != nil {
 		return err
 	}
 	go func() {
 		for {
-			lost := sub.read(ctx, cfg, triggers)
+			lost := sub.read(ctx, cfg, q)
 			sub.stop()
 			if ctx.Err() != nil {
 				return
@@ -70,7 +81,7 @@ func watchNetlink(ctx context.Context, cfg Config, triggers chan<- trigger) erro
 				case <-time.After(time.Second):
 				}
 			}
-			send(triggers, trigger{reason: "netlink events were lost: " + lost})
+			q.send(trigger{reason: "netlink events were lost: " + lost})
 		}
 	}()
 	return nil
@@ -120,7 +131,7 @@ func subscribeNetlink(ctx context.Context) (*netlinkSub, error) {
 
 // read hands on what s's events say until ctx ends or a subscription
 // ends, and returns why it ended.
-func (s *netlinkSub) read(ctx context.Context, cfg Config, triggers chan<- trigger) (lost string) {
+func (s *netlinkSub) read(ctx context.Context, cfg Config, q *queue) (lost string) {
 	ended := func(what string) string {
 		select {
 		case err := <-s.errs:
@@ -138,21 +149,21 @@ func (s *netlinkSub) read(ctx context.Context, cfg Config, triggers chan<- trigg
 				return ended("link events")
 			}
 			if u.Header.Type == unix.RTM_DELLINK && cfg.ownsLink(u.Attrs().Alias) {
-				send(triggers, trigger{reason: "link " + u.Attrs().Name + " deleted"})
+				q.send(trigger{reason: "link " + u.Attrs().Name + " deleted"})
 			}
 		case u, ok := <-s.addrs:
 			if !ok {
 				return ended("address events")
 			}
 			if !u.NewAddr && cfg.ownsLinkIndex(u.LinkIndex) {
-				send(triggers, trigger{reason: fmt.Sprintf("address %s deleted (link %d)", u.LinkAddress.String(), u.LinkIndex)})
+				q.send(trigger{reason: fmt.Sprintf("address %s deleted (link %d)", u.LinkAddress.String(), u.LinkIndex)})
 			}
 		case u, ok := <-s.routes:
 			if !ok {
 				return ended("route events")
 			}
 			if t, ok := routeTrigger(cfg, u); ok {
-				send(triggers, t)
+				q.send(t)
 			}
 		}
 	}
@@ -178,7 +189,7 @@ func routeTrigger(cfg Config, u netlink.RouteUpdate) (trigger, bool) {
 
 // watchNFTables triggers on what a reload or an admin deletes of ours in
 // nftables (which iptables-nft writes too); see nftReason.
-func watchNFTables(ctx context.Context, triggers chan<- trigger, activity chan<- struct{}) error {
+func watchNFTables(ctx context.Context, q *queue, activity chan<- struct{}) error {
 	events, stop, err := monitorNFTables()
 	if err != nil {
 		return err
@@ -194,7 +205,7 @@ func watchNFTables(ctx context.Context, triggers chan<- trigger, activity chan<-
 			case e, ok := <-events:
 				if ok {
 					if reason := nftReason(e); reason != "" {
-						send(triggers, trigger{reason: reason})
+						q.send(trigger{reason: reason})
 					} else if isDeletion(e) && inOurTables(e) {
 						select {
 						case activity <- struct{}{}:
@@ -207,7 +218,7 @@ func watchNFTables(ctx context.Context, triggers chan<- trigger, activity chan<-
 			// The monitor ended (an error it cannot go on after): events
 			// may have been lost meanwhile, so a restore, and a new monitor.
 			stop()
-			send(triggers, trigger{reason: "the nftables monitor ended; started anew"})
+			q.send(trigger{reason: "the nftables monitor ended; started anew"})
 			for {
 				if events, stop, err = monitorNFTables(); err == nil {
 					break
