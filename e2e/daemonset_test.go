@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -180,5 +181,37 @@ func TestAgentHearsAfterAFlood(t *testing.T) {
 	waitFor(t, "the node to reach the pod again after its route alone was deleted", reachable)
 	if logs := agent.logs(); strings.Contains(logs, "level=ERROR") {
 		t.Errorf("the agent logged errors:\n%s", logs)
+	}
+}
+
+// TestAgentCanaryLeavesLegacyAlone: on a node whose pods use iptables-nft,
+// the agent's iptables-legacy canary creates nothing in legacy: its nat
+// table stays absent (once there, every iptables-nft command on the node
+// warns of legacy tables present).
+func TestAgentCanaryLeavesLegacyAlone(t *testing.T) {
+	for _, shape := range []agentShape{onTheNode, asTheDaemonSet} {
+		t.Run(string(shape), func(t *testing.T) {
+			sb := sandbox.New(t)
+			rtm := sb.Runtime(t)
+			list := wholeChainList(t, sb, "")
+			pod := sb.NewPod(t)
+			att := sandbox.Attachment(pod, "nft-only", "eth0")
+			att.CapabilityArgs = map[string]any{"portMappings": []map[string]any{{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}}}
+			mustAdd(t, rtm, list, att)
+			t.Cleanup(func() { _ = rtm.Del(list, att) })
+			legacyNAT := func() bool {
+				out, _ := sandbox.Run(sb.Node, nil, "cat", "/proc/net/ip_tables_names", "/proc/net/ip6_tables_names")
+				return slices.Contains(strings.Fields(out), "nat")
+			}
+			if legacyNAT() {
+				t.Fatal("iptables-legacy's nat table exists before the agent runs: the test proves nothing")
+			}
+			agent := startAgentAs(t, sb, shape, "-canary-every", "50ms")
+			// Twenty looks at the canary, at least.
+			time.Sleep(time.Second)
+			if legacyNAT() {
+				t.Errorf("the agent's canary created iptables-legacy's nat table:\n%s", agent.logs())
+			}
+		})
 	}
 }
