@@ -283,7 +283,9 @@ check "agent: the sub-device it made anew answers ARP only for its pods (arp_fil
 check "agent: after the sub-device was deleted, node-a reaches its pod" wait_for 60 "node-a to reach $IP_A" from_node node-a "http://$IP_A/"
 take_from_node_a ip route flush proto 197
 check "agent: after the host routes were flushed, node-a reaches its pod" wait_for 60 "node-a to reach $IP_A" from_node node-a "http://$IP_A/"
-check "agent: node-a's agent logged no error and never backed off" agent_logged_no node-a 'level=ERROR|backing off'
+# (Four takes within 10 s are what its back-off is for: from the fourth, it
+# waits a second, then two; not an error.)
+check "agent: node-a's agent logged no error" agent_logged_no node-a 'level=ERROR'
 
 # probe_start / probes_all_answered: node-a's hostPort probed from the lan
 # every 200 ms in the background, meanwhile; then whether every probe got
