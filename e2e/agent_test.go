@@ -245,13 +245,7 @@ func testAgent(t *testing.T, shape agentShape) {
 // TestAgentBacksOff: an admin who deletes the sub-device again and again
 // gets a logged back-off, not a hot loop, and the pod's route back at last.
 func TestAgentBacksOff(t *testing.T) {
-	sb := sandbox.New(t)
-	rtm := sb.Runtime(t)
-	list := wholeChainList(t, sb, "")
-	pod := sb.NewPod(t)
-	att := sandbox.Attachment(pod, "fought", "eth0")
-	mustAdd(t, rtm, list, att)
-	t.Cleanup(func() { _ = rtm.Del(list, att) })
+	sb, _, _ := wholeChainNode(t, "fought", false)
 	logs := startAgent(t, sb, "-no-canary").logs
 	subDevice := func() bool { _, err := sandbox.Run(sb.Node, nil, "ip", "link", "show", "eno1.host"); return err == nil }
 	for i := 0; i < 8 && !strings.Contains(logs(), "backing off"); i++ {

@@ -82,6 +82,23 @@ func daemonSetCommand(t *testing.T, sb *sandbox.Sandbox, program string, flags [
 	return exec.Command("nsenter", args...)
 }
 
+// wholeChainNode is a sandbox whose node holds one pod on the whole chain
+// (at podV4 and podV6), with hostPort 8080 mapped to its port 80 when
+// hostPort is set; the pod is deleted when the test ends.
+func wholeChainNode(t *testing.T, id string, hostPort bool) (*sandbox.Sandbox, *sandbox.Runtime, *libcni.NetworkConfigList) {
+	t.Helper()
+	sb := sandbox.New(t)
+	rtm := sb.Runtime(t)
+	list := wholeChainList(t, sb, "")
+	att := sandbox.Attachment(sb.NewPod(t), id, "eth0")
+	if hostPort {
+		att.CapabilityArgs = map[string]any{"portMappings": []map[string]any{{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}}}
+	}
+	mustAdd(t, rtm, list, att)
+	t.Cleanup(func() { _ = rtm.Del(list, att) })
+	return sb, rtm, list
+}
+
 // restores counts the restores an agent's log shows.
 func restores(logs string) int { return strings.Count(logs, "msg=restore ") }
 
@@ -101,15 +118,8 @@ func settledAgent(t *testing.T, sb *sandbox.Sandbox) *agentProc {
 // restore and no back-off; a route an admin deletes afterwards is put back
 // by a restore that waited for no back-off.
 func TestAgentLeavesPodChurnAlone(t *testing.T) {
-	sb := sandbox.New(t)
+	sb, rtm, list := wholeChainNode(t, "stays", true)
 	sb.EnableForwarding(t)
-	rtm := sb.Runtime(t)
-	list := wholeChainList(t, sb, "")
-	pod := sb.NewPod(t)
-	att := sandbox.Attachment(pod, "stays", "eth0")
-	att.CapabilityArgs = map[string]any{"portMappings": []map[string]any{{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}}}
-	mustAdd(t, rtm, list, att)
-	t.Cleanup(func() { _ = rtm.Del(list, att) })
 	agent := settledAgent(t, sb)
 	before := restores(agent.logs())
 	// One verb every 300ms, each pod deleted after the next is added.
@@ -153,13 +163,7 @@ func TestAgentLeavesPodChurnAlone(t *testing.T) {
 // overflows is subscribed anew: the pod's routes come back, and so does
 // one deleted alone afterwards.
 func TestAgentHearsAfterAFlood(t *testing.T) {
-	sb := sandbox.New(t)
-	rtm := sb.Runtime(t)
-	list := wholeChainList(t, sb, "")
-	pod := sb.NewPod(t)
-	att := sandbox.Attachment(pod, "flooded", "eth0")
-	mustAdd(t, rtm, list, att)
-	t.Cleanup(func() { _ = rtm.Del(list, att) })
+	sb, _, _ := wholeChainNode(t, "flooded", false)
 	// 4000 routes of protocol 197 that no record claims (ip route flush
 	// deletes them with the pod's, one event each).
 	var batch strings.Builder
@@ -191,14 +195,7 @@ func TestAgentHearsAfterAFlood(t *testing.T) {
 func TestAgentCanaryLeavesLegacyAlone(t *testing.T) {
 	for _, shape := range []agentShape{onTheNode, asTheDaemonSet} {
 		t.Run(string(shape), func(t *testing.T) {
-			sb := sandbox.New(t)
-			rtm := sb.Runtime(t)
-			list := wholeChainList(t, sb, "")
-			pod := sb.NewPod(t)
-			att := sandbox.Attachment(pod, "nft-only", "eth0")
-			att.CapabilityArgs = map[string]any{"portMappings": []map[string]any{{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}}}
-			mustAdd(t, rtm, list, att)
-			t.Cleanup(func() { _ = rtm.Del(list, att) })
+			sb, _, _ := wholeChainNode(t, "nft-only", true)
 			legacyNAT := func() bool {
 				out, _ := sandbox.Run(sb.Node, nil, "cat", "/proc/net/ip_tables_names", "/proc/net/ip6_tables_names")
 				return slices.Contains(strings.Fields(out), "nat")

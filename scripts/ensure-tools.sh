@@ -19,6 +19,7 @@ declare -A pkg_for=(
   [ping]=iputils-ping
   [nsenter]=util-linux
   [unshare]=util-linux
+  [setpriv]=util-linux
   [chroot]=coreutils
   [curl]=curl
 )
