@@ -31,8 +31,14 @@ import (
 //   - the netns directory read-only with the host's mounts propagating
 //     (HostToContainer), and the test's state directory read-write, both at
 //     the paths the records name;
+//   - the scratch root itself read-only (readOnlyRootFilesystem);
 //   - no new privileges, and no capability but NET_ADMIN, NET_RAW and
 //     SYS_CHROOT (the DaemonSet's drop ALL, add three).
+//
+// One difference stays: the program shares the machine's PID namespace,
+// where the DaemonSet's container has its own (records naming a netns as
+// /proc/PID/ns/net would look gone to it: containerd and CRI-O name
+// /var/run/netns paths).
 //
 // $1 is the scratch root's directory, $2 the program, $3 the state
 // directory; the rest are the program's arguments.
@@ -58,6 +64,7 @@ mount --rbind /run/netns "$root/run/netns"
 mount --make-rslave "$root/run/netns"
 mount -o remount,bind,ro "$root/run/netns"
 mount --bind "$state" "$root/$state"
+mount -o remount,ro "$root"
 exec setpriv --no-new-privs --inh-caps=-all --bounding-set=-all,+net_admin,+net_raw,+sys_chroot \
 	chroot "$root" /program "$@"
 `
@@ -105,9 +112,9 @@ func restores(logs string) int { return strings.Count(logs, "msg=restore ") }
 // settledAgent starts the agent as the DaemonSet runs it and waits for the
 // second look that follows its first restore, so that every restore after
 // it is one that events called for.
-func settledAgent(t *testing.T, sb *sandbox.Sandbox) *agentProc {
+func settledAgent(t *testing.T, sb *sandbox.Sandbox, flags ...string) *agentProc {
 	t.Helper()
-	agent := startAgentAs(t, sb, asTheDaemonSet, "-no-canary")
+	agent := startAgentAs(t, sb, asTheDaemonSet, append([]string{"-no-canary"}, flags...)...)
 	waitFor(t, "the agent's second look after its first restore", func() bool { return restores(agent.logs()) >= 2 })
 	return agent
 }
@@ -159,32 +166,48 @@ func TestAgentLeavesPodChurnAlone(t *testing.T) {
 }
 
 // TestAgentHearsAfterAFlood: a flush of thousands of our host routes while
-// the agent is busy (stopped) overflows no event socket of its, or one that
-// overflows is subscribed anew: the pod's routes come back, and so does
-// one deleted alone afterwards.
+// the agent is busy (stopped) overflows no event socket of its (64 MiB
+// each); one that overflows anyway (given 64 KiB here) is subscribed anew,
+// said in the log: either way the pod's routes come back, and so does one
+// deleted alone afterwards.
 func TestAgentHearsAfterAFlood(t *testing.T) {
-	sb, _, _ := wholeChainNode(t, "flooded", false)
-	// 4000 routes of protocol 197 that no record claims (ip route flush
-	// deletes them with the pod's, one event each).
-	var batch strings.Builder
-	for i := range 4000 {
-		fmt.Fprintf(&batch, "route add 10.201.%d.%d/32 dev eno1 proto 197 scope link\n", i/250, i%250+1)
-	}
-	file := filepath.Join(t.TempDir(), "routes")
-	if err := os.WriteFile(file, []byte(batch.String()), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	sandbox.MustRun(t, sb.Node, "ip", "-batch", file)
-	agent := settledAgent(t, sb)
-	reachable := func() bool { return sandbox.Ping(sb.Node, podV4) == nil }
-	agent.pause(t)
-	sandbox.MustRun(t, sb.Node, "ip", "route", "flush", "proto", "197")
-	agent.resume(t)
-	waitFor(t, "the node to reach the pod again after the flood", reachable)
-	sandbox.MustRun(t, sb.Node, "ip", "route", "del", podV4.String()+"/32", "dev", "eno1.host")
-	waitFor(t, "the node to reach the pod again after its route alone was deleted", reachable)
-	if logs := agent.logs(); strings.Contains(logs, "level=ERROR") {
-		t.Errorf("the agent logged errors:\n%s", logs)
+	for _, tc := range []struct {
+		name     string
+		flags    []string
+		overflow bool
+	}{
+		{"with its own buffers", nil, false},
+		{"with buffers the flood overflows", []string{"-event-buffer", "65536"}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sb, _, _ := wholeChainNode(t, "flooded", false)
+			// 4000 routes of protocol 197 that no record claims (ip route
+			// flush deletes them with the pod's, one event each).
+			var batch strings.Builder
+			for i := range 4000 {
+				fmt.Fprintf(&batch, "route add 10.201.%d.%d/32 dev eno1 proto 197 scope link\n", i/250, i%250+1)
+			}
+			file := filepath.Join(t.TempDir(), "routes")
+			if err := os.WriteFile(file, []byte(batch.String()), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			sandbox.MustRun(t, sb.Node, "ip", "-batch", file)
+			agent := settledAgent(t, sb, tc.flags...)
+			reachable := func() bool { return sandbox.Ping(sb.Node, podV4) == nil }
+			agent.pause(t)
+			sandbox.MustRun(t, sb.Node, "ip", "route", "flush", "proto", "197")
+			agent.resume(t)
+			waitFor(t, "the node to reach the pod again after the flood", reachable)
+			sandbox.MustRun(t, sb.Node, "ip", "route", "del", podV4.String()+"/32", "dev", "eno1.host")
+			waitFor(t, "the node to reach the pod again after its route alone was deleted", reachable)
+			logs := agent.logs()
+			if lost := strings.Contains(logs, "netlink events lost"); lost != tc.overflow {
+				t.Errorf("the log says netlink events were lost: %v, want %v:\n%s", lost, tc.overflow, logs)
+			}
+			if strings.Contains(logs, "level=ERROR") {
+				t.Errorf("the agent logged errors:\n%s", logs)
+			}
+		})
 	}
 }
 

@@ -215,11 +215,12 @@ agent_log() { # agent_log NODE: what the agent on NODE has logged
   k -n kube-system logs "$pod"
 }
 # event_restores NODE: the agent's restores that events called for (not its
-# first, nor the second look after one), one line each.
+# first, even with events of its start coalesced into it, nor the second
+# look after one), one line each.
 event_restores() {
   local log
   log=$(agent_log "$1") || return 1
-  awk '/msg=restore / && !/ after=start / && !/ after="a second look" /' <<<"$log"
+  awk '/msg=restore / && !/ after="?start[;" ]/ && !/ after="a second look" /' <<<"$log"
 }
 no_event_restores() {
   local out
@@ -259,7 +260,7 @@ check "a new hostPort pod becomes Ready" wait_for 180 "the hostPort pod to be Re
 event_restore_count() {
   local log
   log=$(agent_log "$1") || return 1
-  awk '/msg=restore / && !/ after=start / && !/ after="a second look" / {n++} END {print n+0}' <<<"$log"
+  awk '/msg=restore / && !/ after="?start[;" ]/ && !/ after="a second look" / {n++} END {print n+0}' <<<"$log"
 }
 restores_past() { local n; n=$(event_restore_count "$1") || return 1; [ "$n" -gt "$2" ]; }
 take_from_node_a() { # take_from_node_a CMD...: runs CMD on node-a; checks its agent restores after it

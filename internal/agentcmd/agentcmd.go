@@ -28,6 +28,7 @@ type Flags struct {
 	settle, canaryEvery               time.Duration
 	backoffWindow, backoffMax         time.Duration
 	noCanary                          bool
+	eventBuffer                       int
 }
 
 // Register adds the agent's flags to fs.
@@ -41,6 +42,7 @@ func (f *Flags) Register(fs *flag.FlagSet) {
 	fs.BoolVar(&f.noCanary, "no-canary", false, "no iptables-legacy canary")
 	fs.DurationVar(&f.backoffWindow, "backoff-window", 10*time.Second, "how soon after a restore another counts as in a row: from the fourth in a row, each waits twice as long")
 	fs.DurationVar(&f.backoffMax, "backoff-max", 5*time.Minute, "the longest wait between restores that keep being undone")
+	fs.IntVar(&f.eventBuffer, "event-buffer", 64<<20, "each event socket's receive buffer, in bytes")
 }
 
 // Run runs the agent until SIGTERM or SIGINT, logging to logs.
@@ -59,7 +61,8 @@ func (f *Flags) Run(logs io.Writer) error {
 		BackoffWindow: f.backoffWindow,
 		BackoffMax:    f.backoffMax,
 		OwnsLink:      hostroute.OwnsLink,
-		RouteClaimed:  func(ip netip.Addr) bool { return hostroute.RouteClaimed(f.hostrouteDir, ip) },
+		Claimed:       func(pods []netip.Addr) bool { return hostroute.Claimed(f.hostrouteDir, pods) },
+		EventBuffer:   f.eventBuffer,
 		Log:           log,
 	})
 }

@@ -53,10 +53,14 @@ type Config struct {
 	// OwnsLink tells a link of ours (a sub-device) by its alias, as the
 	// event of its deletion carries it: nil counts every link as ours.
 	OwnsLink func(alias string) bool
-	// RouteClaimed tells whether a record still claims the host route to
-	// ip, once no verb is under way: nil counts every route as claimed.
-	RouteClaimed func(ip netip.Addr) bool
-	Log          *slog.Logger
+	// Claimed tells whether a record still claims the host route (and the
+	// pinned neighbour) of any of the pod addresses, once no verb is under
+	// way: nil counts every one as claimed.
+	Claimed func(pods []netip.Addr) bool
+	// EventBuffer is each event socket's receive buffer in bytes (default
+	// 64 MiB).
+	EventBuffer int
+	Log         *slog.Logger
 }
 
 // ownsLink tells whether the deleted link with alias was ours.
@@ -67,6 +71,21 @@ func (c Config) ownsLink(alias string) bool { return c.OwnsLink == nil || c.Owns
 func (c Config) ownsLinkIndex(index int) bool {
 	link, err := netlink.LinkByIndex(index)
 	return err == nil && c.ownsLink(link.Attrs().Alias)
+}
+
+// mastersOwnedLink tells whether the link with index is the master of one
+// of ours.
+func (c Config) mastersOwnedLink(index int) bool {
+	links, err := netlink.LinkList()
+	if err != nil {
+		return true // cannot tell: a restore that finds all there is cheap
+	}
+	for _, l := range links {
+		if l.Attrs().ParentIndex == index && c.ownsLink(l.Attrs().Alias) {
+			return true
+		}
+	}
+	return false
 }
 
 func (c *Config) defaults() {
@@ -81,6 +100,9 @@ func (c *Config) defaults() {
 	}
 	if c.BackoffMax == 0 {
 		c.BackoffMax = 5 * time.Minute
+	}
+	if c.EventBuffer == 0 {
+		c.EventBuffer = defaultEventBuffer
 	}
 	if c.Log == nil {
 		c.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -99,7 +121,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := watchNetlink(ctx, cfg, q); err != nil {
 		return fmt.Errorf("netlink events: %w", err)
 	}
-	if err := watchNFTables(ctx, q, activity); err != nil {
+	if err := watchNFTables(ctx, cfg, q, activity); err != nil {
 		return fmt.Errorf("nftables events: %w", err)
 	}
 	if !cfg.NoCanary {
@@ -163,7 +185,7 @@ func loop(ctx context.Context, cfg Config, q *queue, activity <-chan struct{}) {
 		}
 		// What its own DEL or GC deleted is no reason for a restore, nor
 		// for the back-off.
-		reasons = stillClaimed(reasons)
+		reasons = stillClaimed(reasons, cfg.Claimed)
 		if q.dropped.Swap(false) {
 			reasons = append(reasons, trigger{reason: "more events than the queue holds"})
 		}
@@ -204,12 +226,23 @@ func loop(ctx context.Context, cfg Config, q *queue, activity <-chan struct{}) {
 	}
 }
 
-// stillClaimed keeps the triggers whose deleted things a record still
-// claims.
-func stillClaimed(ts []trigger) []trigger {
+// stillClaimed keeps the triggers that call for a restore: all but those
+// of pod addresses, which only while a record still claims one of them
+// (asked once, for all of them: the question waits for the verbs under
+// way).
+func stillClaimed(ts []trigger, claimed func([]netip.Addr) bool) []trigger {
+	var pods []netip.Addr
+	for _, t := range ts {
+		if t.pod.IsValid() {
+			pods = append(pods, t.pod)
+		}
+	}
+	if len(pods) == 0 || claimed == nil || claimed(pods) {
+		return ts
+	}
 	kept := ts[:0]
 	for _, t := range ts {
-		if t.claimed == nil || t.claimed() {
+		if !t.pod.IsValid() {
 			kept = append(kept, t)
 		}
 	}

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -10,9 +11,21 @@ import (
 	"github.com/cnichain/plugins/pkg/nat"
 )
 
-// canaryChain is an empty chain of ours in iptables-legacy's nat table: a
-// flush of it (-F -X) takes the canary too, which tells what no event does.
-const canaryChain = "CNI-LITE-CANARY"
+// canaryChain is a chain of ours in iptables-legacy's nat table, holding
+// one rule that leads nowhere (canaryRule): a flush (-F, with -X or not)
+// takes it too, which tells what no event does.
+const (
+	canaryChain = "CNI-LITE-CANARY"
+	canaryRule  = "-A " + canaryChain + " -j RETURN"
+)
+
+// placeCanary puts the canary chain and its rule in legacy's nat table.
+func placeCanary(legacy iptbatch.Runner, f iptbatch.Family) error {
+	b := iptbatch.NewBatch("nat")
+	b.DeclareChain(canaryChain)
+	b.Append(canaryChain, iptbatch.Rule{"-j", "RETURN"})
+	return legacy.Restore(f, b.Text())
+}
 
 // legacyTables is where the kernel lists iptables-legacy's tables of the
 // reader's network namespace, per family: a table is there once someone
@@ -65,15 +78,15 @@ func watchCanary(ctx context.Context, cfg Config, q *queue) {
 				continue
 			}
 			if !placed[f] {
-				if ok, err := legacy.HasChain(f, "nat", nat.HostPortsChain); err == nil && ok {
-					placed[f] = legacy.EnsureChain(f, "nat", canaryChain) == nil
+				if _, ok, err := legacy.ListChain(f, "nat", nat.HostPortsChain); err == nil && ok {
+					placed[f] = placeCanary(legacy, f) == nil
 				}
 				continue
 			}
-			if ok, err := legacy.HasChain(f, "nat", canaryChain); err != nil {
+			if rules, _, err := legacy.ListChain(f, "nat", canaryChain); err != nil {
 				cfg.Log.Warn("canary", "family", f, "error", err)
-			} else if !ok {
-				_ = legacy.EnsureChain(f, "nat", canaryChain)
+			} else if !slices.Contains(rules, canaryRule) {
+				_ = placeCanary(legacy, f)
 				q.send(trigger{reason: "iptables-legacy canary " + canaryChain + " gone"})
 			}
 		}

@@ -11,7 +11,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -179,28 +178,22 @@ func (r Runner) Save(f Family, table string) (string, error) {
 	return stdout.String(), nil
 }
 
-// HasChain tells whether table has chain: one process that lists only
-// that chain (an iptables-save would print the whole table).
-func (r Runner) HasChain(f Family, table, chain string) (bool, error) {
+// ListChain returns chain's rules as `iptables -S` prints them (its -N
+// line first), and whether it exists: one process that lists only that
+// chain (an iptables-save would print the whole table).
+func (r Runner) ListChain(f Family, table, chain string) (rules []string, exists bool, err error) {
 	cmd := command(r.tool(f), "--wait", "-t", table, "-S", chain)
-	var stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = io.Discard, &stderr
-	err := cmd.Run()
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err = cmd.Run()
 	var exit *exec.ExitError
 	switch {
 	case err == nil:
-		return true, nil
+		return strings.Split(strings.TrimSpace(stdout.String()), "\n"), true, nil
 	case errors.As(err, &exit) && exit.ExitCode() == 1 && strings.Contains(stderr.String(), "No chain"):
-		return false, nil
+		return nil, false, nil
 	}
-	return false, fmt.Errorf("%s -t %s -S %s: %w: %s", r.tool(f), table, chain, err, strings.TrimSpace(stderr.String()))
-}
-
-// EnsureChain creates chain in table, empty; one that exists is emptied.
-func (r Runner) EnsureChain(f Family, table, chain string) error {
-	b := NewBatch(table)
-	b.DeclareChain(chain)
-	return r.Restore(f, b.Text())
+	return nil, false, fmt.Errorf("%s -t %s -S %s: %w: %s", r.tool(f), table, chain, err, strings.TrimSpace(stderr.String()))
 }
 
 // Quote renders one argument for iptables-restore: bare when it is a plain

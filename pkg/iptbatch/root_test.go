@@ -120,12 +120,16 @@ func TestResolveInRoot(t *testing.T) {
 // TestCommandInRootFollowsAlternatives: with a root set, the binary behind
 // /etc/alternatives is found and run chrooted by its path in the root.
 func TestCommandInRootFollowsAlternatives(t *testing.T) {
-	// The binary is where no machine has one: resolved outside the root,
-	// the links lead nowhere.
-	root := nodeRoot(t, []string{"/usr/lib/cnichain-test/xtables-nft-multi"}, map[string]string{
-		"/usr/sbin/iptables-nft-save":     "../lib/cnichain-test/xtables-nft-multi",
-		"/etc/alternatives/iptables-save": "/usr/sbin/iptables-nft-save",
-		"/usr/sbin/iptables-save":         "/etc/alternatives/iptables-save",
+	// The links' first hop is where no machine has one: resolved outside
+	// the root, they lead nowhere.
+	const firstHop = "/etc/cnichain-test-alternatives/iptables-save"
+	if _, err := os.Stat(firstHop); err == nil {
+		t.Fatalf("%s exists on this machine: the test proves nothing", firstHop)
+	}
+	root := nodeRoot(t, []string{"/usr/sbin/xtables-nft-multi"}, map[string]string{
+		"/usr/sbin/iptables-nft-save": "xtables-nft-multi",
+		firstHop:                      "/usr/sbin/iptables-nft-save",
+		"/usr/sbin/iptables-save":     firstHop,
 	})
 	t.Cleanup(func() { SetRoot("") })
 	SetRoot(root)

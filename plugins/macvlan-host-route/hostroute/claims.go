@@ -13,22 +13,24 @@ import (
 // creates on the node and moves into their netns, carry none.
 func OwnsLink(alias string) bool { return strings.HasPrefix(alias, aliasPrefix) }
 
-// RouteClaimed tells whether a record in stateDir claims the host route to
-// ip, for a pod whose netns is still there, once no ADD, DEL or GC is under
-// way in stateDir: a route deleted with its record was its DEL's or GC's
-// to delete. A record that cannot be read claims it: a restore then says
-// why.
-func RouteClaimed(stateDir string, ip netip.Addr) bool {
+// Claimed tells whether a record in stateDir claims the host route (and
+// the pinned neighbour) of any of the pod addresses, for a pod whose netns
+// is still there, once no ADD, DEL or GC is under way in stateDir: a route
+// deleted with its record was its DEL's or GC's to delete. A record that
+// cannot be read claims it: a restore then says why.
+func Claimed(stateDir string, pods []netip.Addr) bool {
 	store := attachstate.Store{Dir: stateDir}
 	unlock, err := store.Quiet()
 	if err != nil {
 		return true
 	}
 	defer unlock()
-	var rec owner
-	found, err := store.Load(recordName(ip), &rec)
-	if err != nil {
-		return true
+	for _, ip := range pods {
+		var rec owner
+		found, err := store.Load(recordName(ip), &rec)
+		if err != nil || (found && !attachstate.NetnsGone(rec.PodNetns())) {
+			return true
+		}
 	}
-	return found && !attachstate.NetnsGone(rec.PodNetns())
+	return false
 }
