@@ -201,6 +201,7 @@ func testAgent(t *testing.T, shape agentShape) {
 		{"nft flush ruleset", nftFlushRuleset},
 		{"ip link del eno1.host", run("ip", "link", "del", "eno1.host")},
 		{"ip route flush proto 197", run("ip", "route", "flush", "proto", "197")},
+		{"ip link set eno1.host down (its routes and pinned neighbours go with no event of their own)", run("ip", "link", "set", "eno1.host", "down")},
 		{"iptables-legacy -t nat -F (the canary's rule, every 1s)", run("iptables-legacy", "-t", "nat", "-F")},
 		{"iptables-legacy -t nat -F and -X (the canary, every 1s)", func() error {
 			return errors.Join(run("iptables-legacy", "-t", "nat", "-F")(), run("iptables-legacy", "-t", "nat", "-X")())
