@@ -249,6 +249,12 @@ func (b *Batch) Delete(chain string, rule Rule) {
 	b.lines = append(b.lines, "-D "+chain+" "+rule.String())
 }
 
+// Check makes the batch fail, whole, unless chain holds rule: a
+// precondition checked in the same process that applies the rest.
+func (b *Batch) Check(chain string, rule Rule) {
+	b.lines = append(b.lines, "-C "+chain+" "+rule.String())
+}
+
 // Raw adds a line as iptables-save printed it (for deletions found by Save).
 func (b *Batch) Raw(line string) { b.lines = append(b.lines, line) }
 

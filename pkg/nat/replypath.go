@@ -57,14 +57,27 @@ func (r ReplyPath) rule() iptbatch.Rule {
 
 // ReplyBackend installs, removes and lists reply paths, one backend's way.
 type ReplyBackend interface {
+	// Install adds the paths, and what leads packets to them where it is
+	// missing (a flush takes that too).
 	Install(paths []ReplyPath) error
 	Uninstall(paths []ReplyPath) error
 	// All lists the reply paths in the kernel, both families.
 	All() ([]ReplyPath, error)
+	// MissingEntry describes what is missing of what leads fam's packets
+	// to its paths (POSTROUTING's jump, the table's rule), "" when none.
+	MissingEntry(fam iptbatch.Family) (string, error)
+	// ensureEntry puts back what MissingEntry names.
+	ensureEntry(fam iptbatch.Family) error
 }
 
-// MissingReply describes the first of paths b lacks, "" when none, for CHECK.
+// MissingReply describes the first of paths b lacks, or of what leads to
+// them, "" when none, for CHECK.
 func MissingReply(b ReplyBackend, paths []ReplyPath) (string, error) {
+	for fam := range byFamily(paths) {
+		if what, err := b.MissingEntry(fam); err != nil || what != "" {
+			return what, err
+		}
+	}
 	have, err := b.All()
 	if err != nil {
 		return "", err
@@ -77,9 +90,14 @@ func MissingReply(b ReplyBackend, paths []ReplyPath) (string, error) {
 	return "", nil
 }
 
-// RepairReplies installs those of paths b lacks, and nothing else: what a
-// restore does after a firewall reload.
+// RepairReplies installs those of paths b lacks, and what leads to them
+// where a flush took it, and nothing else: what a restore does.
 func RepairReplies(b ReplyBackend, paths []ReplyPath) error {
+	for fam := range byFamily(paths) {
+		if err := b.ensureEntry(fam); err != nil {
+			return err
+		}
+	}
 	have, err := b.All()
 	if err != nil {
 		return err
@@ -128,11 +146,18 @@ func byFamily(paths []ReplyPath) map[iptbatch.Family][]ReplyPath {
 
 type iptReplies struct{ r iptbatch.Runner }
 
-// Install adds the paths' rules in one iptables-restore per family, after
-// setting up the shared chain when it is missing.
+// replyJump is POSTROUTING's jump to ReplyChain.
+var replyJump = iptbatch.Rule{"-j", ReplyChain}
+
+// Install adds the paths' rules in one iptables-restore per family, which
+// fails whole where POSTROUTING's jump to the shared chain is missing (the
+// first pod, or a flush of the nat table, which leaves the chain but not
+// the jump): then the shared chain and jump are set up and it is tried
+// once more.
 func (b iptReplies) Install(paths []ReplyPath) error {
 	for fam, list := range byFamily(paths) {
 		batch := iptbatch.NewBatch("nat")
+		batch.Check("POSTROUTING", replyJump)
 		for _, p := range list {
 			batch.Append(ReplyChain, p.rule())
 		}
@@ -169,13 +194,32 @@ func (b iptReplies) ensureShared(fam iptbatch.Family) error {
 	// First in POSTROUTING, before a MASQUERADE of kube-proxy's: towards a
 	// macvlan pod of this node, the interface out (the sub-device) may have
 	// no address of the family, and MASQUERADE would take any other.
-	if jump := (iptbatch.Rule{"-j", ReplyChain}); !saved.HasRule("POSTROUTING", jump) {
-		batch.Insert("POSTROUTING", jump)
+	if !saved.HasRule("POSTROUTING", replyJump) {
+		batch.Insert("POSTROUTING", replyJump)
 	}
 	if batch.Empty() {
 		return nil
 	}
 	return b.r.Restore(fam, batch.Text())
+}
+
+func (b iptReplies) ensureEntry(fam iptbatch.Family) error { return b.ensureShared(fam) }
+
+// MissingEntry names the shared chain or POSTROUTING's jump to it when
+// either is missing in fam.
+func (b iptReplies) MissingEntry(fam iptbatch.Family) (string, error) {
+	text, err := b.r.Save(fam, "nat")
+	if err != nil {
+		return "", err
+	}
+	saved := iptbatch.ParseSave(text)
+	switch {
+	case !saved.HasChain(ReplyChain):
+		return fmt.Sprintf("reply paths (%s): the chain %s", fam, ReplyChain), nil
+	case !saved.HasRule("POSTROUTING", replyJump):
+		return fmt.Sprintf("reply paths (%s): POSTROUTING's jump to %s", fam, ReplyChain), nil
+	}
+	return "", nil
 }
 
 // Uninstall deletes the paths' rules in one iptables-restore per family;
@@ -263,11 +307,48 @@ func replyMapOf(fam iptbatch.Family) *nftables.Set {
 	return &nftables.Set{Table: replyTableOf(fam), Name: replyMap, IsMap: true, KeyType: addr, DataType: addr}
 }
 
+// replyChainOf is fam's base chain, whose one rule looks the map up.
+func replyChainOf(fam iptbatch.Family) *nftables.Chain {
+	// Just before iptables' nat table (srcnat), for the reason
+	// iptReplies.ensureShared puts its jump first.
+	return &nftables.Chain{Name: "postrouting", Table: replyTableOf(fam), Type: nftables.ChainTypeNAT,
+		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityRef(*nftables.ChainPriorityNATSource - 1)}
+}
+
+// missingShared names what is missing of fam's table, map and rule, ""
+// when none: the map is made last of the three when the table is made,
+// the rule is what a flush of the chain takes.
+func (nftReplies) missingShared(c *nftables.Conn, fam iptbatch.Family) string {
+	if _, err := c.GetSetByName(replyTableOf(fam), replyMap); err != nil {
+		return fmt.Sprintf("reply paths (%s): the map %s of table %s", fam, replyMap, replyTable)
+	}
+	if rules, err := c.GetRules(replyTableOf(fam), replyChainOf(fam)); err != nil || len(rules) == 0 {
+		return fmt.Sprintf("reply paths (%s): the rule of chain postrouting of table %s", fam, replyTable)
+	}
+	return ""
+}
+
+func (b nftReplies) ensureEntry(fam iptbatch.Family) error {
+	c, err := newConn()
+	if err != nil {
+		return err
+	}
+	return b.ensureShared(c, fam)
+}
+
+// MissingEntry names fam's table, map or rule when one is missing.
+func (b nftReplies) MissingEntry(fam iptbatch.Family) (string, error) {
+	c, err := newConn()
+	if err != nil {
+		return "", err
+	}
+	return b.missingShared(c, fam), nil
+}
+
 // ensureShared creates fam's table, map and rule where missing, under the
-// node-wide lock; the map is looked for first, as it is made last.
-func (nftReplies) ensureShared(c *nftables.Conn, fam iptbatch.Family) error {
-	t := replyTableOf(fam)
-	if _, err := c.GetSetByName(t, replyMap); err == nil {
+// node-wide lock.
+func (b nftReplies) ensureShared(c *nftables.Conn, fam iptbatch.Family) error {
+	if b.missingShared(c, fam) == "" {
 		return nil
 	}
 	unlock, err := lockShared("vianode-nftables", fam)
@@ -275,16 +356,20 @@ func (nftReplies) ensureShared(c *nftables.Conn, fam iptbatch.Family) error {
 		return err
 	}
 	defer unlock()
-	if _, err := c.GetSetByName(t, replyMap); err == nil {
+	if b.missingShared(c, fam) == "" {
 		return nil
 	}
+	t := replyTableOf(fam)
+	existing, lookErr := c.GetSetByName(t, replyMap)
 	c.AddTable(t)
-	// Just before iptables' nat table (srcnat), for the reason
-	// iptReplies.ensureShared puts its jump first.
-	post := c.AddChain(&nftables.Chain{Name: "postrouting", Table: t, Type: nftables.ChainTypeNAT,
-		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityRef(*nftables.ChainPriorityNATSource - 1)})
+	post := c.AddChain(replyChainOf(fam))
+	// Made anew whole but for the map, which keeps its elements when only
+	// the chain was flushed.
+	c.FlushChain(post)
 	m := replyMapOf(fam)
-	if err := c.AddSet(m, nil); err != nil {
+	if lookErr == nil {
+		m = existing
+	} else if err := c.AddSet(m, nil); err != nil {
 		return err
 	}
 	offset, size := uint32(12), uint32(4)

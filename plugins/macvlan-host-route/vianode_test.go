@@ -265,20 +265,36 @@ func servicesFromMacvlanPods(t *testing.T, backend string, masq bool) {
 			t.Fatalf("CHECK with all put back: %v", err)
 		}
 	})
-	t.Run("a firewall reload takes the reply path; restore puts it back", func(t *testing.T) {
-		flushReplyPaths(t, sb, backend)
-		if err := rtm.Check(list, client); err == nil || !strings.Contains(err.Error(), "reply path") {
-			t.Errorf("CHECK with the reply paths flushed = %v", err)
-		}
-		out, err := sandbox.Run(sb.Node, nil, sandbox.Plugins(t)+"/macvlan-host-route", "restore", "-state-dir", sb.Dir+"/state/macvlan-host-route")
-		if err != nil {
-			t.Fatalf("restore: %v\n%s", err, out)
-		}
-		if err := rtm.Check(list, client); err != nil {
-			t.Errorf("CHECK after restore: %v", err)
-		}
-		works(t)
-	})
+	for i, how := range replyPathTakers[backend] {
+		t.Run("a firewall reload takes the reply path ("+how.name+"); restore puts it back", func(t *testing.T) {
+			how.take(t, sb)
+			if err := rtm.Check(list, client); err == nil || !strings.Contains(err.Error(), "reply path") {
+				t.Errorf("CHECK with the reply paths taken = %v", err)
+			}
+			out, err := sandbox.Run(sb.Node, nil, sandbox.Plugins(t)+"/macvlan-host-route", "restore", "-state-dir", sb.Dir+"/state/macvlan-host-route")
+			if err != nil {
+				t.Fatalf("restore: %v\n%s", err, out)
+			}
+			if err := rtm.Check(list, client); err != nil {
+				t.Errorf("CHECK after restore: %v", err)
+			}
+			works(t)
+		})
+		t.Run("a firewall reload takes the reply path ("+how.name+"); a new pod's ADD has a working one", func(t *testing.T) {
+			how.take(t, sb)
+			late, _, _ := add(fmt.Sprintf("late-%d", i), fmt.Sprintf("192.168.61.%d", 50+i), fmt.Sprintf("fd00:c0a8::61:%d", 50+i))
+			if err := rtm.Check(list, late); err != nil {
+				t.Errorf("CHECK of the pod added after the reload: %v", err)
+			}
+			if err := rtm.Del(list, late); err != nil {
+				t.Fatal(err)
+			}
+			out, err := sandbox.Run(sb.Node, nil, sandbox.Plugins(t)+"/macvlan-host-route", "restore", "-state-dir", sb.Dir+"/state/macvlan-host-route")
+			if err != nil {
+				t.Fatalf("restore: %v\n%s", err, out)
+			}
+		})
+	}
 	t.Run("DEL leaves the node as before the pods", func(t *testing.T) {
 		for _, id := range []string{"client", "backend"} {
 			att := sandbox.Attachment(clientNS, id, "eth0")
@@ -305,28 +321,57 @@ func subDeviceMAC(t *testing.T, sb *sandbox.Sandbox) string {
 	return f[2]
 }
 
-// flushReplyPaths takes the reply paths away as a firewall reload would:
-// the nat tables flushed (iptables), our table deleted (nftables).
-func flushReplyPaths(t *testing.T, sb *sandbox.Sandbox, backend string) {
-	t.Helper()
-	if backend == "nftables" {
-		err := sb.Node.Do(func(ns.NetNS) error {
-			c, err := nftables.New()
-			if err != nil {
-				return err
+// replyPathTakers are the ways a firewall reload takes the reply paths, per
+// backend.
+var replyPathTakers = map[string][]struct {
+	name string
+	take func(t *testing.T, sb *sandbox.Sandbox)
+}{
+	"iptables": {
+		{"the shared chain flushed", func(t *testing.T, sb *sandbox.Sandbox) {
+			for _, cmd := range []string{"iptables", "ip6tables"} {
+				sandbox.MustRun(t, sb.Node, cmd, "-t", "nat", "-F", "CNI-LITE-VIANODE")
 			}
-			for _, fam := range []nftables.TableFamily{nftables.TableFamilyIPv4, nftables.TableFamilyIPv6} {
+		}},
+		// What iptables -t nat -F does to ours (it would take the test's
+		// kube-proxy rules too): the chain stays, empty, and nothing jumps
+		// to it.
+		{"the shared chain and POSTROUTING flushed", func(t *testing.T, sb *sandbox.Sandbox) {
+			for _, cmd := range []string{"iptables", "ip6tables"} {
+				sandbox.MustRun(t, sb.Node, cmd, "-t", "nat", "-F", "CNI-LITE-VIANODE")
+				sandbox.MustRun(t, sb.Node, cmd, "-t", "nat", "-D", "POSTROUTING", "-j", "CNI-LITE-VIANODE")
+			}
+		}},
+	},
+	"nftables": {
+		{"our tables deleted", func(t *testing.T, sb *sandbox.Sandbox) {
+			nftDo(t, sb, func(c *nftables.Conn, fam nftables.TableFamily) {
 				c.DelTable(&nftables.Table{Name: "cnichain-vianode", Family: fam})
-			}
-			return c.Flush()
-		})
+			})
+		}},
+		{"our chains flushed, the maps kept", func(t *testing.T, sb *sandbox.Sandbox) {
+			nftDo(t, sb, func(c *nftables.Conn, fam nftables.TableFamily) {
+				c.FlushChain(&nftables.Chain{Name: "postrouting", Table: &nftables.Table{Name: "cnichain-vianode", Family: fam}})
+			})
+		}},
+	},
+}
+
+// nftDo runs do for both families in one nftables transaction in the node.
+func nftDo(t *testing.T, sb *sandbox.Sandbox, do func(c *nftables.Conn, fam nftables.TableFamily)) {
+	t.Helper()
+	err := sb.Node.Do(func(ns.NetNS) error {
+		c, err := nftables.New()
 		if err != nil {
-			t.Fatalf("delete our tables: %v", err)
+			return err
 		}
-		return
-	}
-	for _, cmd := range []string{"iptables", "ip6tables"} {
-		sandbox.MustRun(t, sb.Node, cmd, "-t", "nat", "-F", "CNI-LITE-VIANODE")
+		for _, fam := range []nftables.TableFamily{nftables.TableFamilyIPv4, nftables.TableFamilyIPv6} {
+			do(c, fam)
+		}
+		return c.Flush()
+	})
+	if err != nil {
+		t.Fatalf("nftables in the node: %v", err)
 	}
 }
 

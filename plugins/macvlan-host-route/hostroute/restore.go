@@ -57,9 +57,17 @@ func Restore(stateDir string, out io.Writer) error {
 	// The reply paths of viaNode, where a firewall reload took them.
 	vias, err := attachstate.LoadLive[viaNodeRecord](store, out, attachstate.IsKeyID)
 	errs = append(errs, err)
+	// One repair per backend and flavour for every record's paths: each
+	// reads the whole nat table, or map, of both families.
+	type installer struct{ backend, flavour string }
+	paths := map[installer][]nat.ReplyPath{}
 	for _, v := range vias {
-		if len(v.Rec.Replies) > 0 {
-			errs = append(errs, nat.RepairReplies(v.Rec.replies(), v.Rec.Replies))
+		by := installer{v.Rec.Backend, v.Rec.IptablesFlavour}
+		paths[by] = append(paths[by], v.Rec.Replies...)
+	}
+	for by, list := range paths {
+		if len(list) > 0 {
+			errs = append(errs, nat.RepairReplies(nat.ReplyBackendFor(by.backend, by.flavour), list))
 		}
 	}
 	return errors.Join(errs...)
