@@ -34,6 +34,17 @@ type agentProc struct {
 	logs func() string // what it has logged so far
 }
 
+// waitIdle waits until the agent has made its second look after its last
+// restore, after which it waits for events.
+func (a *agentProc) waitIdle(t *testing.T) {
+	t.Helper()
+	waitFor(t, "the agent's second look after its last restore", func() bool {
+		logs := a.logs()
+		last := strings.LastIndex(logs, "msg=restore ")
+		return last >= 0 && strings.Contains(logs[last:], `after="a second look"`)
+	})
+}
+
 // pause stops the agent (SIGSTOP), so that what happens meanwhile waits
 // in its sockets; resume continues it.
 func (a *agentProc) pause(t *testing.T)  { t.Helper(); a.signal(t, syscall.SIGSTOP) }
@@ -218,6 +229,10 @@ func testAgent(t *testing.T, shape agentShape) {
 			// with the flush's events waiting for it.
 			var took []time.Duration
 			for range rounds {
+				// Paused between restores, never in one: a flush in the
+				// middle of a restore is another test's (the agent then
+				// restores again).
+				agent.waitIdle(t)
 				agent.pause(t)
 				if err := f.flush(); err != nil {
 					agent.resume(t)

@@ -209,18 +209,26 @@ func loop(ctx context.Context, cfg Config, q *queue, activity <-chan struct{}) {
 			b.ran(time.Now())
 			secondLook.Reset(secondLookAfter)
 		}
-		if drainActivity(activity) {
+		deletedMeanwhile := drainActivity(activity)
+		if deletedMeanwhile {
 			pending = append(pending, trigger{reason: "deletions went on during the restore"})
 		}
+		// A restore that failed while more was being deleted (a reload
+		// still going on) is followed by another: only that one's failure
+		// is an error.
+		raced := deletedMeanwhile || len(q.ch) > 0
 		attrs := []any{"after", summarize(reasons), "took", time.Since(start).Round(time.Millisecond)}
 		for _, line := range strings.Split(strings.TrimSpace(out.String()), "\n") {
 			if line != "" {
 				attrs = append(attrs, "said", line)
 			}
 		}
-		if err != nil {
+		switch {
+		case err != nil && raced:
+			cfg.Log.Warn("restore raced with deletions; another follows", append(attrs, "error", err)...)
+		case err != nil:
 			cfg.Log.Error("restore", append(attrs, "error", err)...)
-		} else {
+		default:
 			cfg.Log.Info("restore", attrs...)
 		}
 	}

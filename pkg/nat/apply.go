@@ -1,6 +1,8 @@
 package nat
 
 import (
+	"fmt"
+
 	"github.com/cnichain/plugins/pkg/iptbatch"
 	"github.com/cnichain/plugins/pkg/netnslock"
 )
@@ -124,11 +126,11 @@ func RepairNFTables(fam iptbatch.Family, plans []*FamilyPlan) (taken []string, e
 		return nil, err
 	}
 	if err := b.ensureShared(c, fam); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("nftables table %s (%s): %w", nftTable, fam, err)
 	}
 	st, err := readNFTState(c, fam)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("nftables table %s (%s): reading it: %w", nftTable, fam, err)
 	}
 	for i, fp := range plans {
 		t, err := queueInstall(c, fp, st)
@@ -141,11 +143,14 @@ func RepairNFTables(fam iptbatch.Family, plans []*FamilyPlan) (taken []string, e
 		// under the socket's buffer however many attachments a node has.
 		if (i+1)%repairBatch == 0 {
 			if err := c.Flush(); err != nil {
-				return taken, err
+				return taken, fmt.Errorf("nftables table %s (%s): repairing: %w", nftTable, fam, err)
 			}
 		}
 	}
-	return taken, c.Flush()
+	if err := c.Flush(); err != nil {
+		return taken, fmt.Errorf("nftables table %s (%s): repairing: %w", nftTable, fam, err)
+	}
+	return taken, nil
 }
 
 // AttachmentChain is an attachment chain of ours found on the node, and

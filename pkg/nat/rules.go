@@ -291,6 +291,20 @@ func ViaLoopback(m Mapping, pod netip.Addr) bool {
 // ADD replaces them), filled, and jumped to. The shared chains must exist.
 func (fp *FamilyPlan) AddBatch() *iptbatch.Batch {
 	b := iptbatch.NewBatch("nat")
+	// The way in to the attachment's buckets, checked in the same process:
+	// a flush of the nat table leaves the shared chains but not the jumps
+	// into them, and a batch that succeeded then would leave the pod
+	// unreachable. Without them the batch fails whole; Install then sets
+	// the shared chains up and tries once more.
+	seen := map[string]bool{}
+	for _, j := range fp.Jumps {
+		if !seen[j.Chain] {
+			seen[j.Chain] = true
+			for _, e := range entryTo(j.Chain) {
+				b.Check(e.Chain, e.Rule)
+			}
+		}
+	}
 	b.DeclareChain(fp.DNATChain)
 	if fp.SNATChain != "" {
 		b.DeclareChain(fp.SNATChain)
@@ -457,19 +471,35 @@ func SharedBatch(saved iptbatch.Saved) *iptbatch.Batch {
 			}
 		}
 	}
-	local := iptbatch.Rule{"-m", "addrtype", "--dst-type", "LOCAL", "-j", HostPortsChain}
 	for _, chain := range []string{"PREROUTING", "OUTPUT"} {
-		if !saved.HasRule(chain, local) {
-			b.Append(chain, local)
+		if !saved.HasRule(chain, hostPortsEntry) {
+			b.Append(chain, hostPortsEntry)
 		}
 	}
 	// First in POSTROUTING: a rule before it that accepts (bridge's ipMasq
 	// accepts traffic within the pod subnet) would end the nat table's
 	// walk before a hairpin connection is masqueraded.
-	if snat := (iptbatch.Rule{"-j", SNATChain}); !saved.HasRule("POSTROUTING", snat) {
-		b.Insert("POSTROUTING", snat)
+	if !saved.HasRule("POSTROUTING", snatEntry) {
+		b.Insert("POSTROUTING", snatEntry)
 	}
 	return b
+}
+
+// The base chains' jumps into the shared chains.
+var (
+	hostPortsEntry = iptbatch.Rule{"-m", "addrtype", "--dst-type", "LOCAL", "-j", HostPortsChain}
+	snatEntry      = iptbatch.Rule{"-j", SNATChain}
+)
+
+// entryTo is the jumps that lead into bucket, from the base chains on.
+func entryTo(bucket string) []Jump {
+	switch {
+	case strings.HasPrefix(bucket, snatBucketPrefix):
+		return []Jump{{"POSTROUTING", snatEntry}, {SNATChain, iptbatch.Rule{"-j", bucket}}}
+	case strings.HasPrefix(bucket, oneAddrPrefix), strings.HasPrefix(bucket, hostPortsPrefix):
+		return []Jump{{"PREROUTING", hostPortsEntry}, {"OUTPUT", hostPortsEntry}, {HostPortsChain, iptbatch.Rule{"-j", bucket}}}
+	}
+	return nil
 }
 
 func FamilyOf(ip netip.Addr) iptbatch.Family {

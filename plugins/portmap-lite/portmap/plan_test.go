@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -57,6 +58,11 @@ func TestSourceDocumentRules(t *testing.T) {
 	c := `"name: \"mynet\" id: \"cnitool-77383ca0a0715733ca6f\""`
 	want := strings.Join([]string{
 		"*nat",
+		"-C PREROUTING -m addrtype --dst-type LOCAL -j CNI-LITE-HOSTPORTS",
+		"-C OUTPUT -m addrtype --dst-type LOCAL -j CNI-LITE-HOSTPORTS",
+		"-C CNI-LITE-HOSTPORTS -j " + hp,
+		"-C POSTROUTING -j CNI-LITE-SNAT",
+		"-C CNI-LITE-SNAT -j " + ms,
 		":" + dn + " - [0:0]",
 		":" + sn + " - [0:0]",
 		"-A " + dn + " -d 127.0.0.1/32 -p tcp -m tcp --dport 9090 -m comment --comment " + c + " -j DNAT --to-destination 10.244.10.7:80",
@@ -295,9 +301,11 @@ func FuzzParse(f *testing.F) {
 			return
 		}
 		for _, fp := range plan.Families {
-			// Whatever the input, a batch is rules of our chains only, one per line.
+			// Whatever the input, a batch is rules of our chains only, one
+			// per line, after checks of the fixed jumps into them.
 			for _, line := range strings.Split(strings.TrimSpace(fp.AddBatch().Text()), "\n") {
-				ok := line == "*nat" || line == "COMMIT" || strings.HasPrefix(line, ":CNI-LITE-") || strings.HasPrefix(line, "-A CNI-LITE-")
+				ok := line == "*nat" || line == "COMMIT" || strings.HasPrefix(line, ":CNI-LITE-") || strings.HasPrefix(line, "-A CNI-LITE-") ||
+					entryCheck.MatchString(line)
 				if !ok {
 					t.Fatalf("batch line %q", line)
 				}
@@ -305,6 +313,9 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// entryCheck is a batch's check of a jump into our chains.
+var entryCheck = regexp.MustCompile(`^-C ((PREROUTING|OUTPUT) -m addrtype --dst-type LOCAL -j CNI-LITE-HOSTPORTS|POSTROUTING -j CNI-LITE-SNAT|CNI-LITE-(HOSTPORTS -j CNI-LITE-H[AP]|SNAT -j CNI-LITE-MS)-[0-9a-f]{2})$`)
 
 func benchConfig(b *testing.B, n int) []byte {
 	b.Helper()
