@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -439,5 +441,71 @@ func TestWithoutTheReplyPath(t *testing.T) {
 	}
 	if saw, err := askTCP(pod, netip.MustParseAddrPort("10.96.0.10:80")); err == nil && saw != "" {
 		t.Errorf("the lan backend answered TCP through the Service without a reply path (it saw %s)", saw)
+	}
+}
+
+// TestOneStateDirWithPortmapLite: macvlan-host-route with viaNode and
+// portmap-lite may share a stateDir (their keys allow it): each keeps its
+// own record of the attachment, CHECK reads its own, GC of a valid
+// attachment keeps both, and DEL leaves the node as it was, reply path,
+// pod routes and DNAT rules gone.
+func TestOneStateDirWithPortmapLite(t *testing.T) {
+	sb := sandbox.New(t)
+	sb.EnableForwarding(t)
+	rtm := sb.Runtime(t)
+	text := strings.Replace(viaNodeChain, "EXTRA}]}", `},{"type":"portmap-lite","capabilities":{"portMappings":true}}]}`, 1)
+	shared := filepath.Join(sb.Dir, "state", "shared")
+	local := string(sb.Localize(t, sandbox.ListFromJSON(t, text)).Bytes)
+	for _, own := range []string{"macvlan-host-route", "portmap-lite"} {
+		local = strings.ReplaceAll(local, filepath.Join(sb.Dir, "state", own), shared)
+	}
+	list := sandbox.ListFromJSON(t, local)
+	add := func(id, v4, v6 string) *libcni.RuntimeConf {
+		t.Helper()
+		att := sandbox.Attachment(sb.NewPod(t), id, "eth0")
+		att.CapabilityArgs = map[string]any{"ips": []string{v4 + "/16", v6 + "/64"},
+			"portMappings": []map[string]any{{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}}}
+		if _, err := rtm.Add(list, att); err != nil {
+			t.Fatalf("ADD %s: %v", id, err)
+		}
+		t.Cleanup(func() { _ = rtm.Del(list, att) })
+		return att
+	}
+	// What stays by design (the sub-device, the shared chains) comes with
+	// a first pod.
+	if err := rtm.Del(list, add("warm", "192.168.62.90", "fd00:c0a8::62:90")); err != nil {
+		t.Fatal(err)
+	}
+	before := sb.Snapshot(t)
+	att := add("both", "192.168.62.40", "fd00:c0a8::62:40")
+	entries, err := os.ReadDir(shared)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range entries {
+		if !strings.HasPrefix(e.Name(), ".") {
+			names = append(names, e.Name())
+		}
+	}
+	// Two host routes' records, viaNode's and portmap-lite's, and the
+	// sub-device's answers.
+	if len(names) != 5 {
+		t.Errorf("records in the shared stateDir: %v; want one per host route, viaNode's, portmap-lite's and the answers", names)
+	}
+	if err := rtm.Check(list, att); err != nil {
+		t.Fatalf("CHECK: %v", err)
+	}
+	if err := rtm.GC(list, []types.GCAttachment{{ContainerID: att.ContainerID, IfName: att.IfName}}); err != nil {
+		t.Fatalf("GC with the attachment valid: %v", err)
+	}
+	if err := rtm.Check(list, att); err != nil {
+		t.Fatalf("CHECK after a GC that kept it: %v", err)
+	}
+	if err := rtm.Del(list, att); err != nil {
+		t.Fatalf("DEL: %v", err)
+	}
+	if after := sb.Snapshot(t); after != before {
+		t.Fatalf("the node after DEL:\n%s\nbefore:\n%s", after, before)
 	}
 }

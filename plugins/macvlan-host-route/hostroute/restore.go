@@ -55,13 +55,19 @@ func Restore(stateDir string, out io.Writer) error {
 	}
 	fmt.Fprintf(out, "restored %d missing host routes of %d sub-devices from %s\n", restored, len(routes), stateDir)
 	// The reply paths of viaNode, where a firewall reload took them.
-	vias, err := attachstate.LoadLive[viaNodeRecord](store, out, attachstate.IsKeyID)
+	vias, err := attachstate.LoadLive[viaNodeRecord](store, out, func(name string) bool {
+		ours, earlier := isViaNodeRecordName(name)
+		return ours || earlier
+	})
 	errs = append(errs, err)
 	// One repair per backend and flavour for every record's paths: each
 	// reads the whole nat table, or map, of both families.
 	type installer struct{ backend, flavour string }
 	paths := map[installer][]nat.ReplyPath{}
 	for _, v := range vias {
+		if !v.Rec.isViaNode() {
+			continue // portmap-lite's record, in a stateDir they share
+		}
 		by := installer{v.Rec.Backend, v.Rec.IptablesFlavour}
 		paths[by] = append(paths[by], v.Rec.Replies...)
 	}

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"strings"
 
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
@@ -73,7 +74,7 @@ func PlanViaNode(cfg *Config, key attachstate.Key, pod []netip.Prefix, nodeAddrs
 }
 
 // viaNodeRecord is what an attachment's viaNode installed and how, saved
-// (as stateDir/<key ID>) before anything is installed.
+// (as stateDir/vianode-<key ID>) before anything is installed.
 type viaNodeRecord struct {
 	attachstate.Key
 	ViaNodePlan
@@ -82,6 +83,41 @@ type viaNodeRecord struct {
 	MAC             string `json:"mac"`
 	Backend         string `json:"backend"`
 	IptablesFlavour string `json:"iptablesFlavour,omitempty"`
+}
+
+// viaNodePrefix names viaNode's records by plugin and purpose: a stateDir
+// may be portmap-lite's too, whose records are named by the key's ID
+// alone, as an earlier release named these.
+const viaNodePrefix = "vianode-"
+
+func viaNodeRecordName(key attachstate.Key) string { return viaNodePrefix + key.ID() }
+
+// isViaNodeRecordName tells the names of viaNode's records, and the names
+// earlier releases gave them (which portmap-lite's records have too: what
+// is in them tells).
+func isViaNodeRecordName(name string) (ours, earlier bool) {
+	if id, found := strings.CutPrefix(name, viaNodePrefix); found {
+		return attachstate.IsKeyID(id), false
+	}
+	return false, attachstate.IsKeyID(name)
+}
+
+// isViaNode tells a viaNode record from another plugin's record of the
+// same name (an earlier release's name): viaNode always routes something.
+func (rec *viaNodeRecord) isViaNode() bool { return len(rec.Routes) > 0 }
+
+// loadViaNode reads the attachment's viaNode record, under its name or an
+// earlier release's, and returns the name it has.
+func loadViaNode(store attachstate.Store, key attachstate.Key) (rec *viaNodeRecord, name string, found bool, err error) {
+	rec, name = &viaNodeRecord{}, viaNodeRecordName(key)
+	if found, err = store.Load(name, rec); found || err != nil {
+		return rec, name, found, err
+	}
+	earlier := &viaNodeRecord{}
+	if found, err := store.Load(key.ID(), earlier); err == nil && found && earlier.isViaNode() {
+		return earlier, key.ID(), true, nil
+	}
+	return rec, name, false, nil
 }
 
 func (rec *viaNodeRecord) replies() nat.ReplyBackend {
@@ -108,12 +144,13 @@ func withRoutes(prev *current.Result, plan *ViaNodePlan) {
 // installViaNode records and installs plan for the attachment; on failure
 // it removes what it installed.
 func installViaNode(cfg *Config, store attachstate.Store, rec *viaNodeRecord, ifname string) (err error) {
-	if err := store.Save(rec.ID(), rec); err != nil {
+	name := viaNodeRecordName(rec.Key)
+	if err := store.Save(name, rec); err != nil {
 		return cnierr.Internal("state "+cfg.StateDir, err)
 	}
 	defer func() {
 		if err != nil {
-			_ = removeViaNode(store, rec, ifname)
+			_ = removeViaNode(store, name, rec, ifname)
 		}
 	}()
 	mac, _ := net.ParseMAC(rec.MAC)
@@ -128,9 +165,9 @@ func installViaNode(cfg *Config, store attachstate.Store, rec *viaNodeRecord, if
 	return nil
 }
 
-// removeViaNode removes what rec installed, and rec: the pod's routes
-// while its netns is there, the reply paths always.
-func removeViaNode(store attachstate.Store, rec *viaNodeRecord, ifname string) error {
+// removeViaNode removes what rec installed, and rec (called name): the
+// pod's routes while its netns is there, the reply paths always.
+func removeViaNode(store attachstate.Store, name string, rec *viaNodeRecord, ifname string) error {
 	var errs []error
 	if rec.Netns != "" {
 		errs = append(errs, hostnet.DelPodRoutes(rec.Netns, ifname, rec.Routes))
@@ -141,15 +178,14 @@ func removeViaNode(store attachstate.Store, rec *viaNodeRecord, ifname string) e
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
-	return store.Delete(rec.ID())
+	return store.Delete(name)
 }
 
 // delViaNode is DEL's part for viaNode: from the attachment's record; a
 // torn one leaves what the key names, the reply paths commented with its
 // network and container in the configured backend.
 func delViaNode(cfg *Config, store attachstate.Store, key attachstate.Key, netns string) error {
-	var rec viaNodeRecord
-	found, err := store.Load(key.ID(), &rec)
+	rec, name, found, err := loadViaNode(store, key)
 	if attachstate.IsTorn(err) {
 		fmt.Fprintf(os.Stderr, "macvlan-host-route: %v; removing the reply paths the attachment's key names\n", err)
 		b := nat.ReplyBackendFor(cfg.Backend, cfg.IptablesFlavour)
@@ -168,7 +204,7 @@ func delViaNode(cfg *Config, store attachstate.Store, key attachstate.Key, netns
 				return err
 			}
 		}
-		return store.Delete(key.ID())
+		return store.Delete(name)
 	}
 	if err != nil || !found {
 		return err
@@ -176,14 +212,13 @@ func delViaNode(cfg *Config, store attachstate.Store, key attachstate.Key, netns
 	if netns != "" {
 		rec.Netns = netns
 	}
-	return removeViaNode(store, &rec, key.IfName)
+	return removeViaNode(store, name, rec, key.IfName)
 }
 
 // checkViaNode fails naming the first part of the attachment's viaNode
 // that is missing: a pod route, a neighbour entry, a reply path.
 func checkViaNode(store attachstate.Store, key attachstate.Key, netns string) error {
-	var rec viaNodeRecord
-	found, err := store.Load(key.ID(), &rec)
+	rec, _, found, err := loadViaNode(store, key)
 	if err != nil || !found {
 		return err
 	}
@@ -214,25 +249,31 @@ func gcViaNode(cfg *Config, store attachstate.Store, names []string) []error {
 		accounted[nat.Comment(cfg.Name, v.ContainerID)] = true
 	}
 	for _, name := range names {
-		if !attachstate.IsKeyID(name) {
+		ours, earlier := isViaNodeRecordName(name)
+		if !ours && !earlier {
 			continue
 		}
 		var rec viaNodeRecord
 		found, err := store.Load(name, &rec)
 		if attachstate.IsTorn(err) {
-			fmt.Fprintf(os.Stderr, "macvlan-host-route: %v\n", err)
+			if ours {
+				fmt.Fprintf(os.Stderr, "macvlan-host-route: %v\n", err)
+			}
 			continue
 		}
 		if err != nil || !found {
 			errs = append(errs, err)
 			continue
 		}
+		if !rec.isViaNode() {
+			continue // portmap-lite's record, in a stateDir they share
+		}
 		sawRecord = true
 		if rec.Network != cfg.Name || rec.In(cfg.ValidAttachments) {
 			accounted[nat.Comment(rec.Network, rec.ContainerID)] = true
 			continue
 		}
-		errs = append(errs, removeViaNode(store, &rec, rec.IfName))
+		errs = append(errs, removeViaNode(store, name, &rec, rec.IfName))
 	}
 	// Reply paths of this network exist only where it routes viaNode; a
 	// node that never did need not have the backend's tools.
