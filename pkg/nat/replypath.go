@@ -1,7 +1,6 @@
 package nat
 
 import (
-	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -404,7 +403,10 @@ func replyElems(list []ReplyPath) []nftables.SetElement {
 	return out
 }
 
-// Install adds the paths' elements, one transaction per family.
+// Install adds the paths' elements, one transaction per family. The map
+// is keyed by pod address: an element another attachment left for the
+// address (a container whose DEL never came, its address handed on) is
+// replaced, for the address is this attachment's now.
 func (b nftReplies) Install(paths []ReplyPath) error {
 	c, err := newConn()
 	if err != nil {
@@ -413,6 +415,21 @@ func (b nftReplies) Install(paths []ReplyPath) error {
 	for fam, list := range byFamily(paths) {
 		if err := b.ensureShared(c, fam); err != nil {
 			return fmt.Errorf("nftables table %s: %w", replyTable, err)
+		}
+		have, err := b.inFamily(c, fam)
+		if err != nil {
+			return err
+		}
+		var stale []ReplyPath
+		for _, h := range have {
+			if slices.ContainsFunc(list, func(p ReplyPath) bool { return p.Pod == h.Pod && p != h }) {
+				stale = append(stale, h)
+			}
+		}
+		if len(stale) > 0 {
+			if err := c.SetDeleteElements(replyMapOf(fam), replyElems(stale)); err != nil {
+				return err
+			}
 		}
 		if err := c.SetAddElements(replyMapOf(fam), replyElems(list)); err != nil {
 			return err
@@ -424,40 +441,36 @@ func (b nftReplies) Install(paths []ReplyPath) error {
 	return nil
 }
 
-// Uninstall deletes the paths' elements by key; a transaction that fails
-// because some are gone already is made again of those still there.
+// Uninstall deletes the paths' elements that are still theirs: an element
+// of the same address that another attachment put there since is left to
+// it.
 func (b nftReplies) Uninstall(paths []ReplyPath) error {
 	c, err := newConn()
 	if err != nil {
 		return err
 	}
-	var errs []error
 	for fam, list := range byFamily(paths) {
-		if err := c.SetDeleteElements(replyMapOf(fam), replyElems(list)); err != nil {
-			return err
-		}
-		if c.Flush() == nil {
-			continue
-		}
 		have, err := b.inFamily(c, fam)
 		if err != nil {
 			continue // no table or map: nothing left
 		}
-		var left []ReplyPath
+		var own []ReplyPath
 		for _, p := range list {
-			if slices.ContainsFunc(have, func(h ReplyPath) bool { return h.Pod == p.Pod && h.Node == p.Node }) {
-				left = append(left, p)
+			if slices.Contains(have, p) {
+				own = append(own, p)
 			}
 		}
-		if len(left) == 0 {
+		if len(own) == 0 {
 			continue
 		}
-		if err := c.SetDeleteElements(replyMapOf(fam), replyElems(left)); err != nil {
+		if err := c.SetDeleteElements(replyMapOf(fam), replyElems(own)); err != nil {
 			return err
 		}
-		errs = append(errs, c.Flush())
+		if err := c.Flush(); err != nil {
+			return err
+		}
 	}
-	return errors.Join(errs...)
+	return nil
 }
 
 // inFamily lists the elements of fam's map as reply paths.

@@ -509,3 +509,50 @@ func TestOneStateDirWithPortmapLite(t *testing.T) {
 		t.Fatalf("the node after DEL:\n%s\nbefore:\n%s", after, before)
 	}
 }
+
+// TestAReusedPodAddress: a container whose DEL has not come yet leaves its
+// address to a new one (kubelet's DEL comes late, host-local or an IPAM
+// hands the address on): the new one's ADD gets a reply path of its own
+// and CHECK passes; the old one's late DEL leaves the new one's alone; its
+// DEL then leaves the node as it was. Both backends.
+func TestAReusedPodAddress(t *testing.T) {
+	for _, backend := range []string{"iptables", "nftables"} {
+		t.Run(backend, func(t *testing.T) {
+			sb := sandbox.New(t)
+			sb.EnableForwarding(t)
+			rtm := sb.Runtime(t)
+			list := sb.Localize(t, sandbox.ListFromJSON(t, strings.Replace(viaNodeChain, "EXTRA", fmt.Sprintf(`,"backend":%q`, backend), 1)))
+			add := func(id string) *libcni.RuntimeConf {
+				t.Helper()
+				att := sandbox.Attachment(sb.NewPod(t), id, "eth0")
+				att.CapabilityArgs = map[string]any{"ips": []string{"192.168.63.40/16", "fd00:c0a8::63:40/64"}}
+				if _, err := rtm.Add(list, att); err != nil {
+					t.Fatalf("ADD %s: %v", id, err)
+				}
+				t.Cleanup(func() { _ = rtm.Del(list, att) })
+				return att
+			}
+			if err := rtm.Del(list, add("warm")); err != nil {
+				t.Fatal(err)
+			}
+			before := sb.Snapshot(t)
+			old := add("old")
+			reused := add("reused")
+			if err := rtm.Check(list, reused); err != nil {
+				t.Fatalf("CHECK of the container given the old one's address: %v", err)
+			}
+			if err := rtm.Del(list, old); err != nil {
+				t.Fatalf("the old container's late DEL: %v", err)
+			}
+			if err := rtm.Check(list, reused); err != nil {
+				t.Fatalf("CHECK of the new container after the old one's late DEL: %v", err)
+			}
+			if err := rtm.Del(list, reused); err != nil {
+				t.Fatal(err)
+			}
+			if after := sb.Snapshot(t); after != before {
+				t.Fatalf("the node after both DELs:\n%s\nbefore:\n%s", after, before)
+			}
+		})
+	}
+}
