@@ -331,7 +331,9 @@ func TestFailedDelegateKeepsTheRecord(t *testing.T) {
 
 // TestGCPassedOnToDelegates: multinic loses an attachment's record (a
 // state directory wiped); GC, passed on to the delegate networks, removes
-// the interfaces the delegates still hold for it, and keeps a valid pod's.
+// the interfaces the delegates still hold for it, and keeps a valid pod's
+// and those of another multinic network's pod, which uses the same
+// delegate networks (one confDir, one stateDir).
 func TestGCPassedOnToDelegates(t *testing.T) {
 	sb := sandbox.New(t)
 	r := startRM(t, sb)
@@ -339,15 +341,16 @@ func TestGCPassedOnToDelegates(t *testing.T) {
 	rtm := sb.Runtime(t)
 	list := setupNetworks(t, sb, r.url)
 	list = sandbox.ListFromJSON(t, strings.Replace(string(list.Bytes), `"cniVersion":"1.0.0"`, `"cniVersion":"1.1.0"`, 1))
+	other := sandbox.ListFromJSON(t, strings.Replace(string(list.Bytes), `"name":"dockin-cni"`, `"name":"dockin-cni-b"`, 1))
 	pods := map[string]ns.NetNS{}
-	for _, id := range []string{"kept", "lost"} {
+	for id, in := range map[string]*libcni.NetworkConfigList{"kept": list, "lost": list, "other": other} {
 		pods[id] = sb.NewPod(t)
 		att := sandbox.Attachment(pods[id], id, "eth0")
 		att.Args = podArgs("web-" + id)
-		if _, err := rtm.Add(list, att); err != nil {
+		if _, err := rtm.Add(in, att); err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { _ = rtm.Del(list, att) })
+		t.Cleanup(func() { _ = rtm.Del(in, att) })
 	}
 	lost := attachstate.Key{Network: "dockin-cni", ContainerID: "lost", IfName: "eth0"}.ID()
 	if err := os.Remove(filepath.Join(sb.Dir, "state", lost)); err != nil {
@@ -362,6 +365,9 @@ func TestGCPassedOnToDelegates(t *testing.T) {
 	}
 	if n := links("kept"); n != 3 {
 		t.Errorf("the valid pod has %d links after GC, want lo, eth0 and net0", n)
+	}
+	if n := links("other"); n != 3 {
+		t.Errorf("the other multinic network's pod has %d links after GC, want lo, eth0 and net0", n)
 	}
 }
 

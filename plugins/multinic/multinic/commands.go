@@ -95,7 +95,8 @@ func setupWithRecord(args *skel.CmdArgs) (*attachment, *record, error) {
 // address we give static-ipam.
 func (a *attachment) runtimeConf(n Network) *libcni.RuntimeConf {
 	rt := &libcni.RuntimeConf{ContainerID: a.args.ContainerID, NetNS: a.args.Netns, IfName: n.IfName,
-		Args: [][2]string{{"IgnoreUnknown", "1"}}}
+		Args:           [][2]string{{"IgnoreUnknown", "1"}},
+		CapabilityArgs: map[string]any{ownerCapability: a.cfg.Name}}
 	for _, pair := range strings.Split(a.args.Args, ";") {
 		k, v, ok := strings.Cut(pair, "=")
 		if !ok || k == "IP" || k == "GATEWAY" || strings.EqualFold(k, "IgnoreUnknown") {
@@ -279,8 +280,10 @@ func Check(args *skel.CmdArgs) error {
 // GC removes the networks of this network's attachments that are not in
 // cni.dev/valid-attachments, then passes GC on to every delegate network
 // (those the records name and those of confDir), with the delegates'
-// attachments of the valid ones: what a delegate holds for an attachment
-// multinic lost track of goes too. It goes on past errors.
+// attachments of the valid ones and those the delegates' cache holds for
+// another multinic network: its pods may use the same delegate networks,
+// and are not this GC's to remove. What a delegate holds for an attachment
+// of this network multinic lost track of goes too. It goes on past errors.
 func GC(args *skel.CmdArgs) error {
 	a, err := setup(args)
 	if err != nil {
@@ -334,10 +337,16 @@ func GC(args *skel.CmdArgs) error {
 			}
 		}
 	}
+	// A delegate network may be another multinic network's delegate too
+	// (both read one confDir): what the cache holds of it for others stays.
+	cached, err := a.cni.GetCachedAttachments("")
+	if err != nil {
+		errs = append(errs, fmt.Errorf("the delegates' cache: %w", err))
+	}
 	for _, name := range slices.Sorted(maps.Keys(delegates)) {
 		list, err := libcni.ConfListFromBytes([]byte(delegates[name]))
 		if err == nil {
-			err = a.cni.GCNetworkList(ctx, list, &libcni.GCArgs{ValidAttachments: valid})
+			err = a.cni.GCNetworkList(ctx, list, &libcni.GCArgs{ValidAttachments: withOthers(valid, cached, name, a.cfg.Name)})
 		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("network %q: GC: %w", name, err))
@@ -347,6 +356,29 @@ func GC(args *skel.CmdArgs) error {
 		return cnierr.Internal("gc", err)
 	}
 	return nil
+}
+
+// ownerCapability names, in each delegate's runtime configuration, the
+// multinic network it was delegated for: a capability no plugin declares,
+// so no plugin is given it, but libcni keeps it in its cache with the
+// attachment, which is how a GC tells its own delegates from another
+// multinic network's.
+const ownerCapability = "cnichain.io/multinic-network"
+
+// withOthers is valid and the cached attachments of the delegate network
+// called network that another multinic network (or an earlier release,
+// which named none) delegated.
+func withOthers(valid []types.GCAttachment, cached []*libcni.NetworkAttachment, network, self string) []types.GCAttachment {
+	out := slices.Clone(valid)
+	for _, c := range cached {
+		if c.Network != network || c.CapabilityArgs[ownerCapability] == self {
+			continue
+		}
+		if v := (types.GCAttachment{ContainerID: c.ContainerID, IfName: c.IfName}); !slices.Contains(out, v) {
+			out = append(out, v)
+		}
+	}
+	return out
 }
 
 // Status fails while the RM cannot be reached.
