@@ -7,7 +7,9 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -329,6 +331,108 @@ func TestGCLeavesOtherStateDirs(t *testing.T) {
 	if _, err := sb.Invoke(t, "macvlan-host-route", other(conf(sb, "eno1", "")), sandbox.Invocation{Command: "DEL", ContainerID: "b", IfName: "eth0"}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestGCWithMoreStateDirsThanTheAliasHolds: three networks on one master
+// whose stateDirs' paths do not fit in the sub-device's alias together: a
+// GC of the first removes its own stale route and never another network's
+// live one.
+func TestGCWithMoreStateDirsThanTheAliasHolds(t *testing.T) {
+	sb := sandbox.New(t)
+	pod := sb.NewPod(t)
+	long := func(name string) string { return filepath.Join(sb.Dir, name+"-"+strings.Repeat("s", 100)) }
+	in := func(name string) func([]byte) []byte {
+		return func(c []byte) []byte {
+			return bytes.Replace(bytes.Replace(c, []byte(`"name":"direct"`), []byte(`"name":"`+name+`"`), 1),
+				[]byte(`"stateDir":"`+sb.Dir+`/state"`), []byte(`"stateDir":"`+long(name)+`"`), 1)
+		}
+	}
+	nets := []struct{ name, ip string }{{"net-a", "192.168.1.71"}, {"net-b", "192.168.1.72"}, {"net-c", "192.168.1.73"}}
+	for _, n := range nets {
+		if _, err := sb.Invoke(t, "macvlan-host-route", in(n.name)(conf(sb, "eno1", "", n.ip+"/16")),
+			sandbox.Invocation{Command: "ADD", ContainerID: n.name, NetNS: pod.Path(), IfName: "eth0"}); err != nil {
+			t.Fatalf("ADD %s: %v", n.name, err)
+		}
+	}
+	if total := len(long("net-a")) + len(long("net-b")) + len(long("net-c")); total < 255 {
+		t.Fatalf("the stateDirs' paths take %d bytes together, which fit in an alias: the test proves nothing", total)
+	}
+	if _, err := sb.Invoke(t, "macvlan-host-route", in("net-a")(conf(sb, "eno1", `,"cni.dev/valid-attachments":[]`)), sandbox.Invocation{Command: "GC"}); err != nil {
+		t.Fatal(err)
+	}
+	out := nodeRoutes(t, sb)
+	if strings.Contains(out, "192.168.1.71 ") || !strings.Contains(out, "192.168.1.72 ") || !strings.Contains(out, "192.168.1.73 ") {
+		t.Fatalf("after GC of net-a, want its route gone and the other networks' kept:\n%s", out)
+	}
+	for _, n := range nets[1:] {
+		if _, err := sb.Invoke(t, "macvlan-host-route", in(n.name)(conf(sb, "eno1", "")), sandbox.Invocation{Command: "DEL", ContainerID: n.name, IfName: "eth0"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestStateDirsListedUnderRaces: ADDs of three networks with stateDirs of
+// their own, and restores of each, all at once on a sub-device made anew:
+// the sub-device lists every stateDir after each round (an update computed
+// from the alias read before the lock was taken lost another's).
+func TestStateDirsListedUnderRaces(t *testing.T) {
+	sb := sandbox.New(t)
+	pod := sb.NewPod(t)
+	dir := func(name string) string { return filepath.Join(sb.Dir, "state-"+name) }
+	in := func(name string) func([]byte) []byte {
+		return func(c []byte) []byte {
+			return bytes.Replace(bytes.Replace(c, []byte(`"name":"direct"`), []byte(`"name":"`+name+`"`), 1),
+				[]byte(`"stateDir":"`+sb.Dir+`/state"`), []byte(`"stateDir":"`+dir(name)+`"`), 1)
+		}
+	}
+	nets := []string{"net-a", "net-b", "net-c"}
+	for round := range envRounds(t, 8) {
+		var wg sync.WaitGroup
+		errs := make(chan error, 2*len(nets))
+		for i, n := range nets {
+			wg.Add(2)
+			go func() {
+				defer wg.Done()
+				_, err := sb.Invoke(t, "macvlan-host-route", in(n)(conf(sb, "eno1", "", fmt.Sprintf("192.168.1.%d/16", 60+i))),
+					sandbox.Invocation{Command: "ADD", ContainerID: fmt.Sprintf("%s-%d", n, round), NetNS: pod.Path(), IfName: "eth0"})
+				errs <- err
+			}()
+			go func() {
+				defer wg.Done()
+				_, err := sandbox.Run(sb.Node, nil, filepath.Join(sandbox.Plugins(t), "macvlan-host-route"), "restore", "-state-dir", dir(n))
+				errs <- err
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				t.Fatalf("round %d: %v", round, err)
+			}
+		}
+		alias := sandbox.MustRun(t, sb.Node, "ip", "link", "show", "eno1.host")
+		for _, n := range nets {
+			if !strings.Contains(alias, dir(n)) {
+				t.Fatalf("round %d: the sub-device's alias %s does not list %s", round, alias, dir(n))
+			}
+		}
+		for i, n := range nets {
+			if _, err := sb.Invoke(t, "macvlan-host-route", in(n)(conf(sb, "eno1", "", fmt.Sprintf("192.168.1.%d/16", 60+i))),
+				sandbox.Invocation{Command: "DEL", ContainerID: fmt.Sprintf("%s-%d", n, round), NetNS: pod.Path(), IfName: "eth0"}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		sandbox.MustRun(t, sb.Node, "ip", "link", "del", "eno1.host")
+	}
+}
+
+// envRounds is CNICHAIN_RACE_ROUNDS, or def.
+func envRounds(t *testing.T, def int) int {
+	t.Helper()
+	if n, err := strconv.Atoi(os.Getenv("CNICHAIN_RACE_ROUNDS")); err == nil && n > 0 {
+		return n
+	}
+	return def
 }
 
 // earlierRelease leaves in the sandbox's stateDir what a release that put

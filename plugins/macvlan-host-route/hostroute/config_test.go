@@ -293,8 +293,15 @@ func TestAliasWith(t *testing.T) {
 	if dirs, ok := stateDirsOf(link(two)); !changed || !ok || len(dirs) != 2 {
 		t.Errorf("second stateDir: %q, %v -> %v, %v", two, changed, dirs, ok)
 	}
-	if _, changed := aliasWith(link(two), "/"+strings.Repeat("x", 250)); changed {
-		t.Error("an alias past the kernel's limit")
+	full, changed := aliasWith(link(two), "/"+strings.Repeat("x", 250))
+	if !changed || len(full) > aliasMax {
+		t.Errorf("a stateDir past the kernel's limit: %q, %v", full, changed)
+	}
+	if dirs, ok := stateDirsOf(link(full)); ok || dirs != nil {
+		t.Errorf("a sub-device with more stateDirs than fit lists %v, %v; want none, so that no GC trusts it", dirs, ok)
+	}
+	if _, changed := aliasWith(link(full), "/run/third"); changed {
+		t.Error("a sub-device with more stateDirs than fit lists one more")
 	}
 	if dirs, ok := stateDirsOf(link("uplink to the rack")); ok || dirs != nil {
 		t.Errorf("a foreign alias lists %v, %v", dirs, ok)

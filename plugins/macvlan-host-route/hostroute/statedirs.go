@@ -20,6 +20,11 @@ const aliasPrefix = "cnichain-statedirs:"
 // aliasMax is the kernel's limit on an alias (IFALIASZ, 256, with its NUL).
 const aliasMax = 255
 
+// aliasOverflow is the alias of a sub-device whose stateDirs do not fit in
+// one: it lists none, so that no GC takes another's route for unclaimed.
+// It stays so for the sub-device's life.
+const aliasOverflow = aliasPrefix + "too many to list"
+
 // stateDirsOf returns the stateDirs the sub-device's alias lists; ok is
 // false when it lists none (a sub-device of an earlier release, or one
 // whose list would not fit).
@@ -32,9 +37,14 @@ func stateDirsOf(link netlink.Link) (dirs []string, ok bool) {
 }
 
 // aliasWith is the sub-device's alias with dir listed; changed is false
-// when it is listed already, and when the list would not fit (then GC in
-// that stateDir removes no unclaimed route: it cannot tell whose it is).
+// when it is listed already. When the list would not fit, it is
+// aliasOverflow: then GC in any stateDir removes no unclaimed route, for
+// it cannot tell whose it is (listing some would let their GC take the
+// routes of those left out).
 func aliasWith(link netlink.Link, dir string) (alias string, changed bool) {
+	if link.Attrs().Alias == aliasOverflow {
+		return "", false
+	}
 	dirs, _ := stateDirsOf(link)
 	dir = filepath.Clean(dir)
 	if slices.Contains(dirs, dir) {
@@ -42,16 +52,23 @@ func aliasWith(link netlink.Link, dir string) (alias string, changed bool) {
 	}
 	data, err := json.Marshal(append(dirs, dir))
 	if err != nil || len(aliasPrefix)+len(data) > aliasMax {
-		return "", false
+		return aliasOverflow, true
 	}
 	return aliasPrefix + string(data), true
 }
 
 // listStateDir lists dir in the sub-device's alias, if it is not there.
+// The caller holds lockSubDevice: the alias is read anew under it, for an
+// ADD or a restore of another stateDir may have changed it since link was
+// read, and a list computed from the old one would lose theirs.
 func listStateDir(link netlink.Link, dir string) error {
-	alias, changed := aliasWith(link, dir)
+	fresh, err := netlink.LinkByIndex(link.Attrs().Index)
+	if err != nil {
+		return err
+	}
+	alias, changed := aliasWith(fresh, dir)
 	if !changed {
 		return nil
 	}
-	return netlink.LinkSetAlias(link, alias)
+	return netlink.LinkSetAlias(fresh, alias)
 }
