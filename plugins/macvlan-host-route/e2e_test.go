@@ -208,6 +208,15 @@ func conf(sb *sandbox.Sandbox, master, extra string, ips ...string) []byte {
 		master, sb.Dir+"/state", extra, prev))
 }
 
+// inNetwork is conf turned into network name's, with its records in
+// stateDir.
+func inNetwork(sb *sandbox.Sandbox, name, stateDir string) func([]byte) []byte {
+	return func(c []byte) []byte {
+		return bytes.Replace(bytes.Replace(c, []byte(`"name":"direct"`), []byte(`"name":"`+name+`"`), 1),
+			[]byte(`"stateDir":"`+sb.Dir+`/state"`), []byte(`"stateDir":"`+stateDir+`"`), 1)
+	}
+}
+
 func TestDelWithoutPrevResultAndGC(t *testing.T) {
 	sb := sandbox.New(t)
 	pod := sb.NewPod(t)
@@ -307,10 +316,7 @@ func TestErrors(t *testing.T) {
 func TestGCLeavesOtherStateDirs(t *testing.T) {
 	sb := sandbox.New(t)
 	pod := sb.NewPod(t)
-	other := func(c []byte) []byte {
-		return bytes.Replace(bytes.Replace(c, []byte(`"name":"direct"`), []byte(`"name":"other"`), 1),
-			[]byte(`"stateDir":"`+sb.Dir+`/state"`), []byte(`"stateDir":"`+sb.Dir+`/state-other"`), 1)
-	}
+	other := inNetwork(sb, "other", sb.Dir+"/state-other")
 	for _, add := range []struct {
 		id, ip string
 		conf   func([]byte) []byte
@@ -341,12 +347,7 @@ func TestGCWithMoreStateDirsThanTheAliasHolds(t *testing.T) {
 	sb := sandbox.New(t)
 	pod := sb.NewPod(t)
 	long := func(name string) string { return filepath.Join(sb.Dir, name+"-"+strings.Repeat("s", 100)) }
-	in := func(name string) func([]byte) []byte {
-		return func(c []byte) []byte {
-			return bytes.Replace(bytes.Replace(c, []byte(`"name":"direct"`), []byte(`"name":"`+name+`"`), 1),
-				[]byte(`"stateDir":"`+sb.Dir+`/state"`), []byte(`"stateDir":"`+long(name)+`"`), 1)
-		}
-	}
+	in := func(name string) func([]byte) []byte { return inNetwork(sb, name, long(name)) }
 	nets := []struct{ name, ip string }{{"net-a", "192.168.1.71"}, {"net-b", "192.168.1.72"}, {"net-c", "192.168.1.73"}}
 	for _, n := range nets {
 		if _, err := sb.Invoke(t, "macvlan-host-route", in(n.name)(conf(sb, "eno1", "", n.ip+"/16")),
@@ -379,12 +380,7 @@ func TestStateDirsListedUnderRaces(t *testing.T) {
 	sb := sandbox.New(t)
 	pod := sb.NewPod(t)
 	dir := func(name string) string { return filepath.Join(sb.Dir, "state-"+name) }
-	in := func(name string) func([]byte) []byte {
-		return func(c []byte) []byte {
-			return bytes.Replace(bytes.Replace(c, []byte(`"name":"direct"`), []byte(`"name":"`+name+`"`), 1),
-				[]byte(`"stateDir":"`+sb.Dir+`/state"`), []byte(`"stateDir":"`+dir(name)+`"`), 1)
-		}
-	}
+	in := func(name string) func([]byte) []byte { return inNetwork(sb, name, dir(name)) }
 	nets := []string{"net-a", "net-b", "net-c"}
 	for round := range envRounds(t, 8) {
 		var wg sync.WaitGroup
@@ -423,6 +419,35 @@ func TestStateDirsListedUnderRaces(t *testing.T) {
 			}
 		}
 		sandbox.MustRun(t, sb.Node, "ip", "link", "del", "eno1.host")
+	}
+}
+
+// TestEachNetworksHostAddressesRestored: two networks of one stateDir on
+// one sub-device, each with hostAddresses of its own: a sub-device made
+// anew by a restore answers for both networks' (the record kept one list,
+// the last ADD's).
+func TestEachNetworksHostAddressesRestored(t *testing.T) {
+	sb := sandbox.New(t)
+	pod := sb.NewPod(t)
+	nets := []struct{ name, ip, listed string }{{"net-a", "192.168.1.51", "10.99.0.1"}, {"net-b", "192.168.1.52", "10.99.0.2"}}
+	for _, n := range nets {
+		c := inNetwork(sb, n.name, sb.Dir+"/state")(conf(sb, "eno1", `,"hostAddresses":["`+n.listed+`"]`, n.ip+"/16"))
+		if _, err := sb.Invoke(t, "macvlan-host-route", c, sandbox.Invocation{Command: "ADD", ContainerID: n.name, NetNS: pod.Path(), IfName: "eth0"}); err != nil {
+			t.Fatalf("ADD %s: %v", n.name, err)
+		}
+		t.Cleanup(func() {
+			_, _ = sb.Invoke(t, "macvlan-host-route", c, sandbox.Invocation{Command: "DEL", ContainerID: n.name, NetNS: pod.Path(), IfName: "eth0"})
+		})
+	}
+	sandbox.MustRun(t, sb.Node, "ip", "link", "del", "eno1.host")
+	if out, err := sandbox.Run(sb.Node, nil, filepath.Join(sandbox.Plugins(t), "macvlan-host-route"), "restore", "-state-dir", sb.Dir+"/state"); err != nil {
+		t.Fatalf("restore: %v\n%s", err, out)
+	}
+	addrs := sandbox.MustRun(t, sb.Node, "ip", "-o", "addr", "show", "dev", "eno1.host")
+	for _, n := range nets {
+		if !strings.Contains(addrs, " "+n.listed+"/32 ") {
+			t.Errorf("the sub-device made anew lacks %s's hostAddress %s:\n%s", n.name, n.listed, addrs)
+		}
 	}
 }
 

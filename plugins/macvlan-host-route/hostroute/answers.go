@@ -2,6 +2,7 @@ package hostroute
 
 import (
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -16,9 +17,14 @@ import (
 
 // answers is what a sub-device answers for: copies of master addresses
 // (which an earlier release made, and which stay while pods it routed may
-// be there) and hostAddresses; a restore puts both back.
+// be there) and each network's hostAddresses; a restore puts them all
+// back.
 type answers struct {
 	Copies []netip.Prefix `json:"copies,omitempty"`
+	// ListedBy is each network's hostAddresses: networks of one stateDir
+	// share the sub-device and this record, each with its own.
+	ListedBy map[string][]netip.Prefix `json:"listedBy,omitempty"`
+	// Listed is an earlier release's one list for every network.
 	Listed []netip.Prefix `json:"listed,omitempty"`
 	// MAC is the sub-device's, which a restore gives it back: the pods'
 	// neighbour entries hold it.
@@ -26,7 +32,17 @@ type answers struct {
 }
 
 func (a answers) equal(b answers) bool {
-	return a.MAC == b.MAC && slices.Equal(a.Copies, b.Copies) && slices.Equal(a.Listed, b.Listed)
+	return a.MAC == b.MAC && slices.Equal(a.Copies, b.Copies) && slices.Equal(a.Listed, b.Listed) &&
+		maps.EqualFunc(a.ListedBy, b.ListedBy, slices.Equal)
+}
+
+// held is every address the record says the sub-device answers for.
+func (a answers) held() []netip.Prefix {
+	out := slices.Concat(a.Copies, a.Listed)
+	for _, network := range slices.Sorted(maps.Keys(a.ListedBy)) {
+		out = append(out, a.ListedBy[network]...)
+	}
+	return out
 }
 
 func answersRecord(bridge string) string { return "answers-" + bridge }
@@ -76,12 +92,17 @@ func answerForNode(cfg *Config, link netlink.Link, masterAddrs []netip.Prefix, s
 		}
 	}
 	was := rec
+	was.ListedBy = maps.Clone(rec.ListedBy)
 	rec.MAC = link.Attrs().HardwareAddr.String()
 	var had []netip.Prefix
 	if len(cfg.HostAddresses) == 0 {
 		had, rec.Copies = rec.Copies, want
+		delete(rec.ListedBy, cfg.Name)
 	} else {
-		rec.Listed = want
+		if rec.ListedBy == nil {
+			rec.ListedBy = map[string][]netip.Prefix{}
+		}
+		rec.ListedBy[cfg.Name] = want
 	}
 	// Most ADDs find it as it was: no write then.
 	if !rec.equal(was) {

@@ -125,7 +125,7 @@ func restoreDevice(store attachstate.Store, dev owner, pods []podAddr) (int, err
 		masterAddrs, _ = hostnet.GlobalAddresses(master)
 	}
 	var errs []error
-	for _, p := range append(ans.Copies, ans.Listed...) {
+	for _, p := range ans.held() {
 		errs = append(errs, hostnet.EnsureAddress(link, p))
 	}
 	added := 0
