@@ -103,7 +103,10 @@ func (b nftBackend) ensureShared(c *nftables.Conn, fam iptbatch.Family) error {
 
 // Install adds fp's chains, rules and dispatch elements in one
 // transaction. An element whose key another attachment holds (the same
-// hostPort, protocol and hostIP) fails it, and nothing is installed.
+// hostPort, protocol and hostIP) fails it, and nothing is installed; but
+// the pod's address is this attachment's now: an element another left for
+// it (a container whose DEL never came, its address handed on) is taken
+// over, and that one's DEL leaves it alone (Uninstall).
 func (b nftBackend) Install(fp *FamilyPlan) error {
 	c, err := newConn()
 	if err != nil {
@@ -115,13 +118,34 @@ func (b nftBackend) Install(fp *FamilyPlan) error {
 	if _, err := queueInstall(c, fp, nftState{}); err != nil {
 		return err
 	}
-	if err := c.Flush(); err != nil {
-		if taken := takenKeys(fp); len(taken) > 0 {
+	err = c.Flush()
+	if err == nil {
+		return nil
+	}
+	st, rerr := readDispatch(c, fp.Family)
+	if rerr != nil {
+		return err
+	}
+	var pods []nftables.SetElement
+	for _, e := range dispatchElems(fp) {
+		if holder, held := st[e.Map][string(e.Key)]; held && holder != e.Chain && e.Map == podMap {
+			pods = append(pods, nftables.SetElement{Key: e.Key})
+			delete(st[e.Map], string(e.Key))
+		}
+	}
+	if taken := takenElems(fp, st); len(taken) > 0 || len(pods) == 0 {
+		if len(taken) > 0 {
 			return fmt.Errorf("hostPort taken: %s (%w)", strings.Join(taken, "; "), err)
 		}
 		return err
 	}
-	return nil
+	if err := c.SetDeleteElements(mapRef(fp.Family, podMap), pods); err != nil {
+		return err
+	}
+	if _, err := queueInstall(c, fp, nftState{}); err != nil {
+		return err
+	}
+	return c.Flush()
 }
 
 // takenKeys reads which of fp's dispatch keys lead to other chains.
@@ -330,36 +354,12 @@ func snatExprs(fp *FamilyPlan) [][]expr.Any {
 	return out
 }
 
-// Uninstall deletes fp's dispatch elements by key and its chains by name,
-// in one transaction that reads nothing. When part of it is gone already
-// (a second DEL, a flushed ruleset) or was laid out by an older release,
-// that transaction fails whole; then what is left is found and removed,
-// as it is at once when a restore found one of fp's keys taken.
+// Uninstall removes fp's chains and what leads to them, found by what it
+// leads to, never by key alone: a key of ours may lead to another
+// attachment's chain now (its hostPort taken while ours was gone, its pod
+// address handed on). What is gone already (a second DEL, a flushed
+// ruleset) is no error.
 func (b nftBackend) Uninstall(fp *FamilyPlan) error {
-	if fp.KeysTaken { // a key of ours may lead to another's chain: by chain only
-		return removeNFTChainsNow(fp.Family, fp.Chains())
-	}
-	c, err := newConn()
-	if err != nil {
-		return err
-	}
-	t := nftTableOf(fp.Family)
-	for name, elems := range groupByMap(dispatchElems(fp)) {
-		keys := make([]nftables.SetElement, len(elems))
-		for i, e := range elems {
-			keys[i] = nftables.SetElement{Key: e.Key}
-		}
-		if err := c.SetDeleteElements(mapRef(fp.Family, name), keys); err != nil {
-			return err
-		}
-	}
-	for _, name := range fp.Chains() {
-		c.FlushChain(chainOf(t, name))
-		c.DelChain(chainOf(t, name))
-	}
-	if err := c.Flush(); err == nil {
-		return nil
-	}
 	return removeNFTChainsNow(fp.Family, fp.Chains())
 }
 
@@ -510,18 +510,28 @@ func nftAttachmentChains(fam iptbatch.Family) ([]AttachmentChain, error) {
 }
 
 // removeNFTChainsNow removes chains and the rules jumping to them in one transaction.
+//
+// A transaction that fails because another verb removed part of it
+// meanwhile (two DELs or GCs of one attachment at once) is made again from
+// what is left, a few times.
 func removeNFTChainsNow(fam iptbatch.Family, chains []string) error {
 	if len(chains) == 0 {
 		return nil
 	}
-	c, err := newConn()
-	if err != nil {
-		return err
+	var err error
+	for range 3 {
+		var c *nftables.Conn
+		if c, err = newConn(); err != nil {
+			return err
+		}
+		if err = removeNFTChains(c, fam, chains); err != nil {
+			continue
+		}
+		if err = c.Flush(); err == nil {
+			return nil
+		}
 	}
-	if err := removeNFTChains(c, fam, chains); err != nil {
-		return err
-	}
-	return c.Flush()
+	return err
 }
 
 // newConn opens a netlink connection to nftables with buffers for a whole

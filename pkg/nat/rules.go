@@ -104,7 +104,8 @@ type FamilyPlan struct {
 	MasqAll bool      `json:"masqAll,omitempty"`
 	Comment string    `json:"comment"`
 	// KeysTaken says a restore found a dispatch key of this attachment held
-	// by another (nftables): its DEL must then not delete by key.
+	// by another (nftables), said in the record (a DEL finds its elements
+	// by the chains they lead to, whatever this says).
 	KeysTaken bool `json:"keysTaken,omitempty"`
 }
 
