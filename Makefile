@@ -68,9 +68,14 @@ fuzz:
 # The soak of every example chain at scale (make test runs it with 20 pods).
 SOAK_PODS     ?= 200
 SOAK_PARALLEL ?= 16
+# Then the randomized interleaving of pods, GCs, restores and flushes for
+# SOAK_STEPS steps (make test runs 25); CNICHAIN_INTERLEAVE_SEED replays one.
+SOAK_STEPS    ?= 400
 soak: tools build
 	CNICHAIN_BIN=$(BIN) CNICHAIN_SOAK_PODS=$(SOAK_PODS) CNICHAIN_SOAK_PARALLEL=$(SOAK_PARALLEL) \
 	  $(GO) test -count=1 -v -run '^TestSoak$$' -timeout 60m ./e2e/
+	CNICHAIN_BIN=$(BIN) CNICHAIN_INTERLEAVE_STEPS=$(SOAK_STEPS) \
+	  $(GO) test -count=1 -v -run '^TestInterleavedLifecycles$$' -timeout 60m ./e2e/
 
 demo: tools build
 	SB_BIN=$(BIN) scripts/demo.sh
