@@ -147,6 +147,7 @@ func Run(ctx context.Context, cfg Config) error {
 func loop(ctx context.Context, cfg Config, q *queue, activity <-chan struct{}) {
 	b := backoff{window: cfg.BackoffWindow}
 	var pending []trigger
+	racedFailures := 0 // restores in a row that failed while deletions went on
 	// secondLook fires a second after a restore that events called for:
 	// one more restore then, cheap when nothing is missing, finds what a
 	// flush still going on took after the first.
@@ -217,6 +218,11 @@ func loop(ctx context.Context, cfg Config, q *queue, activity <-chan struct{}) {
 		// still going on) is followed by another: only that one's failure
 		// is an error.
 		raced := deletedMeanwhile || len(q.ch) > 0
+		if err != nil && raced {
+			racedFailures++
+		} else {
+			racedFailures = 0
+		}
 		attrs := []any{"after", summarize(reasons), "took", time.Since(start).Round(time.Millisecond)}
 		for _, line := range strings.Split(strings.TrimSpace(out.String()), "\n") {
 			if line != "" {
@@ -224,7 +230,7 @@ func loop(ctx context.Context, cfg Config, q *queue, activity <-chan struct{}) {
 			}
 		}
 		switch {
-		case err != nil && raced:
+		case err != nil && raced && racedFailures < racedFailuresTold:
 			cfg.Log.Warn("restore raced with deletions; another follows", append(attrs, "error", err)...)
 		case err != nil:
 			cfg.Log.Error("restore", append(attrs, "error", err)...)
@@ -233,6 +239,11 @@ func loop(ctx context.Context, cfg Config, q *queue, activity <-chan struct{}) {
 		}
 	}
 }
+
+// racedFailuresTold is how many restores in a row may fail while deletions
+// go on before the failure is an error: one that fails whatever happens
+// meanwhile (on a node where pods come and go all the time) must be said.
+const racedFailuresTold = 3
 
 // stillClaimed keeps the triggers that call for a restore: all but those
 // of pod addresses, which only while a record still claims one of them

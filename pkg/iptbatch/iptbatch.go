@@ -250,7 +250,8 @@ func (b *Batch) Delete(chain string, rule Rule) {
 }
 
 // Check makes the batch fail, whole, unless chain holds rule: a
-// precondition checked in the same process that applies the rest.
+// precondition checked by the process that applies the rest (against the
+// table as iptables-legacy holds it locked, or as iptables-nft read it).
 func (b *Batch) Check(chain string, rule Rule) {
 	b.lines = append(b.lines, "-C "+chain+" "+rule.String())
 }

@@ -1,6 +1,7 @@
 package nat
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -89,28 +90,36 @@ func MissingReply(b ReplyBackend, paths []ReplyPath) (string, error) {
 	return "", nil
 }
 
-// RepairReplies installs those of paths b lacks, and what leads to them
-// where a flush took it, and nothing else: what a restore does.
+// RepairReplies installs, of paths, those whose pod address has no reply
+// path at all, and what leads to them where a flush took it: what a
+// restore does. It never takes an address's path from the attachment that
+// holds it (a container's whose address was handed on holds it, and the
+// old one's record may still be there until its DEL); of paths of one
+// address, the last is installed: the caller lists them oldest first.
+// Each family is repaired on its own.
 func RepairReplies(b ReplyBackend, paths []ReplyPath) error {
-	for fam := range byFamily(paths) {
-		if err := b.ensureEntry(fam); err != nil {
-			return err
-		}
-	}
 	have, err := b.All()
 	if err != nil {
 		return err
 	}
-	var missing []ReplyPath
-	for _, p := range paths {
-		if !slices.Contains(have, p) {
-			missing = append(missing, p)
+	var errs []error
+	for fam, list := range byFamily(paths) {
+		if err := b.ensureEntry(fam); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		var missing []ReplyPath
+		for _, p := range slices.Backward(list) {
+			held := func(h ReplyPath) bool { return h.Pod == p.Pod }
+			if !slices.ContainsFunc(have, held) && !slices.ContainsFunc(missing, held) {
+				missing = append(missing, p)
+			}
+		}
+		if len(missing) > 0 {
+			errs = append(errs, b.Install(missing))
 		}
 	}
-	if len(missing) == 0 {
-		return nil
-	}
-	return b.Install(missing)
+	return errors.Join(errs...)
 }
 
 // NetworkReplies lists the reply paths in b whose comment names network.
@@ -416,29 +425,46 @@ func (b nftReplies) Install(paths []ReplyPath) error {
 		if err := b.ensureShared(c, fam); err != nil {
 			return fmt.Errorf("nftables table %s: %w", replyTable, err)
 		}
-		have, err := b.inFamily(c, fam)
-		if err != nil {
-			return err
-		}
-		var stale []ReplyPath
-		for _, h := range have {
-			if slices.ContainsFunc(list, func(p ReplyPath) bool { return p.Pod == h.Pod && p != h }) {
-				stale = append(stale, h)
-			}
-		}
-		if len(stale) > 0 {
-			if err := c.SetDeleteElements(replyMapOf(fam), replyElems(stale)); err != nil {
-				return err
-			}
-		}
-		if err := c.SetAddElements(replyMapOf(fam), replyElems(list)); err != nil {
-			return err
-		}
-		if err := c.Flush(); err != nil {
+		if err := b.installLocked(c, fam, list); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// lockElements serializes, node-wide, what reads fam's map and changes it
+// by what it read: the kernel deletes an element by its key alone, and one
+// another attachment put there between the read and the change would go.
+func (nftReplies) lockElements(fam iptbatch.Family) (func(), error) {
+	return lockShared("vianode-nftables-elements", fam)
+}
+
+// installLocked is Install's part for one family, under lockElements.
+func (b nftReplies) installLocked(c *nftables.Conn, fam iptbatch.Family, list []ReplyPath) error {
+	unlock, err := b.lockElements(fam)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	have, err := b.inFamily(c, fam)
+	if err != nil {
+		return err
+	}
+	var stale []ReplyPath
+	for _, h := range have {
+		if slices.ContainsFunc(list, func(p ReplyPath) bool { return p.Pod == h.Pod && p != h }) {
+			stale = append(stale, h)
+		}
+	}
+	if len(stale) > 0 {
+		if err := c.SetDeleteElements(replyMapOf(fam), replyElems(stale)); err != nil {
+			return err
+		}
+	}
+	if err := c.SetAddElements(replyMapOf(fam), replyElems(list)); err != nil {
+		return err
+	}
+	return c.Flush()
 }
 
 // Uninstall deletes the paths' elements that are still theirs: an element
@@ -450,27 +476,38 @@ func (b nftReplies) Uninstall(paths []ReplyPath) error {
 		return err
 	}
 	for fam, list := range byFamily(paths) {
-		have, err := b.inFamily(c, fam)
+		unlock, err := b.lockElements(fam)
 		if err != nil {
-			continue // no table or map: nothing left
-		}
-		var own []ReplyPath
-		for _, p := range list {
-			if slices.Contains(have, p) {
-				own = append(own, p)
-			}
-		}
-		if len(own) == 0 {
-			continue
-		}
-		if err := c.SetDeleteElements(replyMapOf(fam), replyElems(own)); err != nil {
 			return err
 		}
-		if err := c.Flush(); err != nil {
+		err = b.uninstallLocked(c, fam, list)
+		unlock()
+		if err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// uninstallLocked is Uninstall's part for one family, under lockElements.
+func (b nftReplies) uninstallLocked(c *nftables.Conn, fam iptbatch.Family, list []ReplyPath) error {
+	have, err := b.inFamily(c, fam)
+	if err != nil {
+		return nil // no table or map: nothing left
+	}
+	var own []ReplyPath
+	for _, p := range list {
+		if slices.Contains(have, p) {
+			own = append(own, p)
+		}
+	}
+	if len(own) == 0 {
+		return nil
+	}
+	if err := c.SetDeleteElements(replyMapOf(fam), replyElems(own)); err != nil {
+		return err
+	}
+	return c.Flush()
 }
 
 // inFamily lists the elements of fam's map as reply paths.

@@ -292,11 +292,13 @@ func ViaLoopback(m Mapping, pod netip.Addr) bool {
 // ADD replaces them), filled, and jumped to. The shared chains must exist.
 func (fp *FamilyPlan) AddBatch() *iptbatch.Batch {
 	b := iptbatch.NewBatch("nat")
-	// The way in to the attachment's buckets, checked in the same process:
+	// The way in to the attachment's buckets, checked by the same process:
 	// a flush of the nat table leaves the shared chains but not the jumps
 	// into them, and a batch that succeeded then would leave the pod
 	// unreachable. Without them the batch fails whole; Install then sets
-	// the shared chains up and tries once more.
+	// the shared chains up and tries once more. (iptables-nft checks its
+	// own view of the table: a flush between that and its commit slips
+	// through, and the agent's restore puts the jumps back.)
 	seen := map[string]bool{}
 	for _, j := range fp.Jumps {
 		if !seen[j.Chain] {

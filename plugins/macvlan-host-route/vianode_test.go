@@ -513,8 +513,8 @@ func TestOneStateDirWithPortmapLite(t *testing.T) {
 // TestAReusedPodAddress: a container whose DEL has not come yet leaves its
 // address to a new one (kubelet's DEL comes late, host-local or an IPAM
 // hands the address on): the new one's ADD gets a reply path of its own
-// and CHECK passes; the old one's late DEL leaves the new one's alone; its
-// DEL then leaves the node as it was. Both backends.
+// and CHECK passes, also after a restore; the old one's late DEL leaves the
+// new one's alone; its DEL then leaves the node as it was. Both backends.
 func TestAReusedPodAddress(t *testing.T) {
 	for _, backend := range []string{"iptables", "nftables"} {
 		t.Run(backend, func(t *testing.T) {
@@ -540,6 +540,14 @@ func TestAReusedPodAddress(t *testing.T) {
 			reused := add("reused")
 			if err := rtm.Check(list, reused); err != nil {
 				t.Fatalf("CHECK of the container given the old one's address: %v", err)
+			}
+			// A restore meanwhile (the old one's record and netns are still
+			// there) leaves the address's reply path to the new one.
+			if out, err := sandbox.Run(sb.Node, nil, sandbox.Plugins(t)+"/macvlan-host-route", "restore", "-state-dir", sb.Dir+"/state/macvlan-host-route"); err != nil {
+				t.Fatalf("restore: %v\n%s", err, out)
+			}
+			if err := rtm.Check(list, reused); err != nil {
+				t.Fatalf("CHECK of the new container after a restore: %v", err)
 			}
 			if err := rtm.Del(list, old); err != nil {
 				t.Fatalf("the old container's late DEL: %v", err)

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/vishvananda/netlink"
@@ -160,7 +161,7 @@ func Add(args *skel.CmdArgs) (err error) {
 	}
 	if via != nil {
 		vrec := &viaNodeRecord{Key: keyOf(cfg, args), ViaNodePlan: *via, Netns: args.Netns,
-			MAC: link.Attrs().HardwareAddr.String(), Backend: cfg.Backend, IptablesFlavour: cfg.IptablesFlavour}
+			MAC: link.Attrs().HardwareAddr.String(), Backend: cfg.Backend, IptablesFlavour: cfg.IptablesFlavour, Added: time.Now()}
 		if err := installViaNode(cfg, store, vrec, args.IfName); err != nil {
 			return err
 		}
@@ -447,7 +448,15 @@ func GC(args *skel.CmdArgs) error {
 	}
 	errs = append(errs, gcViaNode(cfg, store, names)...)
 	// A route no record of this stateDir claims is a leak only if no
-	// record of another stateDir routing through the sub-device does.
+	// record of another stateDir routing through the sub-device does. The
+	// sub-device is read again for its list of stateDirs: an ADD of a
+	// stateDir lists it before it adds its route, so every route listed
+	// above has its stateDir in this list.
+	if link != nil {
+		if link, err = netlink.LinkByIndex(link.Attrs().Index); err != nil {
+			link = nil // gone meanwhile: no list to trust
+		}
+	}
 	others, sure := otherClaims(link, cfg.StateDir)
 	for _, ip := range routed {
 		if claimed[recordName(ip)] || others[recordName(ip)] || !sure {

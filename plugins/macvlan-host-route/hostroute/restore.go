@@ -64,6 +64,9 @@ func Restore(stateDir string, out io.Writer) error {
 	// reads the whole nat table, or map, of both families.
 	type installer struct{ backend, flavour string }
 	paths := map[installer][]nat.ReplyPath{}
+	// Oldest first: of two records of one pod address, the newest's path
+	// is the one put back.
+	slices.SortStableFunc(vias, func(a, b attachstate.Loaded[*viaNodeRecord]) int { return a.Rec.Added.Compare(b.Rec.Added) })
 	for _, v := range vias {
 		if !v.Rec.isViaNode() {
 			continue // portmap-lite's record, in a stateDir they share

@@ -8,6 +8,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
@@ -83,6 +84,10 @@ type viaNodeRecord struct {
 	MAC             string `json:"mac"`
 	Backend         string `json:"backend"`
 	IptablesFlavour string `json:"iptablesFlavour,omitempty"`
+	// Added is when ADD ran: of records of one pod address (a container
+	// whose DEL has not come yet, its address handed on), a restore gives
+	// the reply path to the newest.
+	Added time.Time `json:"added,omitzero"`
 }
 
 // viaNodePrefix names viaNode's records by plugin and purpose: a stateDir

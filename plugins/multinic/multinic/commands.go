@@ -282,7 +282,9 @@ func Check(args *skel.CmdArgs) error {
 // (those the records name and those of confDir), with the delegates'
 // attachments of the valid ones and those the delegates' cache holds for
 // another multinic network: its pods may use the same delegate networks,
-// and are not this GC's to remove. What a delegate holds for an attachment
+// and are not this GC's to remove. (The cache is the stateDir's: multinic
+// networks that share delegate networks share a stateDir too, as they do
+// by default.) What a delegate holds for an attachment
 // of this network multinic lost track of goes too. It goes on past errors.
 func GC(args *skel.CmdArgs) error {
 	a, err := setup(args)
@@ -339,9 +341,11 @@ func GC(args *skel.CmdArgs) error {
 	}
 	// A delegate network may be another multinic network's delegate too
 	// (both read one confDir): what the cache holds of it for others stays.
+	// Without it, no delegate is GCed: another's pods could not be told.
 	cached, err := a.cni.GetCachedAttachments("")
 	if err != nil {
-		errs = append(errs, fmt.Errorf("the delegates' cache: %w", err))
+		errs = append(errs, fmt.Errorf("the delegates' cache: %w; their GC is left out", err))
+		delegates = nil
 	}
 	for _, name := range slices.Sorted(maps.Keys(delegates)) {
 		list, err := libcni.ConfListFromBytes([]byte(delegates[name]))
