@@ -104,22 +104,16 @@ type netlinkSub struct {
 // would never see its socket closed.
 func (s *netlinkSub) end() {
 	s.stop()
-	go func() {
-		for range s.links {
-		}
-	}()
-	go func() {
-		for range s.addrs {
-		}
-	}()
-	go func() {
-		for range s.routes {
-		}
-	}()
-	go func() {
-		for range s.neighs {
-		}
-	}()
+	go discard(s.links)
+	go discard(s.addrs)
+	go discard(s.routes)
+	go discard(s.neighs)
+}
+
+// discard reads ch until it is closed.
+func discard[T any](ch <-chan T) {
+	for range ch {
+	}
 }
 
 func subscribeNetlink(ctx context.Context, buffer int) (*netlinkSub, error) {

@@ -117,8 +117,8 @@ const repairBatch = 250
 
 // RepairNFTables repairs a family's attachments in transactions of
 // repairBatch attachments. A dispatch key that another attachment took
-// while an attachment's was gone is left to it, said in taken, and marked
-// in the plan (KeysTaken) for the caller to record.
+// while an attachment's was gone is left to it, and said in taken (its DEL
+// finds its elements by the chains they lead to, so it leaves that key).
 func RepairNFTables(fam iptbatch.Family, plans []*FamilyPlan) (taken []string, err error) {
 	b := nftBackend{}
 	c, err := newConn()
@@ -135,7 +135,6 @@ func RepairNFTables(fam iptbatch.Family, plans []*FamilyPlan) (taken []string, e
 	for i, fp := range plans {
 		t, err := queueInstall(c, fp, st)
 		taken = append(taken, t...)
-		fp.KeysTaken = fp.KeysTaken || len(t) > 0
 		if err != nil {
 			return taken, err
 		}

@@ -103,10 +103,6 @@ type FamilyPlan struct {
 	Maps    []Mapping `json:"maps"`
 	MasqAll bool      `json:"masqAll,omitempty"`
 	Comment string    `json:"comment"`
-	// KeysTaken says a restore found a dispatch key of this attachment held
-	// by another (nftables), said in the record (a DEL finds its elements
-	// by the chains they lead to, whatever this says).
-	KeysTaken bool `json:"keysTaken,omitempty"`
 }
 
 // DNATChainName and SNATChainName name an attachment's chains after its key.

@@ -39,7 +39,6 @@ func Restore(stateDir, flavour string, out io.Writer) error {
 		fam              iptbatch.Family
 	}
 	plans := map[installer][]*nat.FamilyPlan{}
-	records := map[*nat.FamilyPlan]*record{} // the record of each nftables plan, to mark taken keys in
 	var localnet []*nat.FamilyPlan
 	recs := make([]*record, len(loaded))
 	for i, l := range loaded {
@@ -56,7 +55,6 @@ func Restore(stateDir, flavour string, out io.Writer) error {
 				by.flavour = ""
 			}
 			plans[by] = append(plans[by], fp)
-			records[fp] = rec
 			if fp.Localnet {
 				localnet = append(localnet, fp)
 			}
@@ -73,11 +71,6 @@ func Restore(stateDir, flavour string, out io.Writer) error {
 			fmt.Fprintf(out, "not restored, another attachment holds the hostPort: %s\n", t)
 		}
 		errs = append(errs, err)
-		for _, fp := range list {
-			if rec := records[fp]; fp.KeysTaken {
-				errs = append(errs, store.Save(rec.Key.ID(), rec))
-			}
-		}
 	}
 	for _, fp := range localnet {
 		if err := hostnet.EnableRouteLocalnet(fp.PodIP); err != nil && !errors.Is(err, hostnet.ErrNoRoute) {
