@@ -4,10 +4,14 @@
 # it, call cluster_up, and everything is stopped and removed on exit, on
 # failure and on Ctrl-C. Nothing of the machine's own network is touched:
 #
-#   lan    ($CL_ID-lan):    bridge lan0 192.168.0.1/16, the lan's router and a host on it
-#   cp     ($CL_ID-cp):     eth0 192.168.0.2: etcd, kube-apiserver (:6443), controller-manager, scheduler
-#   node-a ($CL_ID-node-a): eno1 192.168.0.11 } containerd 2, kubelet, kube-proxy, each node in a
-#   node-b ($CL_ID-node-b): eno1 192.168.0.12 } mount namespace of its own (below)
+#   lan    ($CL_ID-lan):    bridge lan0 192.168.0.1/16 fd00:c0a8::1/64, the lan's router, its DNS
+#                           resolver (CoreDNS, zone lan.example) and a host on it
+#   cp     ($CL_ID-cp):     eth0 192.168.0.2 fd00:c0a8::2: etcd, kube-apiserver (:6443), controller-manager, scheduler
+#   node-a ($CL_ID-node-a): eno1 192.168.0.11 fd00:c0a8::11 } containerd 2, kubelet, kube-proxy, each node in a
+#   node-b ($CL_ID-node-b): eno1 192.168.0.12 fd00:c0a8::12 } mount namespace of its own (below)
+#
+# The cluster is dual-stack, IPv4 first: two Service ranges, pods of both
+# families on the lan.
 #
 # A node's mount namespace has its own /opt/cni/bin, /etc/cni/net.d,
 # /var/lib/cni, /var/lib/kubelet, /var/log/pods, /var/lib/containerd, /run/containerd and
@@ -23,10 +27,15 @@ CL_DIR=""
 CL_BIN=""
 CL_NODES=(node-a node-b)
 declare -A CL_NODE_IP=([node-a]=192.168.0.11 [node-b]=192.168.0.12)
+declare -A CL_NODE_IP6=([node-a]=fd00:c0a8::11 [node-b]=fd00:c0a8::12)
 CL_CP_IP=192.168.0.2
+CL_CP_IP6=fd00:c0a8::2
 CL_SERVICE_CIDR=10.96.0.0/16
+CL_SERVICE_CIDR6=fd00:96::/112
+CL_DNS_IPS=(10.96.0.10 fd00:96::a) # the kube-dns Service's, as kubeadm picks them (each range's tenth)
 # The pods' image (cl_busybox_image), also every sandbox's "pause" image.
 CL_POD_IMAGE=localhost/cnichain-busybox:1
+CL_DNS_IMAGE=localhost/cnichain-coredns:1
 declare -A CL_HOLDER=() # node -> the process that holds its mount namespace
 declare -A CL_PID=()    # "node/component" or "cp/component" -> its PID
 CL_MADE_DIRS=()         # mount points this run had to create on the machine
@@ -170,14 +179,19 @@ cl_teardown() {
   CL_DIR=""
 }
 
-cl_netns() { # cl_netns NAME IFNAME ADDRESS: a namespace on the lan
+# cl_netns NAME IFNAME ADDRESS ADDRESS6: a namespace on the lan. Its IPv6
+# address skips DAD (nodad): the lan is ours, and kubelet and the API
+# server bind to it at once.
+cl_netns() {
   ip netns add "$CL_ID-$1"
   ip -n "$CL_ID-$1" link set lo up
   ip -n "$CL_ID-lan" link add "$1" type veth peer name "$2" netns "$CL_ID-$1"
   ip -n "$CL_ID-lan" link set "$1" master lan0 up
   ip -n "$CL_ID-$1" addr add "$3/16" dev "$2"
+  ip -n "$CL_ID-$1" addr add "$4/64" dev "$2" nodad
   ip -n "$CL_ID-$1" link set "$2" up
   ip -n "$CL_ID-$1" route add default via 192.168.0.1
+  ip -n "$CL_ID-$1" -6 route add default via fd00:c0a8::1
 }
 
 cl_kubeconfig() { # cl_kubeconfig TOKEN: a kubeconfig for the API server with that bearer token
@@ -197,6 +211,133 @@ contexts:
 - name: sandbox
   context: {cluster: sandbox, user: user}
 current-context: sandbox
+EOF
+}
+
+# cl_lan_resolver: the lan's DNS resolver at 192.168.0.1 and fd00:c0a8::1
+# (every node's resolv.conf names it, and the cluster's DNS forwards to it):
+# CoreDNS answering for lan.example, gateway.lan.example being the router.
+cl_lan_resolver() {
+  mkdir -p "$CL_DIR/lan-dns"
+  cat >"$CL_DIR/lan-dns/Corefile" <<EOF
+lan.example:53 {
+  bind 192.168.0.1 fd00:c0a8::1
+  hosts {
+    192.168.0.1 gateway.lan.example
+    fd00:c0a8::1 gateway.lan.example
+  }
+  errors
+}
+EOF
+  cl_spawn lan/coredns ip netns exec "$CL_ID-lan" "$CL_BIN/coredns" -conf "$CL_DIR/lan-dns/Corefile"
+}
+
+# cl_coredns_image ARCHIVE: the cluster DNS's image (CL_DNS_IMAGE): CoreDNS
+# alone, from scratch; saved as an OCI archive.
+cl_coredns_image() {
+  local d=$CL_DIR/coredns-image
+  mkdir -p "$d"
+  cp "$CL_BIN/coredns" "$d/coredns"
+  printf 'FROM scratch\nCOPY coredns /coredns\nENTRYPOINT ["/coredns"]\n' >"$d/Containerfile"
+  # shellcheck disable=SC2046
+  podman $(cl_podman_opts) --cgroup-manager cgroupfs --events-backend file build -q -t "$CL_DNS_IMAGE" "$d" >/dev/null
+  # shellcheck disable=SC2046
+  podman $(cl_podman_opts) save -q --format oci-archive -o "$1" "$CL_DNS_IMAGE"
+}
+
+# cl_coredns_manifest: the cluster's DNS as kubeadm deploys it: CoreDNS's
+# ServiceAccount and the RBAC it needs, its Corefile, a Deployment of two
+# (one per node) on the pod network (here: macvlan pods, reaching the API
+# server through the kubernetes Service), and the kube-dns Service at
+# CL_DNS_IPS, dual-stack.
+cl_coredns_manifest() {
+  cat <<EOF
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: coredns, namespace: kube-system}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: "system:coredns"}
+rules:
+- {apiGroups: [""], resources: [endpoints, services, pods, namespaces], verbs: [list, watch]}
+- {apiGroups: [discovery.k8s.io], resources: [endpointslices], verbs: [list, watch]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: "system:coredns"}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:coredns"}
+subjects: [{kind: ServiceAccount, name: coredns, namespace: kube-system}]
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: coredns, namespace: kube-system}
+data:
+  Corefile: |
+    .:53 {
+        errors
+        health {
+           lameduck 5s
+        }
+        ready
+        kubernetes cluster.local in-addr.arpa ip6.arpa {
+           pods insecure
+           fallthrough in-addr.arpa ip6.arpa
+           ttl 30
+        }
+        prometheus :9153
+        forward . /etc/resolv.conf
+        cache 30
+        loop
+        reload
+        loadbalance
+    }
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: coredns, namespace: kube-system, labels: {k8s-app: kube-dns}}
+spec:
+  replicas: 2
+  selector: {matchLabels: {k8s-app: kube-dns}}
+  template:
+    metadata: {labels: {k8s-app: kube-dns}}
+    spec:
+      serviceAccountName: coredns
+      priorityClassName: system-cluster-critical
+      dnsPolicy: Default
+      topologySpreadConstraints:
+      - {maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule, labelSelector: {matchLabels: {k8s-app: kube-dns}}}
+      containers:
+      - name: coredns
+        image: $CL_DNS_IMAGE
+        imagePullPolicy: Never
+        args: [-conf, /etc/coredns/Corefile]
+        ports:
+        - {name: dns, containerPort: 53, protocol: UDP}
+        - {name: dns-tcp, containerPort: 53, protocol: TCP}
+        - {name: metrics, containerPort: 9153, protocol: TCP}
+        livenessProbe: {httpGet: {path: /health, port: 8080}, initialDelaySeconds: 60, timeoutSeconds: 5, failureThreshold: 5}
+        readinessProbe: {httpGet: {path: /ready, port: 8181}, periodSeconds: 2}
+        securityContext:
+          allowPrivilegeEscalation: false
+          readOnlyRootFilesystem: true
+          capabilities: {add: [NET_BIND_SERVICE], drop: [ALL]}
+        volumeMounts: [{name: config, mountPath: /etc/coredns, readOnly: true}]
+      volumes: [{name: config, configMap: {name: coredns}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: kube-dns, namespace: kube-system, labels: {k8s-app: kube-dns}}
+spec:
+  selector: {k8s-app: kube-dns}
+  ipFamilyPolicy: RequireDualStack
+  ipFamilies: [IPv4, IPv6]
+  clusterIP: ${CL_DNS_IPS[0]}
+  clusterIPs: [${CL_DNS_IPS[0]}, ${CL_DNS_IPS[1]}]
+  ports:
+  - {name: dns, port: 53, protocol: UDP}
+  - {name: dns-tcp, port: 53, protocol: TCP}
+  - {name: metrics, port: 9153, protocol: TCP}
 EOF
 }
 
@@ -225,14 +366,14 @@ cl_control_plane_up() {
     --authorization-mode Node,RBAC --allow-privileged=true \
     --service-account-key-file "$CL_DIR/sa.pub" --service-account-signing-key-file "$CL_DIR/sa.key" \
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
-    --service-cluster-ip-range "$CL_SERVICE_CIDR" --enable-admission-plugins NodeRestriction \
+    --service-cluster-ip-range "$CL_SERVICE_CIDR,$CL_SERVICE_CIDR6" --enable-admission-plugins NodeRestriction \
     --kubelet-preferred-address-types InternalIP
   cl_kubeconfig "admin-$CL_ID" >"$CL_DIR/admin.kubeconfig"
   wait_for 180 "kube-apiserver to be ready on $CL_CP_IP:6443" cl_api_ready || return 1
   cl_spawn cp/kube-controller-manager "${cp[@]}" "$CL_BIN/kube-controller-manager" \
     --kubeconfig "$CL_DIR/admin.kubeconfig" --leader-elect=false \
     --service-account-private-key-file "$CL_DIR/sa.key" --root-ca-file "$CL_DIR/apiserver/apiserver.crt" \
-    --use-service-account-credentials=true --service-cluster-ip-range "$CL_SERVICE_CIDR" \
+    --use-service-account-credentials=true --service-cluster-ip-range "$CL_SERVICE_CIDR,$CL_SERVICE_CIDR6" \
     --bind-address 127.0.0.1 --secure-port 10257
   cl_spawn cp/kube-scheduler "${cp[@]}" "$CL_BIN/kube-scheduler" \
     --kubeconfig "$CL_DIR/admin.kubeconfig" --leader-elect=false --bind-address 127.0.0.1 --secure-port 10259
@@ -340,7 +481,7 @@ authentication:
   webhook: {enabled: false}
 authorization: {mode: AlwaysAllow}
 failSwapOn: false
-clusterDNS: [10.96.0.10]
+clusterDNS: [${CL_DNS_IPS[0]}, ${CL_DNS_IPS[1]}]
 clusterDomain: cluster.local
 resolvConf: $CL_DIR/resolv.conf
 evictionHard: {memory.available: 100Mi, nodefs.available: 1%, imagefs.available: 1%, nodefs.inodesFree: 1%}
@@ -354,13 +495,14 @@ EOF
 
 cl_kubelet_start() {
   cl_spawn_in_node "$1/kubelet" "$1" env PATH="$CL_BIN:$PATH" "$CL_BIN/kubelet" --config "$CL_DIR/$1/kubelet.yaml" \
-    --kubeconfig "$CL_DIR/$1/kubelet.kubeconfig" --hostname-override "$1" --node-ip "${CL_NODE_IP[$1]}" \
+    --kubeconfig "$CL_DIR/$1/kubelet.kubeconfig" --hostname-override "$1" --node-ip "${CL_NODE_IP[$1]},${CL_NODE_IP6[$1]}" \
     --cert-dir "$CL_DIR/$1/kubelet-pki" --v 1
 }
 cl_kubelet_stop() { cl_stop "$1/kubelet"; }
 
-# cl_kube_proxy_start NODE MODE [CLUSTER_CIDR]: kube-proxy in iptables or
-# nftables mode; conntrack's machine-wide limits are left alone.
+# cl_kube_proxy_start NODE MODE [CLUSTER_CIDRS]: kube-proxy in iptables or
+# nftables mode (CLUSTER_CIDRS, if given, names a range of each family);
+# conntrack's machine-wide limits are left alone.
 cl_kube_proxy_start() {
   cat >"$CL_DIR/$1/kube-proxy.yaml" <<EOF
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
@@ -383,9 +525,11 @@ cl_kube_proxy_stop() {
 
 cl_node_up() { # cl_node_up NODE: a node with containerd and kubelet (no kube-proxy yet)
   local node=$1
-  cl_netns "$node" eno1 "${CL_NODE_IP[$node]}"
-  ip netns exec "$CL_ID-$node" sysctl -qw net.ipv4.ip_forward=1 net.netfilter.nf_conntrack_tcp_be_liberal=1 2>/dev/null ||
-    ip netns exec "$CL_ID-$node" sysctl -qw net.ipv4.ip_forward=1
+  cl_netns "$node" eno1 "${CL_NODE_IP[$node]}" "${CL_NODE_IP6[$node]}"
+  # A router, as a node is; conntrack's settings stay the kernel's defaults
+  # (nf_conntrack_tcp_be_liberal 0: kube-proxy's iptables mode drops what
+  # conntrack finds INVALID, and the Services must work so).
+  ip netns exec "$CL_ID-$node" sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
   cl_node_namespace "$node"
   cl_containerd_config >"$CL_DIR/$node/containerd.toml"
   cl_kubelet_config "$node" >"$CL_DIR/$node/kubelet.yaml"
@@ -419,6 +563,44 @@ cl_busybox_image() {
   podman $(cl_podman_opts) save -q --format oci-archive -o "$1" "$CL_POD_IMAGE"
 }
 
+# cl_plugins_image TAG ARCHIVE: the installer image (scripts/image.sh) as
+# CL_PLUGINS_IMAGE:TAG, its plugins answering VERSION TAG; saved as an OCI
+# archive.
+CL_PLUGINS_IMAGE=localhost/cnichain-plugins
+cl_plugins_image() {
+  VERSION="$1" LDFLAGS="-X github.com/cnichain/plugins/pkg/buildinfo.Version=$1" \
+    IMAGE="$CL_PLUGINS_IMAGE:$1" IMAGE_ARCHIVE="$2" PODMAN_OPTS="$(cl_podman_opts)" scripts/image.sh >/dev/null
+}
+
+# cl_daemonset TAG CONFLIST [ARG...]: deploy/daemonset.yaml as a user
+# applies it, with image tag TAG, the ConfigMap cnichain-conflist mounted at
+# /config, and CONFLIST (a key of it; $(NODE_NAME) is the node's name)
+# installed as 30-lan.conflist; ARGs go to cnichain-install too.
+cl_daemonset() {
+  local tag=$1 conflist=$2 args
+  shift 2
+  args=$(jq -cn --arg c "-conflist=/config/$conflist" '["-agent","-iptables-root=/host",$c,"-conflist-name=30-lan.conflist"] + $ARGS.positional' --args "$@")
+  cl_kubectl patch --local -o yaml -f deploy/daemonset.yaml --type strategic -p "$(cat <<PATCH
+{"spec":{"template":{"spec":{
+  "containers":[{"name":"install","image":"$CL_PLUGINS_IMAGE:$tag","args":$args,
+    "env":[{"name":"NODE_NAME","valueFrom":{"fieldRef":{"fieldPath":"spec.nodeName"}}}],
+    "volumeMounts":[{"name":"conflist","mountPath":"/config","readOnly":true}]}],
+  "volumes":[{"name":"conflist","configMap":{"name":"cnichain-conflist"}}]}}}}
+PATCH
+)"
+}
+
+# cl_rolled_out SECONDS: the DaemonSet's pods are all updated and Ready; if
+# not, says what its pods are doing.
+cl_rolled_out() {
+  cl_kubectl -n kube-system rollout status daemonset/cnichain-plugins --timeout "$1s" >/dev/null && return 0
+  echo "the DaemonSet's pods, after ${1}s:" >&2
+  cl_kubectl -n kube-system get pods -o wide >&2
+  cl_kubectl -n kube-system get pods -o 'jsonpath={range .items[*]}{.metadata.name}: {.status.containerStatuses[0].lastState}{"\n"}{end}' >&2
+  cl_kubectl -n kube-system get events --sort-by .lastTimestamp >&2
+  return 1
+}
+
 cl_podman_clean() { # the images' build storage, once they are saved
   # shellcheck disable=SC2046
   [ ! -d "$CL_DIR/podman" ] || podman $(cl_podman_opts) rmi -a -f >/dev/null 2>&1 || true
@@ -434,23 +616,31 @@ cl_provision_reference_plugins() {
 }
 
 # cl_conflist NODE PORT_MAPPER: the whole chain on the lan for NODE's pods:
-# macvlan with host-local handing out addresses from a range of the node's
-# (192.168.10.x on node-a, 192.168.11.x on node-b), macvlan-host-route with
-# the Service range through the node (viaNode), then PORT_MAPPER
-# (portmap-lite, or the reference portmap).
+# macvlan with host-local handing out addresses of both families from
+# ranges of the node's (192.168.10.x and fd00:c0a8::10:x on node-a,
+# 192.168.11.x and fd00:c0a8::11:x on node-b), macvlan-host-route with the
+# Service ranges through the node (viaNode), then PORT_MAPPER (portmap-lite,
+# or the reference portmap). The IPv6 range names no gateway, its default
+# route does: with a gateway on an address, macvlan waits for the address's
+# DAD (about 2 s) before its ADD returns. So the pod starts that much
+# sooner, its IPv6 address tentative meanwhile (the kernel picks no
+# tentative source; a server bound to it waits).
 cl_conflist() {
-  local range
-  range=192.168.$((10 + $(cl_node_index "$1")))
+  local n
+  n=$((10 + $(cl_node_index "$1")))
   cat <<CONF
 {"cniVersion":"1.0.0","name":"lan","plugins":[
  {"type":"macvlan","master":"eno1","mode":"bridge",
-  "ipam":{"type":"host-local","ranges":[[{"subnet":"192.168.0.0/16","rangeStart":"$range.10","rangeEnd":"$range.250","gateway":"192.168.0.1"}]],
-          "routes":[{"dst":"0.0.0.0/0"}]}},
- {"type":"macvlan-host-route","master":"eno1","viaNode":["$CL_SERVICE_CIDR"]},
+  "ipam":{"type":"host-local","ranges":[
+            [{"subnet":"192.168.0.0/16","rangeStart":"192.168.$n.10","rangeEnd":"192.168.$n.250","gateway":"192.168.0.1"}],
+            [{"subnet":"fd00:c0a8::/64","rangeStart":"fd00:c0a8::$n:10","rangeEnd":"fd00:c0a8::$n:250"}]],
+          "routes":[{"dst":"0.0.0.0/0"},{"dst":"::/0","gw":"fd00:c0a8::1"}]}},
+ {"type":"macvlan-host-route","master":"eno1","viaNode":["$CL_SERVICE_CIDR","$CL_SERVICE_CIDR6"]},
  {"type":"$2","capabilities":{"portMappings":true}}]}
 CONF
 }
-CL_POD_CIDR=192.168.10.0/23 # both nodes' ranges
+CL_POD_CIDR=192.168.10.0/23      # both nodes' ranges
+CL_POD_CIDR6=fd00:c0a8::10:0/111 # ditto
 
 # cl_hostport_pod NAME NODE HOSTPORT LABEL: a pod's manifest: busybox httpd
 # on port 80, reached at NODE's HOSTPORT; gone at once when deleted (a
@@ -502,8 +692,10 @@ cluster_up() {
   ip -n "$CL_ID-lan" link set lo up
   ip -n "$CL_ID-lan" link add lan0 type bridge
   ip -n "$CL_ID-lan" addr add 192.168.0.1/16 dev lan0
+  ip -n "$CL_ID-lan" addr add fd00:c0a8::1/64 dev lan0 nodad
   ip -n "$CL_ID-lan" link set lan0 up
-  cl_netns cp eth0 "$CL_CP_IP"
+  cl_lan_resolver
+  cl_netns cp eth0 "$CL_CP_IP" "$CL_CP_IP6"
   cl_control_plane_up || return 1
   local node
   for node in "${CL_NODES[@]}"; do cl_node_up "$node" || return 1; done

@@ -4,18 +4,20 @@
 # containerd 2, a kubelet and kube-proxy), installed by our own DaemonSet:
 # nodes NotReady until it has put the plugins and the whole chain's
 # conflist in place; a Deployment spread over both nodes reached from the
-# lan, the nodes and each other; a hostPort; ClusterIP Services (TCP and
-# UDP) from macvlan pods through the real kube-proxy in both of its modes,
-# with and without --cluster-cidr; a Dockin multinic pod; and the life
-# cycle: pods deleted, a node drained, kubelet and containerd restarted,
-# the DaemonSet rolled to a new image under running pods.
+# lan, the nodes and each other, over IPv4 and IPv6 (the cluster is
+# dual-stack); a hostPort of both families; dual-stack ClusterIP Services
+# (TCP and UDP) from macvlan pods through the real kube-proxy in both of its
+# modes, with and without --cluster-cidr, each backend answering; the
+# cluster's DNS (CoreDNS, itself a macvlan pod behind kube-dns) resolving
+# the cluster's names and forwarding the lan's; a Dockin multinic pod; and
+# the life cycle: pods deleted, a node drained, kubelet and containerd
+# restarted, the DaemonSet rolled to a new image under running pods.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/e2e-lib.sh
 . scripts/cluster.sh
 
 SB_BIN="${SB_BIN:-$(pwd)/bin}"
-PLUGINS=localhost/cnichain-plugins
 
 cluster_up
 T=$CL_DIR
@@ -26,13 +28,12 @@ echo "== Kubernetes $("$CL_BIN/kubelet" --version | awk '{print $2}'), container
 # the pods' (cl_busybox_image); the installer image at two versions, for
 # the rolling update.
 cl_busybox_image "$T/busybox.tar"
-for v in 1 2; do
-  VERSION="k8s-e2e-$v" LDFLAGS="-X github.com/cnichain/plugins/pkg/buildinfo.Version=k8s-e2e-$v" \
-    IMAGE="$PLUGINS:k8s-e2e-$v" IMAGE_ARCHIVE="$T/plugins-$v.tar" PODMAN_OPTS="$(cl_podman_opts)" scripts/image.sh >/dev/null
-done
+cl_coredns_image "$T/coredns.tar"
+for v in 1 2; do cl_plugins_image "k8s-e2e-$v" "$T/plugins-$v.tar"; done
 cl_podman_clean
 for node in "${CL_NODES[@]}"; do
   cl_import "$node" "$T/busybox.tar"
+  cl_import "$node" "$T/coredns.tar"
   cl_import "$node" "$T/plugins-1.tar"
   cl_import "$node" "$T/plugins-2.tar"
   cl_provision_reference_plugins "$node" "$SB_BIN"
@@ -52,17 +53,7 @@ k -n kube-system create configmap cnichain-conflist --from-file "$T/node-a.confl
 
 # deploy/daemonset.yaml as a user applies it, with the image tag of this
 # run and the ConfigMap's conflist for its node.
-daemonset() { # daemonset TAG: the manifest for that image tag
-  k patch --local -o yaml -f deploy/daemonset.yaml --type strategic -p "$(cat <<PATCH
-{"spec":{"template":{"spec":{
-  "containers":[{"name":"install","image":"$PLUGINS:$1",
-    "args":["-agent","-iptables-root=/host","-conflist=/config/\$(NODE_NAME).conflist","-conflist-name=30-lan.conflist"],
-    "env":[{"name":"NODE_NAME","valueFrom":{"fieldRef":{"fieldPath":"spec.nodeName"}}}],
-    "volumeMounts":[{"name":"conflist","mountPath":"/config","readOnly":true}]}],
-  "volumes":[{"name":"conflist","configMap":{"name":"cnichain-conflist"}}]}}}}
-PATCH
-)"
-}
+daemonset() { cl_daemonset "$1" '$(NODE_NAME).conflist'; }
 daemonset k8s-e2e-1 | k apply -f - >/dev/null
 for node in "${CL_NODES[@]}"; do
   check "$node becomes Ready once the DaemonSet has installed the plugins and conflist" \
@@ -88,7 +79,7 @@ spec:
       topologySpreadConstraints:
       - {maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule, labelSelector: {matchLabels: {app: web}}}
       containers:
-      - {name: web, image: $CL_POD_IMAGE, imagePullPolicy: Never, command: [/bin/busybox, httpd, -f, -p, "80", -h, /www]}
+      - {name: web, image: $CL_POD_IMAGE, imagePullPolicy: Never, command: [/bin/probe, http-serve, "80"]}
       - {name: echo, image: $CL_POD_IMAGE, imagePullPolicy: Never, command: [/bin/probe, udp-serve, "5353"]}
 ---
 apiVersion: v1
@@ -96,6 +87,7 @@ kind: Service
 metadata: {name: web}
 spec:
   selector: {app: web}
+  ipFamilyPolicy: RequireDualStack
   ports: [{name: http, port: 80, protocol: TCP}]
 ---
 apiVersion: v1
@@ -103,6 +95,7 @@ kind: Service
 metadata: {name: echo}
 spec:
   selector: {app: web}
+  ipFamilyPolicy: RequireDualStack
   ports: [{name: echo, port: 53, targetPort: 5353, protocol: UDP}]
 EOF
 hostport_pod node-a
@@ -118,50 +111,160 @@ check "the hostPort pod becomes Ready" wait_for 180 "the hostPort pod to be Read
 
 pod_on() { k get pod -l app=web --field-selector "spec.nodeName=$1" -o 'jsonpath={.items[0].metadata.name}'; }
 pod_ip() { k get pod "$1" -o 'jsonpath={.status.podIP}'; }
+pod_ip6() { k get pod "$1" -o 'jsonpath={.status.podIPs[1].ip}'; }
 WEB_A=$(pod_on node-a) WEB_B=$(pod_on node-b)
 IP_A=$(pod_ip "$WEB_A") IP_B=$(pod_ip "$WEB_B")
-echo "   web pods: $WEB_A $IP_A on node-a, $WEB_B $IP_B on node-b"
+IP6_A=$(pod_ip6 "$WEB_A") IP6_B=$(pod_ip6 "$WEB_B")
+echo "   web pods: $WEB_A $IP_A $IP6_A on node-a, $WEB_B $IP_B $IP6_B on node-b"
 check "node-a's pod has a lan address from node-a's range" matches '^192\.168\.10\.' echo "$IP_A"
 check "node-b's pod has a lan address from node-b's range" matches '^192\.168\.11\.' echo "$IP_B"
+check "node-a's pod has an IPv6 lan address from node-a's range" matches '^fd00:c0a8::10:' echo "$IP6_A"
+check "node-b's pod has an IPv6 lan address from node-b's range" matches '^fd00:c0a8::11:' echo "$IP6_B"
 
 page() { matches 'hello from a k8s pod' "$@"; }
 from_lan() { page in_lan curl -s -g --max-time 5 "$1"; }
 from_node() { page in_node "$1" curl -s -g --max-time 5 "$2"; }
 from_pod() { page k exec "$1" -c web -- /bin/probe http "$2"; }
-for ip in "$IP_A" "$IP_B"; do
-  check "the lan reaches the pod at $ip" wait_for 60 "the lan to reach $ip" from_lan "http://$ip/"
+url() { case $1 in *:*) echo "http://[$1]$2" ;; *) echo "http://$1$2" ;; esac; }
+for ip in "$IP_A" "$IP_B" "$IP6_A" "$IP6_B"; do
+  check "the lan reaches the pod at $ip" wait_for 60 "the lan to reach $ip" from_lan "$(url "$ip" /)"
   for node in "${CL_NODES[@]}"; do
-    check "$node reaches the pod at $ip" wait_for 60 "$node to reach $ip" from_node "$node" "http://$ip/"
+    check "$node reaches the pod at $ip" wait_for 60 "$node to reach $ip" from_node "$node" "$(url "$ip" /)"
   done
 done
 check "node-a's pod reaches node-b's" from_pod "$WEB_A" "http://$IP_B/"
 check "node-b's pod reaches node-a's" from_pod "$WEB_B" "http://$IP_A/"
+check "node-a's pod reaches node-b's over IPv6" from_pod "$WEB_A" "$(url "$IP6_B" /)"
+check "node-b's pod reaches node-a's over IPv6" from_pod "$WEB_B" "$(url "$IP6_A" /)"
+for node in "${CL_NODES[@]}"; do
+  check "node-a's pod reaches $node over IPv6 (ping)" \
+    k exec "$WEB_A" -c web -- /bin/busybox ping -6 -c 1 -W 5 "${CL_NODE_IP6[$node]}"
+done
 check "hostPort 8080: the lan reaches node-a:8080" wait_for 60 "node-a:8080 from the lan" from_lan "http://192.168.0.11:8080/"
+check "hostPort 8080: the lan reaches node-a:8080 over IPv6" wait_for 60 "[${CL_NODE_IP6[node-a]}]:8080 from the lan" from_lan "$(url "${CL_NODE_IP6[node-a]}" :8080/)"
 check "hostPort 8080: node-a reaches its own address:8080" from_node node-a "http://192.168.0.11:8080/"
 check "hostPort 8080: a pod on node-b reaches node-a:8080" from_pod "$WEB_B" "http://192.168.0.11:8080/"
+check "hostPort 8080: a pod on node-b reaches node-a:8080 over IPv6" from_pod "$WEB_B" "$(url "${CL_NODE_IP6[node-a]}" :8080/)"
 
-# Services from macvlan pods through the real kube-proxy.
-WEB_SVC=$(k get svc web -o 'jsonpath={.spec.clusterIP}')
-ECHO_SVC=$(k get svc echo -o 'jsonpath={.spec.clusterIP}')
-udp_from_pod() { matches '^web-.*: ping' k exec "$1" -c web -- /bin/probe udp "$2" ping; }
+# Services from macvlan pods through the real kube-proxy, at conntrack's
+# defaults (nf_conntrack_tcp_be_liberal 0: what it finds INVALID, kube-proxy's
+# iptables mode drops).
+for node in "${CL_NODES[@]}"; do
+  check "$node runs at conntrack's default: nf_conntrack_tcp_be_liberal is 0" \
+    matches '^0$' in_node "$node" cat /proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal
+done
+WEB_SVC=$(k get svc web -o 'jsonpath={.spec.clusterIPs[0]}') WEB_SVC6=$(k get svc web -o 'jsonpath={.spec.clusterIPs[1]}')
+ECHO_SVC=$(k get svc echo -o 'jsonpath={.spec.clusterIPs[0]}') ECHO_SVC6=$(k get svc echo -o 'jsonpath={.spec.clusterIPs[1]}')
+check "the web Service is dual-stack: an IPv6 ClusterIP from $CL_SERVICE_CIDR6" matches '^fd00:96::' echo "$WEB_SVC6"
+# answered_by tcp|udp POD TARGET: the name of the web pod that answered
+# POD's request to TARGET (a URL, or HOST:PORT for udp).
+answered_by() {
+  local out
+  case $1 in
+  tcp) out=$(k exec "$2" -c web -- /bin/probe http "$3") || return 1
+    [[ $out == "hello from a k8s pod"$'\n'web-* ]] || return 1
+    echo "${out#*$'\n'}" ;;
+  udp) out=$(k exec "$2" -c web -- /bin/probe udp "$3" ping) || return 1
+    [[ $out == web-*": ping" ]] || return 1
+    echo "${out%: ping}" ;;
+  esac
+}
+# both_answer tcp|udp POD TARGET: POD's requests to the Service at TARGET
+# are answered by the web pod on each node (kube-proxy picks a backend per
+# connection: within 90 s, both have); names those that did when not.
+both_answer() {
+  local seen=" " name deadline=$((SECONDS + 90))
+  until [[ $seen == *" $WEB_A "* && $seen == *" $WEB_B "* ]]; do
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      echo "gave up after 90s waiting for $WEB_A and $WEB_B both to answer $2's $1 requests to $3; answered:$seen" >&2
+      return 1
+    fi
+    if name=$(answered_by "$@"); then
+      [[ $seen == *" $name "* ]] || seen+="$name "
+    fi
+  done
+}
+# resolves POD PROTO NAME ADDRESS... [@SERVER]: POD resolves NAME to each
+# ADDRESS over PROTO, through its resolv.conf (the cluster's DNS) or at
+# SERVER (HOST:PORT).
+resolves() {
+  local pod=$1 proto=$2 name=$3 out a server=()
+  shift 3
+  [[ ${*: -1} != @* ]] || server=("${*: -1}")
+  out=$(k exec "$pod" -c web -- /bin/probe dns "$proto" "$name" ${server[@]+"${server[@]#@}"}) || return 1
+  for a in "$@"; do
+    [[ $a == @* ]] || grep -qxF -- "$a" <<<"$out" || return 1
+  done
+}
+dns_checks() { # dns_checks HOW POD: the cluster's DNS answers POD
+  local how=$1 pod=$2
+  check "$how: $pod resolves kubernetes.default.svc.cluster.local over UDP" \
+    wait_for 60 "$pod to resolve the kubernetes Service's name" resolves "$pod" udp kubernetes.default.svc.cluster.local 10.96.0.1
+  check "$how: $pod resolves kubernetes.default (its search list) over TCP" \
+    wait_for 60 "$pod to resolve kubernetes.default over TCP" resolves "$pod" tcp kubernetes.default 10.96.0.1
+  check "$how: $pod resolves the web Service's name to its IPv4 and IPv6 ClusterIPs" \
+    wait_for 60 "$pod to resolve web.default.svc.cluster.local" resolves "$pod" udp web.default.svc.cluster.local "$WEB_SVC" "$WEB_SVC6"
+  check "$how: $pod resolves a lan name (CoreDNS forwards it to the lan's resolver) over UDP" \
+    wait_for 60 "$pod to resolve gateway.lan.example" resolves "$pod" udp gateway.lan.example 192.168.0.1
+  check "$how: $pod resolves a lan name over TCP, asking kube-dns's IPv6 address" \
+    wait_for 60 "$pod to resolve gateway.lan.example at [${CL_DNS_IPS[1]}]:53" resolves "$pod" tcp gateway.lan.example fd00:c0a8::1 "@[${CL_DNS_IPS[1]}]:53"
+}
+# kube_proxy_rules NODE: kube-proxy's chains and tables on NODE, one a line
+# (iptables' of both families; nftables' kube-proxy tables).
+kube_proxy_rules() {
+  local out
+  out=$(in_node "$1" iptables-save; in_node "$1" ip6tables-save; in_node "$1" nft list tables) || return 1
+  grep -E -- '^:KUBE-(SERVICES|POSTROUTING|NODEPORTS|PROXY-CANARY|PROXY-FIREWALL|FORWARD|EXTERNAL-SERVICES|SVC-|SEP-)|^table ip6? kube-proxy$' <<<"$out"
+}
+# has_kube_proxy_rules NODE FAMILY_PATTERN: they are there (of that mode).
+has_kube_proxy_rules() { matches "$2" kube_proxy_rules "$1"; }
+no_kube_proxy_rules() {
+  local out
+  out=$(in_node "$1" iptables-save; in_node "$1" ip6tables-save; in_node "$1" nft list tables) || return 1
+  ! grep -E -- '^:KUBE-(SERVICES|POSTROUTING|NODEPORTS|PROXY-CANARY|PROXY-FIREWALL|FORWARD|EXTERNAL-SERVICES|SVC-|SEP-)|^table ip6? kube-proxy$' <<<"$out" >&2
+}
+coredns_ready() { # both CoreDNS pods are Ready (its ready plugin: synced with the API server)
+  local out
+  out=$(k -n kube-system get pod -l k8s-app=kube-dns -o 'jsonpath={.items[*].status.conditions[?(@.type=="Ready")].status}') &&
+    [ "$out" = "True True" ]
+}
+coredns_deployed=""
 for mode in iptables nftables; do
-  for cidr in "" "$CL_POD_CIDR"; do
+  case $mode in
+  iptables) mode_rules='^:KUBE-SERVICES' ;;
+  nftables) mode_rules='^table ip6 kube-proxy$' ;;
+  esac
+  for cidr in "" "$CL_POD_CIDR,$CL_POD_CIDR6"; do
     for node in "${CL_NODES[@]}"; do cl_kube_proxy_start "$node" "$mode" "$cidr"; done
     how="kube-proxy $mode without --cluster-cidr"
     [ -z "$cidr" ] || how="kube-proxy $mode --cluster-cidr $cidr"
-    for pod in "$WEB_A" "$WEB_B"; do
-      # Four times from each pod: kube-proxy picks a backend per connection,
-      # so the one on the other node very likely answers too (not asserted).
-      for i in 1 2 3 4; do
-        check "$how: $pod reaches the TCP Service $WEB_SVC ($i)" wait_for 60 "$pod to reach $WEB_SVC:80" from_pod "$pod" "http://$WEB_SVC/"
-        check "$how: $pod reaches the UDP Service $ECHO_SVC:53 ($i)" wait_for 60 "$pod to reach $ECHO_SVC:53" udp_from_pod "$pod" "$ECHO_SVC:53"
-      done
+    for node in "${CL_NODES[@]}"; do
+      check "$how: its rules are on $node" wait_for 60 "kube-proxy's $mode rules on $node" has_kube_proxy_rules "$node" "$mode_rules"
     done
-    for node in "${CL_NODES[@]}"; do cl_kube_proxy_stop "$node"; done
+    if [ -z "$coredns_deployed" ]; then
+      # The cluster's DNS, once a kube-proxy gives its pods the API server
+      # (the kubernetes Service) to sync with.
+      cl_coredns_manifest | k apply -f - >/dev/null
+      check "CoreDNS, two macvlan pods, becomes Ready: each reached the API server through the kubernetes Service" \
+        wait_for 180 "two Ready CoreDNS pods" coredns_ready
+      coredns_deployed=1
+    fi
+    for pod in "$WEB_A" "$WEB_B"; do
+      check "$how: $pod reaches the TCP Service $WEB_SVC" wait_for 60 "$pod to reach $WEB_SVC:80" from_pod "$pod" "http://$WEB_SVC/"
+      check "$how: both backends answer $pod at the TCP Service $WEB_SVC" both_answer tcp "$pod" "http://$WEB_SVC/"
+      check "$how: both backends answer $pod at the TCP Service [$WEB_SVC6]" both_answer tcp "$pod" "$(url "$WEB_SVC6" /)"
+      check "$how: both backends answer $pod at the UDP Service $ECHO_SVC:53" both_answer udp "$pod" "$ECHO_SVC:53"
+      check "$how: both backends answer $pod at the UDP Service [$ECHO_SVC6]:53" both_answer udp "$pod" "[$ECHO_SVC6]:53"
+      dns_checks "$how" "$pod"
+    done
+    for node in "${CL_NODES[@]}"; do
+      cl_kube_proxy_stop "$node"
+      check "$how: stopped (--cleanup), its rules are gone from $node before the next starts" no_kube_proxy_rules "$node"
+    done
   done
 done
 
-for node in "${CL_NODES[@]}"; do cl_kube_proxy_start "$node" iptables "$CL_POD_CIDR"; done
+for node in "${CL_NODES[@]}"; do cl_kube_proxy_start "$node" iptables "$CL_POD_CIDR,$CL_POD_CIDR6"; done
 
 # What a node holds of a pod: rules, routes, the plugins' records and
 # host-local's lease mentioning its address.
@@ -175,9 +278,14 @@ forgotten() { ! mentions "$1" "$2" >/dev/null; }
 # records NODE: the plugins' records of pods on NODE (locks are dot files;
 # the sub-device's answers stay with it, by design).
 records() {
-  find "$T/$1/mnt/var/lib/cni/portmap-lite" "$T/$1/mnt/var/lib/cni/macvlan-host-route" "$T/$1/mnt/var/lib/cni/multinic" \
-    -type f ! -name '.*' ! -name 'answers-*' 2>/dev/null | sort || true
+  local d dirs=()
+  for d in portmap-lite macvlan-host-route multinic; do
+    [ ! -d "$T/$1/mnt/var/lib/cni/$d" ] || dirs+=("$T/$1/mnt/var/lib/cni/$d")
+  done
+  [ ${#dirs[@]} -gt 0 ] || return 0
+  find "${dirs[@]}" -type f ! -name '.*' ! -name 'answers-*' | sort
 }
+some_records() { [ -n "$(records "$1")" ]; }
 no_records() { [ -z "$(records "$1")" ]; }
 # no_records_within SECONDS NODE: waits for NODE's records to go; names those left.
 no_records_within() {
@@ -189,13 +297,18 @@ lite_chains() { in_node "$1" iptables-save -t nat | grep -E '^-A CNI-LITE' | sed
 
 # Deleting a pod.
 HP_IP=$(pod_ip hostport)
+dnat_8080() { matches '--dport 8080' in_node node-a iptables-save -t nat; }
+no_dnat_8080() { in_node node-a iptables-save -t nat >"$T/nat" && ! grep -q -- '--dport 8080' "$T/nat"; }
+check "before it is deleted, node-a holds the hostPort pod's state" mentions node-a "$HP_IP"
+check "before it is deleted, node-a holds a DNAT for 8080" dnat_8080
 k delete pod hostport --wait=true --timeout 120s >/dev/null
 check "deleting the hostPort pod leaves nothing of it on node-a" \
   wait_for 60 "node-a to forget $HP_IP" forgotten node-a "$HP_IP"
-check "deleting the hostPort pod leaves no DNAT for 8080" \
-  wait_for 60 "node-a's rules to drop 8080" sh -c "! ip netns exec $CL_ID-node-a iptables-save -t nat | grep -q -- '--dport 8080'"
+check "deleting the hostPort pod leaves no DNAT for 8080" wait_for 60 "node-a's rules to drop 8080" no_dnat_8080
 
 # Draining a node: its pod is evicted; node-a keeps serving.
+check "before the drain, node-b holds its pod's state" mentions node-b "$IP_B"
+check "before the drain, node-b holds records" some_records node-b
 k drain node-b --ignore-daemonsets --force --grace-period 0 --timeout 120s >/dev/null 2>&1
 check "draining node-b evicts its pod and leaves nothing of it" \
   wait_for 60 "node-b to forget $IP_B" forgotten node-b "$IP_B"
@@ -231,23 +344,17 @@ no_event_restores() {
   return 1
 }
 for node in "${CL_NODES[@]}"; do
+  check "$node: its agent logged its first restore" matches 'msg=restore .*after="?start' agent_log "$node"
   check "$node: kube-proxy's mode changes and the pods' comings and goings made its agent restore nothing" no_event_restores "$node"
 done
 
 # Deleting the DaemonSet's pods: it recreates them; the pods' rules,
 # routes and records stay as they were.
 before_a=$(lite_chains node-a; records node-a) before_b=$(lite_chains node-b; records node-b)
+check "node-a holds its pods' chains and records before the DaemonSet's pods are deleted" test -n "$before_a"
+check "node-b holds its pods' chains and records before the DaemonSet's pods are deleted" test -n "$before_b"
 k -n kube-system delete pod -l app.kubernetes.io/name=cnichain-plugins --wait=true --timeout 120s >/dev/null
-# rolled_out SECONDS: the DaemonSet's pods are all updated and Ready; if
-# not, says what its pods are doing.
-rolled_out() {
-  k -n kube-system rollout status daemonset/cnichain-plugins --timeout "$1s" >/dev/null && return 0
-  echo "the DaemonSet's pods, after ${1}s:" >&2
-  k -n kube-system get pods -o wide >&2 || true
-  k -n kube-system get pods -o 'jsonpath={range .items[*]}{.metadata.name}: {.status.containerStatuses[0].lastState}{"\n"}{end}' >&2 || true
-  k -n kube-system get events --sort-by .lastTimestamp 2>/dev/null | tail -15 >&2 || true
-  return 1
-}
+rolled_out() { cl_rolled_out "$@"; }
 check "the DaemonSet's pods come back" rolled_out 180
 check "deleting the DaemonSet's pods changes nothing of node-a's pods" test "$before_a" = "$(lite_chains node-a; records node-a)"
 check "deleting the DaemonSet's pods changes nothing of node-b's pods" test "$before_b" = "$(lite_chains node-b; records node-b)"
@@ -286,6 +393,7 @@ take_from_node_a ip route flush proto 197
 check "agent: after the host routes were flushed, node-a reaches its pod" wait_for 60 "node-a to reach $IP_A" from_node node-a "http://$IP_A/"
 # (Four takes within 10 s are what its back-off is for: from the fourth, it
 # waits a second, then two; not an error.)
+check "agent: node-a's agent logged its restores" matches 'msg=restore ' agent_log node-a
 check "agent: node-a's agent logged no error" agent_logged_no node-a 'level=ERROR'
 
 # probe_start / probes_all_answered: node-a's hostPort probed from the lan
@@ -302,12 +410,33 @@ probe_stop() { kill "$PROBE" 2>/dev/null; wait "$PROBE" 2>/dev/null || true; }
 probes_all_answered() { grep -q ok "$T/probes" && ! grep -q FAIL "$T/probes"; }
 probes() { echo "$(grep -c . "$T/probes") probes"; }
 
+# serves NODE AFTER: NODE's new kubelet and containerd serve: a pod created
+# there after AFTER becomes Ready, and an exec into it answers.
+sleeper_pod() { # sleeper_pod NAME NODE
+  cat <<EOF
+apiVersion: v1
+kind: Pod
+metadata: {name: $1}
+spec:
+  nodeName: $2
+  terminationGracePeriodSeconds: 0
+  containers: [{name: web, image: $CL_POD_IMAGE, imagePullPolicy: Never}]
+EOF
+}
+serves() {
+  local pod=after-$2-$1
+  sleeper_pod "$pod" "$1" | k apply -f - >/dev/null || return 1
+  wait_for 180 "$pod to be Ready on $1" pod_ready "$pod" && matches '^served$' k exec "$pod" -- /bin/busybox echo served || return 1
+  k delete pod "$pod" --wait=true --timeout 120s >/dev/null
+}
 probe_start
 for node in "${CL_NODES[@]}"; do
   cl_kubelet_stop "$node"
   cl_kubelet_start "$node"
 done
-sleep 2
+for node in "${CL_NODES[@]}"; do
+  check "after its kubelet restarted, $node serves: a new pod is Ready and exec'd into" serves "$node" kubelet-restart
+done
 probe_stop
 check "kubelet restarts: every probe of node-a:8080 from the lan was answered ($(probes))" probes_all_answered
 check "after kubelet restarts: the lan reaches node-b's pod" from_lan "http://$IP_B/"
@@ -319,7 +448,9 @@ for node in "${CL_NODES[@]}"; do
   cl_containerd_stop "$node"
   cl_containerd_start "$node"
 done
-sleep 2
+for node in "${CL_NODES[@]}"; do
+  check "after its containerd restarted, $node serves: a new pod is Ready and exec'd into" serves "$node" containerd-restart
+done
 probe_stop
 check "containerd restarts: every probe of node-a:8080 from the lan was answered ($(probes))" probes_all_answered
 check "after containerd restarts: node-b reaches node-a's pod" from_node node-b "http://$IP_A/"
@@ -335,7 +466,7 @@ daemonset k8s-e2e-2 | k apply -f - >/dev/null
 check "the DaemonSet rolls out the new image" rolled_out 300
 probe_stop
 check "during the rollout, every probe of node-a:8080 from the lan was answered ($(probes))" probes_all_answered
-version_of() { "$T/$1/mnt/opt/cni/bin/$2" </dev/null 2>&1 || true; }
+version_of() { "$T/$1/mnt/opt/cni/bin/$2" </dev/null 2>&1; }
 for node in "${CL_NODES[@]}"; do
   for p in static-ipam macvlan-host-route portmap-lite multinic; do
     check "$node: $p is the new version" matches 'k8s-e2e-2' version_of "$node" "$p"
@@ -383,19 +514,42 @@ multi_has() { matches " $1/" k exec multi -- /bin/busybox ip -o addr; }
 check "multinic: eth0 has the RM's address" multi_has "$(jq -r '.data[] | select(.master) | .podIp' "$T/rm/answer.json")"
 check "multinic: net0 has the RM's address" multi_has "$(jq -r '.data[] | select(.master | not) | .podIp' "$T/rm/answer.json")"
 check "multinic: the pod's IP in the API is eth0's" matches '^192\.168\.71\.' pod_ip multi
+multinic_records() { find "$T/node-a/mnt/var/lib/cni/multinic" -type f ! -name '.*'; }
+check "multinic: node-a holds the pod's multinic record" matches . multinic_records
 k delete pod multi --wait=true --timeout 120s >/dev/null
-check "multinic: deleting the pod leaves no record" wait_for 60 "node-a's multinic records to go" \
-  sh -c "[ -z \"\$(find '$T/node-a/mnt/var/lib/cni/multinic' -type f ! -name '.*' 2>/dev/null)\" ]"
+no_multinic_records() { local out; out=$(multinic_records) && [ -z "$out" ]; }
+check "multinic: deleting the pod leaves no record" wait_for 60 "node-a's multinic records to go" no_multinic_records
 
 # Everything deleted: nothing of any pod is left on either node.
+pod_chains_or_routes() { # what NODE holds of pods, one a line: their DNAT chains, our host routes
+  local nat routes
+  nat=$(in_node "$1" iptables-save -t nat) || return 1
+  routes=$(in_node "$1" ip route show proto 197 && in_node "$1" ip -6 route show proto 197) || return 1
+  awk '/^-A CNI-LITE-DN-/' <<<"$nat"
+  [ -z "$routes" ] || printf '%s\n' "$routes"
+}
+no_pod_chains_or_routes() {
+  local out
+  out=$(pod_chains_or_routes "$1") || return 1
+  [ -z "$out" ] && return 0
+  echo "left on $1: $out" >&2
+  return 1
+}
+for node in "${CL_NODES[@]}"; do
+  check "before everything is deleted, $node holds records" some_records "$node"
+  check "before everything is deleted, $node holds pod chains and routes" matches . pod_chains_or_routes "$node"
+done
 k delete deployment web --wait=true --timeout 120s >/dev/null
+k -n kube-system delete deployment coredns --wait=true --timeout 120s >/dev/null
 k delete pod hostport --wait=true --timeout 120s >/dev/null
-no_web_pods() { [ -z "$(k get pod -l app=web -o name)" ]; }
-check "all pods deleted: no web pod is left" wait_for 120 "the web pods to go" no_web_pods
+no_pods() {
+  local web dns
+  web=$(k get pod -l app=web -o name) && dns=$(k -n kube-system get pod -l k8s-app=kube-dns -o name) && [ -z "$web$dns" ]
+}
+check "all pods deleted: no web or CoreDNS pod is left" wait_for 120 "the web and CoreDNS pods to go" no_pods
 for node in "${CL_NODES[@]}"; do
   check "all pods deleted: no record is left on $node" no_records_within 60 "$node"
-  check "all pods deleted: no pod chain and no pod route is left on $node" \
-    sh -c "! ip netns exec $CL_ID-$node iptables-save -t nat | grep -q '^-A CNI-LITE-DN-' && [ -z \"\$(ip -n $CL_ID-$node route show proto 197)\" ]"
+  check "all pods deleted: no pod chain and no pod route is left on $node" no_pod_chains_or_routes "$node"
 done
 
 report

@@ -4,7 +4,8 @@
 # our go.mod, as crictl is: kubelet, kube-apiserver, kube-controller-manager,
 # kube-scheduler, kube-proxy and kubectl from k8s.io/kubernetes; etcd from
 # go.etcd.io/etcd/server (its etcdmain behind a two-line main); containerd,
-# its runc shim and ctr from github.com/containerd/containerd/v2.
+# its runc shim and ctr from github.com/containerd/containerd/v2; CoreDNS
+# (the cluster's DNS, as kubeadm deploys it) from github.com/coredns/coredns.
 # Prints the directory that holds them all (bin/ below it).
 #
 # k8s.io/kubernetes is not meant to be required by other modules: its
@@ -16,16 +17,22 @@ set -euo pipefail
 K8S_VERSION=v1.37.2
 ETCD_VERSION=v3.7.3
 CONTAINERD_VERSION=v2.4.2
+COREDNS_VERSION=v1.15.0
 
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/cnichain/cluster-k8s-$K8S_VERSION-etcd-$ETCD_VERSION-containerd-$CONTAINERD_VERSION"
 bin=$cache/bin
 components=(kubelet kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubectl etcd containerd containerd-shim-runc-v2 ctr)
+# CoreDNS came later: built beside the others into the same cache (whose
+# name it leaves alone, so a warm cache is not built again), its version
+# kept in a file of its own.
+coredns_stamp=$bin/.coredns-version
 
 built() {
   local c
   for c in "${components[@]}"; do [ -x "$bin/$c" ] || return 1; done
 }
-if built; then
+coredns_built() { [ -x "$bin/coredns" ] && [ "$(cat "$coredns_stamp" 2>/dev/null)" = "$COREDNS_VERSION" ]; }
+if built && coredns_built; then
   echo "$cache"
   exit 0
 fi
@@ -33,6 +40,19 @@ fi
 start=$SECONDS
 mkdir -p "$bin"
 export GOFLAGS=-mod=mod CGO_ENABLED=0
+
+build_coredns() {
+  # Its go.mod has no replace directives either.
+  echo "k8s-build: building CoreDNS $COREDNS_VERSION (once; ~3 min)" >&2
+  (cd / && GOBIN="$bin" go install -trimpath -ldflags "-s -w" "github.com/coredns/coredns@$COREDNS_VERSION")
+  echo "$COREDNS_VERSION" >"$coredns_stamp"
+}
+if built; then
+  build_coredns
+  echo "k8s-build: built in $((SECONDS - start)) s" >&2
+  echo "$cache"
+  exit 0
+fi
 
 # Kubernetes.
 src=$cache/src/kubernetes
@@ -92,6 +112,7 @@ echo "k8s-build: building containerd $CONTAINERD_VERSION (once)" >&2
   "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION" \
   "github.com/containerd/containerd/v2/cmd/ctr@$CONTAINERD_VERSION")
 
-built || { echo "k8s-build: a component is missing from $bin after the build" >&2; exit 1; }
+build_coredns
+built && coredns_built || { echo "k8s-build: a component is missing from $bin after the build" >&2; exit 1; }
 echo "k8s-build: built in $((SECONDS - start)) s" >&2
 echo "$cache"

@@ -5,9 +5,14 @@
 //	probe udp-serve PORT      answers each datagram with the pod's name and what it got
 //	probe udp HOST:PORT MSG   sends MSG from a connected socket, as a resolver does; prints the answer
 //	probe http URL            prints the body of a GET
+//	probe http-serve PORT     answers every GET with "hello from a k8s pod" and the pod's name
+//	probe dns PROTO NAME [SERVER]  resolves NAME over PROTO (udp or tcp) as the pod's
+//	                          resolv.conf says (search list, ndots), or at SERVER (HOST:PORT);
+//	                          prints each address
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -27,8 +32,13 @@ func main() {
 		err = askUDP(os.Args[2], os.Args[3])
 	case len(os.Args) == 3 && os.Args[1] == "http":
 		err = get(os.Args[2])
+	case len(os.Args) == 3 && os.Args[1] == "http-serve":
+		err = serveHTTP(os.Args[2])
+	case (len(os.Args) == 4 || len(os.Args) == 5) && os.Args[1] == "dns":
+		err = resolve(os.Args[2], os.Args[3], os.Args[4:]...)
 	default:
-		fmt.Fprintln(os.Stderr, "usage: probe udp-serve PORT | probe udp HOST:PORT MESSAGE | probe http URL")
+		fmt.Fprintln(os.Stderr, "usage: probe udp-serve PORT | probe udp HOST:PORT MESSAGE | probe http URL |\n"+
+			"       probe http-serve PORT | probe dns udp|tcp NAME [SERVER:PORT]")
 		os.Exit(2)
 	}
 	if err != nil {
@@ -88,4 +98,38 @@ func get(url string) error {
 	}
 	_, err = io.Copy(os.Stdout, resp.Body)
 	return err
+}
+
+func serveHTTP(port string) error {
+	host, _ := os.Hostname()
+	page := "hello from a k8s pod\n" + host + "\n"
+	return http.ListenAndServe(":"+port, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		io.WriteString(w, page)
+	}))
+}
+
+// resolve asks over proto alone: Go's resolver would otherwise use UDP and
+// fall back to TCP only for a truncated answer, and a test of TCP must not
+// pass by UDP.
+func resolve(proto, name string, server ...string) error {
+	if proto != "udp" && proto != "tcp" {
+		return fmt.Errorf("dns: protocol %q: udp or tcp", proto)
+	}
+	r := net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, address string) (net.Conn, error) {
+		if len(server) > 0 {
+			address = server[0]
+		}
+		var d net.Dialer
+		return d.DialContext(ctx, proto, address)
+	}}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	addrs, err := r.LookupNetIP(ctx, "ip", name)
+	if err != nil {
+		return err
+	}
+	for _, a := range addrs {
+		fmt.Println(a)
+	}
+	return nil
 }
