@@ -573,14 +573,30 @@ cl_plugins_image() {
 }
 
 # cl_daemonset TAG CONFLIST [ARG...]: deploy/daemonset.yaml as a user
-# applies it, with image tag TAG, the ConfigMap cnichain-conflist mounted at
-# /config, and CONFLIST (a key of it; $(NODE_NAME) is the node's name)
-# installed as 30-lan.conflist; ARGs go to cnichain-install too.
+# applies it (its ServiceAccount and RBAC as they are, then the DaemonSet),
+# with image tag TAG, the ConfigMap cnichain-conflist mounted at /config,
+# and CONFLIST (a key of it; $(NODE_NAME) is the node's name) installed as
+# 30-lan.conflist; ARGs go to cnichain-install too.
 cl_daemonset() {
   local tag=$1 conflist=$2 args
   shift 2
-  args=$(jq -cn --arg c "-conflist=/config/$conflist" '["-agent","-iptables-root=/host",$c,"-conflist-name=30-lan.conflist"] + $ARGS.positional' --args "$@")
-  cl_kubectl patch --local -o yaml -f deploy/daemonset.yaml --type strategic -p "$(cat <<PATCH
+  args=$(jq -cn --arg c "-conflist=/config/$conflist" --arg more "$(printf '%s\n' "$@")" \
+    '["-agent", "-iptables-root=/host", $c, "-conflist-name=30-lan.conflist"] + ($more | split("\n") | map(select(. != "")))')
+  # kubectl patch --local would patch every document of the file: only the
+  # DaemonSet's is.
+  rm -f "$CL_DIR"/manifest.*
+  awk -v out="$CL_DIR/manifest" '/^---$/ {n++; next} {print > (out "." n + 0)}' deploy/daemonset.yaml
+  local doc daemonset=""
+  for doc in "$CL_DIR"/manifest.*; do
+    if grep -q '^kind: DaemonSet$' "$doc"; then
+      daemonset=$doc
+    else
+      cat "$doc"
+      echo ---
+    fi
+  done
+  [ -n "$daemonset" ] || { echo "deploy/daemonset.yaml holds no DaemonSet" >&2; return 1; }
+  cl_kubectl patch --local -o yaml -f "$daemonset" --type strategic -p "$(cat <<PATCH
 {"spec":{"template":{"spec":{
   "containers":[{"name":"install","image":"$CL_PLUGINS_IMAGE:$tag","args":$args,
     "env":[{"name":"NODE_NAME","valueFrom":{"fieldRef":{"fieldPath":"spec.nodeName"}}}],

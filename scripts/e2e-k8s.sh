@@ -53,7 +53,8 @@ k -n kube-system create configmap cnichain-conflist --from-file "$T/node-a.confl
 
 # deploy/daemonset.yaml as a user applies it, with the image tag of this
 # run and the ConfigMap's conflist for its node.
-daemonset() { cl_daemonset "$1" '$(NODE_NAME).conflist'; }
+# -service-cidrs: the installer keeps viaNode holding the cluster's ServiceCIDRs.
+daemonset() { cl_daemonset "$1" '$(NODE_NAME).conflist' -service-cidrs; }
 daemonset k8s-e2e-1 | k apply -f - >/dev/null
 for node in "${CL_NODES[@]}"; do
   check "$node becomes Ready once the DaemonSet has installed the plugins and conflist" \
@@ -266,6 +267,67 @@ done
 
 for node in "${CL_NODES[@]}"; do cl_kube_proxy_start "$node" iptables "$CL_POD_CIDR,$CL_POD_CIDR6"; done
 
+# Service ranges from the cluster: the DaemonSet's installers (-service-cidrs)
+# keep their conflist's viaNode holding the cluster's ServiceCIDRs
+# (networking.k8s.io/v1), read with the least RBAC (list and watch of them).
+sleeper_pod() { # sleeper_pod NAME NODE
+  cat <<EOF
+apiVersion: v1
+kind: Pod
+metadata: {name: $1}
+spec:
+  nodeName: $2
+  terminationGracePeriodSeconds: 0
+  containers: [{name: web, image: $CL_POD_IMAGE, imagePullPolicy: Never}]
+EOF
+}
+agent_log() { # agent_log NODE: what the agent on NODE has logged
+  local pod
+  pod=$(k -n kube-system get pod -l app.kubernetes.io/name=cnichain-plugins --field-selector "spec.nodeName=$1" -o 'jsonpath={.items[0].metadata.name}') || return 1
+  k -n kube-system logs "$pod"
+}
+vianode() { jq -c '.plugins[] | select(.type == "macvlan-host-route") | .viaNode' "$T/$1/mnt/etc/cni/net.d/30-lan.conflist"; }
+own_vianode() { matches '^\["10\.96\.0\.0/16","fd00:96::/112"\]$' vianode "$1"; }
+for node in "${CL_NODES[@]}"; do
+  check "$node: before a ServiceCIDR is added, viaNode is the conflist's own" own_vianode "$node"
+done
+k apply -f - >/dev/null <<EOF
+apiVersion: networking.k8s.io/v1
+kind: ServiceCIDR
+metadata: {name: extra}
+spec: {cidrs: [10.97.0.0/24, "fd00:97::/120"]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: extra}
+spec:
+  selector: {app: web}
+  ipFamilyPolicy: RequireDualStack
+  clusterIPs: [10.97.0.10, "fd00:97::a"]
+  ports: [{name: http, port: 80, protocol: TCP}]
+EOF
+check "the Service is allocated from the new ServiceCIDR" matches '^10\.97\.0\.10 fd00:97::a$' k get svc extra -o 'jsonpath={.spec.clusterIPs[0]} {.spec.clusterIPs[1]}'
+for node in "${CL_NODES[@]}"; do
+  check "ServiceCIDR added: $node's installed conflist routes it through the node (viaNode)" \
+    wait_for 60 "$node's viaNode to hold the new ServiceCIDR" matches '^\["10\.96\.0\.0/16","10\.97\.0\.0/24","fd00:96::/112","fd00:97::/120"\]$' vianode "$node"
+  sleeper_pod "new-$node" "$node" | k apply -f - >/dev/null
+  check "a pod created on $node after it becomes Ready" wait_for 180 "new-$node to be Ready" pod_ready "new-$node"
+  check "a pod created on $node after it reaches the Service allocated from it" wait_for 60 "new-$node to reach 10.97.0.10" from_pod "new-$node" http://10.97.0.10/
+  check "a pod created on $node after it reaches the Service's IPv6 address from it" wait_for 60 "new-$node to reach [fd00:97::a]" from_pod "new-$node" "http://[fd00:97::a]/"
+  k delete pod "new-$node" --wait=true --timeout 120s >/dev/null
+done
+agent_logged() { # agent_logged NODE PATTERN
+  local log
+  log=$(agent_log "$1") && grep -qE -- "$2" <<<"$log"
+}
+check "node-a's installer logged that viaNode follows the ServiceCIDRs" agent_logged node-a 'msg="viaNode follows the cluster.s ServiceCIDRs" cidrs=10.96.0.0/16,10.97.0.0/24'
+k delete svc extra --wait=true --timeout 120s >/dev/null
+k delete servicecidr extra --wait=true --timeout 120s >/dev/null
+for node in "${CL_NODES[@]}"; do
+  check "ServiceCIDR deleted: $node's viaNode is the conflist's own again" \
+    wait_for 60 "$node's viaNode to drop the deleted ServiceCIDR" own_vianode "$node"
+done
+
 # What a node holds of a pod: rules, routes, the plugins' records and
 # host-local's lease mentioning its address.
 mentions() { # mentions NODE ADDRESS: the node's state that names ADDRESS
@@ -322,11 +384,6 @@ WEB_B=$(pod_on node-b) IP_B=$(pod_ip "$WEB_B")
 # kube-proxy and pods that came and went: kube-proxy's four mode changes
 # and its chains, the pods deleted, evicted and made anew, their links
 # moved and routes deleted by their own DELs made it restore nothing.
-agent_log() { # agent_log NODE: what the agent on NODE has logged
-  local pod
-  pod=$(k -n kube-system get pod -l app.kubernetes.io/name=cnichain-plugins --field-selector "spec.nodeName=$1" -o 'jsonpath={.items[0].metadata.name}') || return 1
-  k -n kube-system logs "$pod"
-}
 # event_restores NODE: the agent's restores that events called for (not its
 # first, even with events of its start coalesced into it, nor the second
 # look after one), one line each.
@@ -412,17 +469,6 @@ probes() { echo "$(grep -c . "$T/probes") probes"; }
 
 # serves NODE AFTER: NODE's new kubelet and containerd serve: a pod created
 # there after AFTER becomes Ready, and an exec into it answers.
-sleeper_pod() { # sleeper_pod NAME NODE
-  cat <<EOF
-apiVersion: v1
-kind: Pod
-metadata: {name: $1}
-spec:
-  nodeName: $2
-  terminationGracePeriodSeconds: 0
-  containers: [{name: web, image: $CL_POD_IMAGE, imagePullPolicy: Never}]
-EOF
-}
 serves() {
   local pod=after-$2-$1
   sleeper_pod "$pod" "$1" | k apply -f - >/dev/null || return 1

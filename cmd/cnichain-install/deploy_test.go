@@ -1,6 +1,8 @@
 package main
 
 import (
+	"errors"
+	"io"
 	"os"
 	"regexp"
 	"slices"
@@ -12,12 +14,14 @@ import (
 
 // daemonSet is the part of deploy/daemonset.yaml the installer depends on.
 type daemonSet struct {
-	Kind string `yaml:"kind"`
-	Spec struct {
+	Kind     string     `yaml:"kind"`
+	Metadata objectMeta `yaml:"metadata"`
+	Spec     struct {
 		Template struct {
 			Spec struct {
-				HostNetwork bool `yaml:"hostNetwork"`
-				Tolerations []struct {
+				ServiceAccountName string `yaml:"serviceAccountName"`
+				HostNetwork        bool   `yaml:"hostNetwork"`
+				Tolerations        []struct {
 					Operator string `yaml:"operator"`
 					Key      string `yaml:"key"`
 				} `yaml:"tolerations"`
@@ -49,20 +53,54 @@ type daemonSet struct {
 	} `yaml:"spec"`
 }
 
-// TestDaemonSetManifest: the manifest runs the image `make image` builds
-// on every node, with the node's CNI directories mounted where the
-// installer writes by default, and keeps the container running.
-func TestDaemonSetManifest(t *testing.T) {
+type objectMeta struct {
+	Name      string `yaml:"name"`
+	Namespace string `yaml:"namespace"`
+}
+
+// manifest is deploy/daemonset.yaml's documents, by kind.
+func manifest(t *testing.T) map[string][]*yaml.Node {
+	t.Helper()
 	data, err := os.ReadFile("../../deploy/daemonset.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var ds daemonSet
+	docs := map[string][]*yaml.Node{}
 	dec := yaml.NewDecoder(strings.NewReader(string(data)))
-	dec.KnownFields(false)
-	if err := dec.Decode(&ds); err != nil {
-		t.Fatalf("deploy/daemonset.yaml: %v", err)
+	for {
+		var doc yaml.Node
+		if err := dec.Decode(&doc); errors.Is(err, io.EOF) {
+			return docs
+		} else if err != nil {
+			t.Fatalf("deploy/daemonset.yaml: %v", err)
+		}
+		var head struct {
+			Kind string `yaml:"kind"`
+		}
+		if err := doc.Decode(&head); err != nil {
+			t.Fatalf("deploy/daemonset.yaml: %v", err)
+		}
+		docs[head.Kind] = append(docs[head.Kind], &doc)
 	}
+}
+
+// only decodes the one document of kind into v.
+func only(t *testing.T, docs map[string][]*yaml.Node, kind string, v any) {
+	t.Helper()
+	if len(docs[kind]) != 1 {
+		t.Fatalf("deploy/daemonset.yaml has %d %ss, want one", len(docs[kind]), kind)
+	}
+	if err := docs[kind][0].Decode(v); err != nil {
+		t.Fatalf("deploy/daemonset.yaml %s: %v", kind, err)
+	}
+}
+
+// TestDaemonSetManifest: the manifest runs the image `make image` builds
+// on every node, with the node's CNI directories mounted where the
+// installer writes by default, and keeps the container running.
+func TestDaemonSetManifest(t *testing.T) {
+	var ds daemonSet
+	only(t, manifest(t), "DaemonSet", &ds)
 	pod := ds.Spec.Template.Spec
 	if ds.Kind != "DaemonSet" || len(pod.Containers) != 1 {
 		t.Fatalf("kind %q with %d containers, want a DaemonSet with one", ds.Kind, len(pod.Containers))
@@ -81,6 +119,9 @@ func TestDaemonSetManifest(t *testing.T) {
 	}
 	if !slices.Contains(c.Args, "-agent") || !slices.Contains(c.Args, "-iptables-root=/host") {
 		t.Errorf("args %v: want the agent (without it or -sleep the container exits and the DaemonSet restarts it forever), running the node's iptables from /host", c.Args)
+	}
+	if slices.Contains(c.Args, "-service-cidrs") {
+		t.Errorf("args %v: -service-cidrs needs a -conflist, which the manifest does not give: off by default", c.Args)
 	}
 	for _, cap := range []string{"NET_ADMIN", "NET_RAW", "SYS_CHROOT"} {
 		if !slices.Contains(c.SecurityContext.Capabilities.Add, cap) {
@@ -120,6 +161,77 @@ func TestDaemonSetManifest(t *testing.T) {
 		if mounted[inContainer] != onNode {
 			t.Errorf("%s is mounted from the node's %q, want %s", inContainer, mounted[inContainer], onNode)
 		}
+	}
+}
+
+// TestServiceAccount: the pod runs as an account of its own that may list
+// and watch the ServiceCIDRs (what -service-cidrs reads) and do nothing
+// else; the manifest holds nothing but it, its role and its binding
+// beside the DaemonSet.
+func TestServiceAccount(t *testing.T) {
+	docs := manifest(t)
+	var kinds []string
+	for kind := range docs {
+		kinds = append(kinds, kind)
+	}
+	slices.Sort(kinds)
+	if want := []string{"ClusterRole", "ClusterRoleBinding", "DaemonSet", "ServiceAccount"}; !slices.Equal(kinds, want) {
+		t.Errorf("deploy/daemonset.yaml holds %v, want %v", kinds, want)
+	}
+	var ds daemonSet
+	only(t, docs, "DaemonSet", &ds)
+	var sa struct {
+		Metadata objectMeta `yaml:"metadata"`
+	}
+	only(t, docs, "ServiceAccount", &sa)
+	if want := (objectMeta{Name: ds.Spec.Template.Spec.ServiceAccountName, Namespace: ds.Metadata.Namespace}); sa.Metadata != want || want.Name == "" {
+		t.Errorf("ServiceAccount %+v, want the DaemonSet's serviceAccountName in its namespace, %+v", sa.Metadata, want)
+	}
+
+	var role struct {
+		APIVersion      string     `yaml:"apiVersion"`
+		Metadata        objectMeta `yaml:"metadata"`
+		AggregationRule any        `yaml:"aggregationRule"`
+		Rules           []struct {
+			APIGroups       []string `yaml:"apiGroups"`
+			Resources       []string `yaml:"resources"`
+			Verbs           []string `yaml:"verbs"`
+			ResourceNames   []string `yaml:"resourceNames"`
+			NonResourceURLs []string `yaml:"nonResourceURLs"`
+		} `yaml:"rules"`
+	}
+	only(t, docs, "ClusterRole", &role)
+	if role.APIVersion != "rbac.authorization.k8s.io/v1" || role.AggregationRule != nil || len(role.Rules) != 1 {
+		t.Fatalf("ClusterRole %+v: want one rule of rbac.authorization.k8s.io/v1, no aggregation", role)
+	}
+	rule := role.Rules[0]
+	verbs := slices.Sorted(slices.Values(rule.Verbs))
+	if !slices.Equal(rule.APIGroups, []string{"networking.k8s.io"}) || !slices.Equal(rule.Resources, []string{"servicecidrs"}) ||
+		!slices.Equal(verbs, []string{"list", "watch"}) || rule.ResourceNames != nil || rule.NonResourceURLs != nil {
+		t.Errorf("ClusterRole rule %+v: want list and watch of networking.k8s.io servicecidrs, nothing more", rule)
+	}
+
+	var binding struct {
+		APIVersion string `yaml:"apiVersion"`
+		RoleRef    struct {
+			APIGroup string `yaml:"apiGroup"`
+			Kind     string `yaml:"kind"`
+			Name     string `yaml:"name"`
+		} `yaml:"roleRef"`
+		Subjects []struct {
+			Kind      string `yaml:"kind"`
+			Name      string `yaml:"name"`
+			Namespace string `yaml:"namespace"`
+		} `yaml:"subjects"`
+	}
+	only(t, docs, "ClusterRoleBinding", &binding)
+	ref := binding.RoleRef
+	if binding.APIVersion != "rbac.authorization.k8s.io/v1" || ref.APIGroup != "rbac.authorization.k8s.io" || ref.Kind != "ClusterRole" || ref.Name != role.Metadata.Name {
+		t.Errorf("ClusterRoleBinding roleRef %+v, want the ClusterRole %q", ref, role.Metadata.Name)
+	}
+	if len(binding.Subjects) != 1 || binding.Subjects[0].Kind != "ServiceAccount" ||
+		(objectMeta{Name: binding.Subjects[0].Name, Namespace: binding.Subjects[0].Namespace}) != sa.Metadata {
+		t.Errorf("ClusterRoleBinding subjects %+v, want the ServiceAccount %+v alone", binding.Subjects, sa.Metadata)
 	}
 }
 

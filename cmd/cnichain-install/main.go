@@ -3,20 +3,26 @@
 // conflist into its configuration directory, each atomically and only when
 // different; then, as a DaemonSet's container, it runs the node agent
 // (-agent: it puts back what a firewall reload takes of the pods' rules and
-// routes) or sleeps (-sleep), so the pod stays running.
+// routes) or sleeps (-sleep), so the pod stays running. With
+// -service-cidrs it keeps, meanwhile, the conflist's macvlan-host-route
+// viaNode in step with the cluster's ServiceCIDRs.
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
+	"sync"
 	"syscall"
 
 	"github.com/cnichain/plugins/internal/agentcmd"
 	"github.com/cnichain/plugins/pkg/install"
+	"github.com/cnichain/plugins/pkg/servicecidr"
 )
 
 // Where the image holds the plugins, and where the DaemonSet mounts the
@@ -39,6 +45,9 @@ func main() {
 		"with a ConfigMap key per node (-conflist=/config/$(NODE_NAME).conflist) every node's file has one name")
 	sleep := flag.Bool("sleep", false, "after installing, sleep until terminated (as a DaemonSet's container)")
 	runAgent := flag.Bool("agent", false, "after installing, run the node agent until terminated (its flags follow)")
+	serviceCIDRs := flag.Bool("service-cidrs", false, "keep the installed conflist's macvlan-host-route viaNode in step with the cluster's\n"+
+		"ServiceCIDRs (networking.k8s.io/v1, list and watch): its own viaNode and theirs, rewritten on every\n"+
+		"change; needs -conflist, and -agent or -sleep to keep running")
 	verify := flag.Bool("verify", false, "install nothing: exit 0 when the node holds these plugins, else name\n"+
 		"those it lacks and exit 1 (the DaemonSet's readiness probe: a rolling update\nmoves on once a node has the new binaries)")
 	var agent agentcmd.Flags
@@ -55,56 +64,75 @@ func main() {
 		}
 		return
 	}
-	if err := run(*src, *binDir, *conflist, *conflistName, *confDir); err != nil {
+	if *serviceCIDRs && (*conflist == "" || !*runAgent && !*sleep) {
+		fmt.Fprintln(os.Stderr, "cnichain-install: -service-cidrs needs -conflist (whose viaNode it keeps), and -agent or -sleep (to keep running)")
+		os.Exit(2)
+	}
+	keeper, err := run(*src, *binDir, *conflist, *conflistName, *confDir, *serviceCIDRs)
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "cnichain-install:", err)
 		os.Exit(1)
+	}
+	// A conflist being written when a signal comes is finished, not left
+	// as a temporary file: stop ends the keeper, then main waits for it.
+	var keeping sync.WaitGroup
+	defer keeping.Wait()
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if keeper != nil {
+		keeping.Go(func() { keeper.Run(ctx) })
 	}
 	if *runAgent {
 		// What installing read is garbage now; the agent runs for days
 		// within the container's memory limit.
 		debug.FreeOSMemory()
-		if err := agent.Run(os.Stderr); err != nil {
+		if err := agent.RunContext(ctx, os.Stderr); err != nil {
 			fmt.Fprintln(os.Stderr, "cnichain-install: agent:", err)
 			os.Exit(1)
 		}
 		return
 	}
 	if *sleep {
-		stop := make(chan os.Signal, 1)
-		signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
-		<-stop
+		<-ctx.Done()
 	}
 }
 
-func run(src, binDir, conflist, conflistName, confDir string) error {
+// run installs the plugins and the conflist, if any; with serviceCIDRs it
+// returns the Keeper of the conflist's viaNode, to run.
+func run(src, binDir, conflist, conflistName, confDir string, serviceCIDRs bool) (*servicecidr.Keeper, error) {
 	results, err := install.Dir(src, binDir, pluginMode)
 	for _, r := range results {
 		fmt.Println(r.Outcome, r.Path)
 	}
-	if err != nil {
-		return err
-	}
-	if conflist == "" {
-		return nil
+	if err != nil || conflist == "" {
+		return nil, err
 	}
 	data, err := os.ReadFile(conflist)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if err := os.MkdirAll(confDir, 0o755); err != nil {
-		return err
+		return nil, err
 	}
 	if conflistName == "" {
 		conflistName = filepath.Base(conflist)
 	}
 	if conflistName != filepath.Base(conflistName) || conflistName == "." || conflistName == ".." {
-		return fmt.Errorf("-conflist-name %q: a file name, not a path", conflistName)
+		return nil, fmt.Errorf("-conflist-name %q: a file name, not a path", conflistName)
 	}
 	target := filepath.Join(confDir, conflistName)
+	var keeper *servicecidr.Keeper
+	if serviceCIDRs {
+		if keeper, err = servicecidr.NewKeeper(data, target, slog.New(slog.NewTextHandler(os.Stderr, nil))); err != nil {
+			return nil, fmt.Errorf("-service-cidrs with -conflist %s: %w", conflist, err)
+		}
+		// The node gets a conflist now, API server or not.
+		data = keeper.Initial()
+	}
 	o, err := install.File(target, data, 0o644)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	fmt.Println(o, target)
-	return nil
+	return keeper, nil
 }

@@ -47,12 +47,18 @@ func (f *Flags) Register(fs *flag.FlagSet) {
 
 // Run runs the agent until SIGTERM or SIGINT, logging to logs.
 func (f *Flags) Run(logs io.Writer) error {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	return f.RunContext(ctx, logs)
+}
+
+// RunContext runs the agent until ctx ends: the installer's, which a
+// signal ends for all it runs beside the agent.
+func (f *Flags) RunContext(ctx context.Context, logs io.Writer) error {
 	log := slog.New(slog.NewTextHandler(logs, nil))
 	if f.iptablesRoot != "" {
 		iptbatch.SetRoot(f.iptablesRoot)
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
 	return agent.Run(ctx, agent.Config{
 		Restore:       f.restore,
 		Settle:        f.settle,

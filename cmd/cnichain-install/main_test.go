@@ -1,0 +1,39 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestRunServiceCIDRsRefuses: -service-cidrs asks for what cannot be done
+// with a conflist without macvlan-host-route, or outside a pod: an error
+// naming why, before the conflist is installed.
+func TestRunServiceCIDRsRefuses(t *testing.T) {
+	src, binDir, confDir := t.TempDir(), t.TempDir(), t.TempDir()
+	if err := os.WriteFile(filepath.Join(src, "macvlan-host-route"), []byte("#!/bin/true\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	write := func(name, content string) string {
+		path := filepath.Join(t.TempDir(), name)
+		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	bridge := write("10-bridge.conflist", `{"cniVersion":"1.1.0","name":"b","plugins":[{"type":"bridge"}]}`)
+	macvlan := write("30-macvlan.conflist", `{"cniVersion":"1.1.0","name":"m","plugins":[{"type":"macvlan"},{"type":"macvlan-host-route"}]}`)
+	t.Setenv("KUBERNETES_SERVICE_HOST", "")
+	for conflist, want := range map[string]string{
+		bridge:  `-service-cidrs with -conflist ` + bridge + `: conflist has no "macvlan-host-route" plugin`,
+		macvlan: `-service-cidrs with -conflist ` + macvlan + `: KUBERNETES_SERVICE_HOST "", KUBERNETES_SERVICE_PORT`,
+	} {
+		if _, err := run(src, binDir, conflist, "", confDir, true); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("run with %s: %v, want an error containing %q", filepath.Base(conflist), err, want)
+		}
+	}
+	if entries, _ := os.ReadDir(confDir); len(entries) != 0 {
+		t.Errorf("%s holds %v, want no conflist installed", confDir, entries)
+	}
+}

@@ -1,0 +1,144 @@
+package servicecidr
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"io"
+	"math/big"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestInCluster(t *testing.T) {
+	for _, tt := range []struct {
+		host, port, wantURL, wantErr string
+	}{
+		{host: "10.96.0.1", port: "443", wantURL: "https://10.96.0.1:443"},
+		{host: "fd00:10:96::1", port: "443", wantURL: "https://[fd00:10:96::1]:443"},
+		{host: "", port: "443", wantErr: `KUBERNETES_SERVICE_HOST "", KUBERNETES_SERVICE_PORT "443": both are needed`},
+		{host: "10.96.0.1", port: "", wantErr: `KUBERNETES_SERVICE_PORT ""`},
+	} {
+		env := map[string]string{"KUBERNETES_SERVICE_HOST": tt.host, "KUBERNETES_SERVICE_PORT": tt.port}
+		cfg, err := InCluster(func(k string) string { return env[k] })
+		if tt.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("InCluster(%q, %q) error = %v, want one containing %q", tt.host, tt.port, err, tt.wantErr)
+			}
+			continue
+		}
+		want := Config{BaseURL: tt.wantURL, CAFile: ServiceAccountDir + "/ca.crt", TokenFile: ServiceAccountDir + "/token"}
+		if err != nil || cfg != want {
+			t.Errorf("InCluster(%q, %q) = %+v, %v, want %+v", tt.host, tt.port, cfg, err, want)
+		}
+	}
+}
+
+func TestNewClientRefuses(t *testing.T) {
+	dir := t.TempDir()
+	notPEM := filepath.Join(dir, "not-pem")
+	if err := os.WriteFile(notPEM, []byte("hello"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		cfg     Config
+		wantErr string
+	}{
+		{Config{BaseURL: "http://10.96.0.1:443"}, `API server URL "http://10.96.0.1:443": want https://host:port`},
+		{Config{BaseURL: "https://"}, `API server URL "https://"`},
+		{Config{BaseURL: "https://10.96.0.1/api"}, `API server URL "https://10.96.0.1/api"`},
+		{Config{BaseURL: "https://10.96.0.1", CAFile: filepath.Join(dir, "missing")}, "API server's CA: open " + filepath.Join(dir, "missing")},
+		{Config{BaseURL: "https://10.96.0.1", CAFile: notPEM}, "API server's CA " + notPEM + ": no PEM certificate in it"},
+	} {
+		if _, err := NewClient(tt.cfg); err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+			t.Errorf("NewClient(%+v) error = %v, want one containing %q", tt.cfg, err, tt.wantErr)
+		}
+	}
+}
+
+// TestGet: every request carries the token as the file holds it then (a
+// rotated one the next time), and a refusal is an error naming the URL
+// and what the API server said.
+func TestGet(t *testing.T) {
+	var tokens []string
+	api := newStandIn(t, func(w http.ResponseWriter, r *http.Request) {
+		tokens = append(tokens, r.Header.Get("Authorization"))
+		switch r.URL.Path {
+		case "/ok":
+			io.WriteString(w, "fine")
+		case "/forbidden":
+			w.WriteHeader(http.StatusForbidden)
+			io.WriteString(w, `{"kind":"Status","apiVersion":"v1","status":"Failure","message":"servicecidrs.networking.k8s.io is forbidden: User \"system:serviceaccount:kube-system:default\" cannot list resource \"servicecidrs\"","reason":"Forbidden","code":403}`)
+		default:
+			w.WriteHeader(http.StatusBadGateway)
+			io.WriteString(w, "<html>upstream down</html>\n")
+		}
+	})
+	c := api.client(t)
+	ctx := context.Background()
+	body, err := c.get(ctx, "/ok")
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, _ := io.ReadAll(body)
+	body.Close()
+	if string(data) != "fine" {
+		t.Errorf("body %q", data)
+	}
+	api.setToken(t, "token-2")
+	_, err = c.get(ctx, "/forbidden")
+	if want := "GET " + api.server.URL + `/forbidden: 403 Forbidden: servicecidrs.networking.k8s.io is forbidden: User "system:serviceaccount:kube-system:default"`; err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("error %v, want one containing %q", err, want)
+	}
+	_, err = c.get(ctx, "/proxy")
+	if want := "GET " + api.server.URL + "/proxy: 502 Bad Gateway: <html>upstream down</html>"; err == nil || err.Error() != want {
+		t.Errorf("error %v, want %q", err, want)
+	}
+	if want := []string{"Bearer token-1", "Bearer token-2", "Bearer token-2"}; strings.Join(tokens, ",") != strings.Join(want, ",") {
+		t.Errorf("Authorization headers %q, want %q", tokens, want)
+	}
+
+	api.setToken(t, " \n")
+	if _, err := c.get(ctx, "/ok"); err == nil || !strings.Contains(err.Error(), "service account token "+api.cfg.TokenFile+": empty") {
+		t.Errorf("with an empty token: %v", err)
+	}
+	os.Remove(api.cfg.TokenFile)
+	if _, err := c.get(ctx, "/ok"); err == nil || !strings.Contains(err.Error(), "GET "+api.server.URL+"/ok: service account token: open "+api.cfg.TokenFile) {
+		t.Errorf("without a token: %v", err)
+	}
+	if len(tokens) != 3 {
+		t.Errorf("%d requests sent without a token", len(tokens)-3)
+	}
+}
+
+// TestGetChecksTheCA: a server whose certificate the CA did not sign is
+// refused.
+func TestGetChecksTheCA(t *testing.T) {
+	api := newStandIn(t, func(w http.ResponseWriter, r *http.Request) { t.Error("request reached an untrusted server") })
+	// httptest's servers share one certificate: another CA is made here.
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "other CA"}, IsCA: true,
+		BasicConstraintsValid: true, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(api.cfg.CAFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := api.client(t)
+	if _, err := c.get(context.Background(), Path); err == nil || !strings.Contains(err.Error(), "certificate signed by unknown authority") {
+		t.Errorf("error %v, want a certificate error", err)
+	}
+}
