@@ -330,13 +330,17 @@ done
 
 # What a node holds of a pod: rules, routes, the plugins' records and
 # host-local's lease mentioning its address.
-mentions() { # mentions NODE ADDRESS: the node's state that names ADDRESS
-  local out
-  out=$(in_node "$1" iptables-save; in_node "$1" ip6tables-save; in_node "$1" nft list ruleset 2>/dev/null
-    in_node "$1" ip route show proto 197; grep -rs --exclude "last_reserved_ip*" -- "$2" "$T/$1/mnt/var/lib/cni"; find "$T/$1/mnt/var/lib/cni" -name "$2")
-  grep -F -- "$2" <<<"$out"
+# mentions NODE ADDRESS: the node's state that names ADDRESS (its rules,
+# our routes, the files under /var/lib/cni holding it or named so); fails
+# (1) when none does, and with 2 when the state could not be read.
+mentions() {
+  local rules files
+  rules=$(in_node "$1" iptables-save && in_node "$1" ip6tables-save && in_node "$1" nft list ruleset &&
+    in_node "$1" ip route show proto 197 && in_node "$1" ip -6 route show proto 197) || return 2
+  files=$(grep -rsF --exclude 'last_reserved_ip*' -- "$2" "$T/$1/mnt/var/lib/cni"; find "$T/$1/mnt/var/lib/cni" -name "$2")
+  grep -F -- "$2" <<<"$rules"$'\n'"$files"
 }
-forgotten() { ! mentions "$1" "$2" >/dev/null; }
+forgotten() { local rc=0; mentions "$1" "$2" >/dev/null || rc=$?; [ "$rc" -eq 1 ]; }
 # records NODE: the plugins' records of pods on NODE (locks are dot files;
 # the sub-device's answers stay with it, by design).
 records() {
