@@ -68,8 +68,10 @@ round() {
   use "$variant"
   : >"$T/watch"
   # Each line: when the watch saw it, the pod, its creationTimestamp, Ready.
-  k get pods -l "bench=$variant" --watch -o 'jsonpath={.metadata.name} {.metadata.creationTimestamp} {.status.conditions[?(@.type=="Ready")].status}{"\n"}' |
-    while read -r name created ready; do echo "$EPOCHREALTIME $name $(date -d "$created" +%s) ${ready:-none}"; done >>"$T/watch" &
+  # (Killing the loop ends kubectl too, at its next write: the pods'
+  # deletion; neither holds the cluster lock.)
+  k get pods -l "bench=$variant" --watch -o 'jsonpath={.metadata.name} {.metadata.creationTimestamp} {.status.conditions[?(@.type=="Ready")].status}{"\n"}' {CL_LOCK}>&- |
+    while read -r name created ready; do echo "$EPOCHREALTIME $name $(date -d "$created" +%s) ${ready:-none}"; done {CL_LOCK}>&- >>"$T/watch" &
   watch=$!
   sleep 1 # the watch is established (it lists nothing: there are no such pods yet)
   pods "$variant" | k apply -f - >/dev/null

@@ -63,14 +63,16 @@ in_node() {
 in_lan() { ip netns exec "$CL_ID-lan" "$@"; }
 
 # cl_spawn KEY CMD...: starts a component in the background, its output in
-# logs/KEY (with / as -), and remembers its PID under KEY. CMD must be a
+# logs/KEY (with / as -), and remembers its PID under KEY; it does not hold
+# the cluster lock (were the script killed, a component left would keep
+# every later run waiting). CMD must be a
 # program that ends in an exec of the component (nsenter, env, sh -c
 # 'exec ...'), never a shell function: a function runs in a subshell of its
 # own, whose PID a stop would kill, leaving the component running.
 cl_spawn() {
   local key=$1
   shift
-  "$@" >>"$(cl_log "${key//\//-}")" 2>&1 </dev/null &
+  "$@" >>"$(cl_log "${key//\//-}")" 2>&1 </dev/null {CL_LOCK}>&- &
   CL_PID[$key]=$!
 }
 # cl_spawn_in_node KEY NODE CMD...: cl_spawn in NODE's namespaces.
@@ -145,6 +147,9 @@ cl_remove_cgroups() { # cl_remove_cgroups NODE: its cgroups, deepest first, once
 cluster_down() { cl_teardown 2>/dev/null; }
 cl_teardown() {
   local node pid key i ns
+  # The script's own background loops (probes, watches): none may outlive
+  # it, nor hold the cluster lock (their children close it: {CL_LOCK}>&-).
+  for pid in $(jobs -p); do kill -9 "$pid" 2>/dev/null || true; done
   for node in "${CL_NODES[@]}"; do
     [ -n "${CL_HOLDER[$node]:-}" ] || continue
     cl_kill_pods "$node"
@@ -416,7 +421,7 @@ cl_node_namespace() {
     for m in "$@"; do mount --bind "$d/mnt$m" "$m"; done
     for f in "$d"/sysctl/*; do mount --bind "$f" "/proc/sys/$(basename "$f" | tr . /)"; done
     touch "$d/mounted"
-    exec sleep 2147483647' sh "$d" "${CL_NODE_MOUNTS[@]}" >>"$(cl_log "$node-holder")" 2>&1 &
+    exec sleep 2147483647' sh "$d" "${CL_NODE_MOUNTS[@]}" >>"$(cl_log "$node-holder")" 2>&1 {CL_LOCK}>&- &
   CL_HOLDER[$node]=$!
   wait_for 60 "$node's mount namespace" test -f "$d/mounted"
 }

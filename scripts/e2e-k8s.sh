@@ -212,17 +212,20 @@ dns_checks() { # dns_checks HOW POD: the cluster's DNS answers POD
 }
 # kube_proxy_rules NODE: kube-proxy's chains and tables on NODE, one a line
 # (iptables' of both families; nftables' kube-proxy tables).
+# Fails when the node's state cannot be read; prints nothing when none.
 kube_proxy_rules() {
   local out
-  out=$(in_node "$1" iptables-save; in_node "$1" ip6tables-save; in_node "$1" nft list tables) || return 1
-  grep -E -- '^:KUBE-(SERVICES|POSTROUTING|NODEPORTS|PROXY-CANARY|PROXY-FIREWALL|FORWARD|EXTERNAL-SERVICES|SVC-|SEP-)|^table ip6? kube-proxy$' <<<"$out"
+  out=$(in_node "$1" iptables-save && in_node "$1" ip6tables-save && in_node "$1" nft list tables) || return 1
+  awk '/^:KUBE-(SERVICES|POSTROUTING|NODEPORTS|PROXY-CANARY|PROXY-FIREWALL|FORWARD|EXTERNAL-SERVICES|SVC-|SEP-)|^table ip6? kube-proxy$/' <<<"$out"
 }
-# has_kube_proxy_rules NODE FAMILY_PATTERN: they are there (of that mode).
+# has_kube_proxy_rules NODE PATTERN: they are there (PATTERN: of that mode).
 has_kube_proxy_rules() { matches "$2" kube_proxy_rules "$1"; }
 no_kube_proxy_rules() {
   local out
-  out=$(in_node "$1" iptables-save; in_node "$1" ip6tables-save; in_node "$1" nft list tables) || return 1
-  ! grep -E -- '^:KUBE-(SERVICES|POSTROUTING|NODEPORTS|PROXY-CANARY|PROXY-FIREWALL|FORWARD|EXTERNAL-SERVICES|SVC-|SEP-)|^table ip6? kube-proxy$' <<<"$out" >&2
+  out=$(kube_proxy_rules "$1") || return 1
+  [ -z "$out" ] && return 0
+  echo "left on $1: $out" >&2
+  return 1
 }
 coredns_ready() { # both CoreDNS pods are Ready (its ready plugin: synced with the API server)
   local out
@@ -288,7 +291,13 @@ agent_log() { # agent_log NODE: what the agent on NODE has logged
 }
 vianode() { jq -c '.plugins[] | select(.type == "macvlan-host-route") | .viaNode' "$T/$1/mnt/etc/cni/net.d/30-lan.conflist"; }
 own_vianode() { matches '^\["10\.96\.0\.0/16","fd00:96::/112"\]$' vianode "$1"; }
+agent_logged() { # agent_logged NODE PATTERN
+  local log
+  log=$(agent_log "$1") && grep -qE -- "$2" <<<"$log"
+}
 for node in "${CL_NODES[@]}"; do
+  check "$node: its installer follows the cluster's ServiceCIDRs (the default one, as the API server made it)" \
+    wait_for 60 "$node's installer to log the cluster's ServiceCIDRs" agent_logged "$node" 'msg="viaNode follows the cluster.s ServiceCIDRs" cidrs=10\.96\.0\.0/16,fd00:96::/112 '
   check "$node: before a ServiceCIDR is added, viaNode is the conflist's own" own_vianode "$node"
 done
 k apply -f - >/dev/null <<EOF
@@ -296,7 +305,12 @@ apiVersion: networking.k8s.io/v1
 kind: ServiceCIDR
 metadata: {name: extra}
 spec: {cidrs: [10.97.0.0/24, "fd00:97::/120"]}
----
+EOF
+# The API server allocates from a new ServiceCIDR once it is Ready.
+check "the new ServiceCIDR becomes Ready" wait_for 60 "ServiceCIDR extra to be Ready" \
+  matches '^True$' k get servicecidr extra -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}'
+extra_service() {
+  k apply -f - >/dev/null <<EOF
 apiVersion: v1
 kind: Service
 metadata: {name: extra}
@@ -306,7 +320,9 @@ spec:
   clusterIPs: [10.97.0.10, "fd00:97::a"]
   ports: [{name: http, port: 80, protocol: TCP}]
 EOF
-check "the Service is allocated from the new ServiceCIDR" matches '^10\.97\.0\.10 fd00:97::a$' k get svc extra -o 'jsonpath={.spec.clusterIPs[0]} {.spec.clusterIPs[1]}'
+}
+check "a Service is allocated from the new ServiceCIDR" wait_for 60 "the Service extra at 10.97.0.10 and fd00:97::a" extra_service
+check "the Service's addresses are the new range's" matches '^10\.97\.0\.10 fd00:97::a$' k get svc extra -o 'jsonpath={.spec.clusterIPs[0]} {.spec.clusterIPs[1]}'
 for node in "${CL_NODES[@]}"; do
   check "ServiceCIDR added: $node's installed conflist routes it through the node (viaNode)" \
     wait_for 60 "$node's viaNode to hold the new ServiceCIDR" matches '^\["10\.96\.0\.0/16","10\.97\.0\.0/24","fd00:96::/112","fd00:97::/120"\]$' vianode "$node"
@@ -316,11 +332,10 @@ for node in "${CL_NODES[@]}"; do
   check "a pod created on $node after it reaches the Service's IPv6 address from it" wait_for 60 "new-$node to reach [fd00:97::a]" from_pod "new-$node" "http://[fd00:97::a]/"
   k delete pod "new-$node" --wait=true --timeout 120s >/dev/null
 done
-agent_logged() { # agent_logged NODE PATTERN
-  local log
-  log=$(agent_log "$1") && grep -qE -- "$2" <<<"$log"
-}
-check "node-a's installer logged that viaNode follows the ServiceCIDRs" agent_logged node-a 'msg="viaNode follows the cluster.s ServiceCIDRs" cidrs=10.96.0.0/16,10.97.0.0/24'
+for node in "${CL_NODES[@]}"; do
+  check "$node's installer logged that viaNode follows the new ServiceCIDR" \
+    agent_logged "$node" 'msg="viaNode follows the cluster.s ServiceCIDRs" cidrs=10\.96\.0\.0/16,10\.97\.0\.0/24,fd00:96::/112,fd00:97::/120 '
+done
 k delete svc extra --wait=true --timeout 120s >/dev/null
 k delete servicecidr extra --wait=true --timeout 120s >/dev/null
 for node in "${CL_NODES[@]}"; do
@@ -359,7 +374,12 @@ no_records_within() {
   echo "left on $2:" $(records "$2") >&2
   return 1
 }
-lite_chains() { in_node "$1" iptables-save -t nat | grep -E '^-A CNI-LITE' | sed 's/\[[0-9:]*\]//' | sort; }
+# lite_chains NODE: portmap-lite's rules on NODE (fails when they cannot be read).
+lite_chains() {
+  local nat
+  nat=$(in_node "$1" iptables-save -t nat) || return 1
+  awk '/^-A CNI-LITE/' <<<"$nat" | sort
+}
 
 # Deleting a pod.
 HP_IP=$(pod_ip hostport)
@@ -411,14 +431,19 @@ done
 
 # Deleting the DaemonSet's pods: it recreates them; the pods' rules,
 # routes and records stay as they were.
-before_a=$(lite_chains node-a; records node-a) before_b=$(lite_chains node-b; records node-b)
+before_a=$(lite_chains node-a && records node-a) && before_b=$(lite_chains node-b && records node-b)
 check "node-a holds its pods' chains and records before the DaemonSet's pods are deleted" test -n "$before_a"
 check "node-b holds its pods' chains and records before the DaemonSet's pods are deleted" test -n "$before_b"
 k -n kube-system delete pod -l app.kubernetes.io/name=cnichain-plugins --wait=true --timeout 120s >/dev/null
 rolled_out() { cl_rolled_out "$@"; }
 check "the DaemonSet's pods come back" rolled_out 180
-check "deleting the DaemonSet's pods changes nothing of node-a's pods" test "$before_a" = "$(lite_chains node-a; records node-a)"
-check "deleting the DaemonSet's pods changes nothing of node-b's pods" test "$before_b" = "$(lite_chains node-b; records node-b)"
+for node in "${CL_NODES[@]}"; do
+  check "$node: its new installer kept the conflist it had rewritten (no pod meanwhile gets one without the cluster's ranges)" \
+    agent_logged "$node" '^unchanged /host/etc/cni/net.d/30-lan.conflist$'
+done
+same_as() { local now; now=$(lite_chains "$1" && records "$1") && [ "$now" = "$2" ]; }
+check "deleting the DaemonSet's pods changes nothing of node-a's pods" same_as node-a "$before_a"
+check "deleting the DaemonSet's pods changes nothing of node-b's pods" same_as node-b "$before_b"
 
 # kubelet and containerd restarts under running pods.
 hostport_pod node-a
@@ -464,7 +489,7 @@ probe_start() {
   (while :; do
     if from_lan http://192.168.0.11:8080/; then echo ok; else echo FAIL; fi
     sleep 0.2
-  done >"$T/probes") &
+  done >"$T/probes") {CL_LOCK}>&- &
   PROBE=$!
 }
 probe_stop() { kill "$PROBE" 2>/dev/null; wait "$PROBE" 2>/dev/null || true; }
