@@ -317,6 +317,7 @@ metadata: {name: extra}
 spec:
   selector: {app: web}
   ipFamilyPolicy: RequireDualStack
+  clusterIP: 10.97.0.10
   clusterIPs: [10.97.0.10, "fd00:97::a"]
   ports: [{name: http, port: 80, protocol: TCP}]
 EOF

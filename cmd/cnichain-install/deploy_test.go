@@ -17,6 +17,12 @@ type daemonSet struct {
 	Kind     string     `yaml:"kind"`
 	Metadata objectMeta `yaml:"metadata"`
 	Spec     struct {
+		UpdateStrategy struct {
+			Type          string `yaml:"type"`
+			RollingUpdate struct {
+				MaxSurge *string `yaml:"maxSurge"`
+			} `yaml:"rollingUpdate"`
+		} `yaml:"updateStrategy"`
 		Template struct {
 			Spec struct {
 				ServiceAccountName string `yaml:"serviceAccountName"`
@@ -161,6 +167,21 @@ func TestDaemonSetManifest(t *testing.T) {
 		if mounted[inContainer] != onNode {
 			t.Errorf("%s is mounted from the node's %q, want %s", inContainer, mounted[inContainer], onNode)
 		}
+	}
+}
+
+// TestUpdateStrategy: a rolling update replaces a node's installer, never
+// runs a second beside it (maxSurge): two installers of different
+// versions on one node would both write the conflist, each its own.
+func TestUpdateStrategy(t *testing.T) {
+	var ds daemonSet
+	only(t, manifest(t), "DaemonSet", &ds)
+	u := ds.Spec.UpdateStrategy
+	if u.Type != "" && u.Type != "RollingUpdate" && u.Type != "OnDelete" {
+		t.Errorf("updateStrategy type %q, want RollingUpdate or OnDelete", u.Type)
+	}
+	if surge := u.RollingUpdate.MaxSurge; surge != nil && *surge != "0" && *surge != "0%" {
+		t.Errorf("updateStrategy rollingUpdate maxSurge %q, want none or 0: two installers on a node would both write the conflist", *surge)
 	}
 }
 

@@ -47,7 +47,9 @@ func main() {
 	runAgent := flag.Bool("agent", false, "after installing, run the node agent until terminated (its flags follow)")
 	serviceCIDRs := flag.Bool("service-cidrs", false, "keep the installed conflist's macvlan-host-route viaNode in step with the cluster's\n"+
 		"ServiceCIDRs (networking.k8s.io/v1, list and watch): its own viaNode and theirs, rewritten on every\n"+
-		"change; needs -conflist, and -agent or -sleep to keep running")
+		"change; needs -conflist, and -agent or -sleep to keep running. Only the families (IPv4, IPv6) of\n"+
+		"the plugin's own viaNode are taken, for the plugin refuses a range of a family its pod lacks;\n"+
+		"an empty own viaNode takes every family the cluster has")
 	verify := flag.Bool("verify", false, "install nothing: exit 0 when the node holds these plugins, else name\n"+
 		"those it lacks and exit 1 (the DaemonSet's readiness probe: a rolling update\nmoves on once a node has the new binaries)")
 	var agent agentcmd.Flags
@@ -68,33 +70,56 @@ func main() {
 		fmt.Fprintln(os.Stderr, "cnichain-install: -service-cidrs needs -conflist (whose viaNode it keeps), and -agent or -sleep (to keep running)")
 		os.Exit(2)
 	}
+	// Registered before installing: a SIGTERM meanwhile lets the install
+	// finish (no temporary file left beside a target), then ends the pod.
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
 	keeper, err := run(*src, *binDir, *conflist, *conflistName, *confDir, *serviceCIDRs)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "cnichain-install:", err)
 		os.Exit(1)
 	}
-	// A conflist being written when a signal comes is finished, not left
-	// as a temporary file: stop ends the keeper, then main waits for it.
-	var keeping sync.WaitGroup
-	defer keeping.Wait()
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
-	if keeper != nil {
-		keeping.Go(func() { keeper.Run(ctx) })
-	}
-	if *runAgent {
-		// What installing read is garbage now; the agent runs for days
-		// within the container's memory limit.
-		debug.FreeOSMemory()
-		if err := agent.RunContext(ctx, os.Stderr); err != nil {
-			fmt.Fprintln(os.Stderr, "cnichain-install: agent:", err)
-			os.Exit(1)
-		}
+	if ctx.Err() != nil {
 		return
 	}
-	if *sleep {
-		<-ctx.Done()
+	var keep func(context.Context)
+	if keeper != nil {
+		keep = keeper.Run
 	}
+	err = alongside(ctx, stop, keep, func(ctx context.Context) error {
+		if *runAgent {
+			// What installing read is garbage now; the agent runs for days
+			// within the container's memory limit.
+			debug.FreeOSMemory()
+			if err := agent.RunContext(ctx, os.Stderr); err != nil {
+				return fmt.Errorf("agent: %w", err)
+			}
+			return nil
+		}
+		if *sleep {
+			<-ctx.Done()
+		}
+		return nil
+	})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "cnichain-install:", err)
+		os.Exit(1)
+	}
+}
+
+// alongside runs work with keep (when not nil) beside it, then, whatever
+// work returned, ends keep (stop cancels ctx) and waits for it: a conflist
+// being written is finished, not left as a temporary file, before main
+// exits.
+func alongside(ctx context.Context, stop context.CancelFunc, keep func(context.Context), work func(context.Context) error) error {
+	var keeping sync.WaitGroup
+	if keep != nil {
+		keeping.Go(func() { keep(ctx) })
+	}
+	err := work(ctx)
+	stop()
+	keeping.Wait()
+	return err
 }
 
 // run installs the plugins and the conflist, if any; with serviceCIDRs it

@@ -1,10 +1,14 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // TestRunServiceCIDRsRefuses: -service-cidrs asks for what cannot be done
@@ -37,3 +41,44 @@ func TestRunServiceCIDRsRefuses(t *testing.T) {
 		t.Errorf("%s holds %v, want no conflist installed", confDir, entries)
 	}
 }
+
+// TestAlongside: when the work (the agent) fails, the keeper is stopped
+// and has returned before alongside does, so main's os.Exit cuts no write
+// short; when the work ends with the context, so does the keeper.
+func TestAlongside(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		work    func(ctx context.Context, stop context.CancelFunc) error
+		wantErr error
+	}{
+		{"the agent fails", func(context.Context, context.CancelFunc) error { return errAgent }, errAgent},
+		{"a signal ends both", func(ctx context.Context, stop context.CancelFunc) error {
+			stop()
+			<-ctx.Done()
+			return nil
+		}, nil},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx, stop := context.WithCancel(context.Background())
+			defer stop()
+			var returned atomic.Bool
+			keep := func(ctx context.Context) {
+				<-ctx.Done()
+				time.Sleep(20 * time.Millisecond) // a write being finished
+				returned.Store(true)
+			}
+			err := alongside(ctx, stop, keep, func(ctx context.Context) error { return tt.work(ctx, stop) })
+			if !errors.Is(err, tt.wantErr) {
+				t.Errorf("alongside = %v, want %v", err, tt.wantErr)
+			}
+			if !returned.Load() {
+				t.Error("alongside returned before the keeper did")
+			}
+		})
+	}
+	if err := alongside(context.Background(), func() {}, nil, func(context.Context) error { return nil }); err != nil {
+		t.Errorf("without a keeper: %v", err)
+	}
+}
+
+var errAgent = errors.New("agent: netlink: permission denied")

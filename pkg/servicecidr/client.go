@@ -79,8 +79,15 @@ func NewClient(cfg Config) (*Client, error) {
 	return &Client{
 		base:      strings.TrimSuffix(cfg.BaseURL, "/"),
 		tokenFile: cfg.TokenFile,
-		http:      &http.Client{Transport: transport},
+		http:      &http.Client{Transport: transport, CheckRedirect: refuseRedirect},
 	}, nil
+}
+
+// refuseRedirect keeps the bearer token with the API server, which never
+// redirects these requests: a redirect (from whatever answers in its
+// place) is an error naming where it pointed, not followed.
+func refuseRedirect(req *http.Request, _ []*http.Request) error {
+	return fmt.Errorf("redirected to %s: not followed, the token is the API server's alone", req.URL.Redacted())
 }
 
 // get sends GET to the API path (with its query) and returns the body of

@@ -119,6 +119,23 @@ func TestGet(t *testing.T) {
 	}
 }
 
+// TestGetRefusesRedirects: a redirect is an error naming where it
+// pointed, and the token never goes there, even on the same server.
+func TestGetRefusesRedirects(t *testing.T) {
+	var paths []string
+	api := newStandIn(t, func(w http.ResponseWriter, r *http.Request) {
+		paths = append(paths, r.URL.Path)
+		http.Redirect(w, r, "/elsewhere", http.StatusFound)
+	})
+	_, err := api.client(t).get(context.Background(), Path)
+	if want := "redirected to " + api.server.URL + "/elsewhere: not followed"; err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("error %v, want one containing %q", err, want)
+	}
+	if len(paths) != 1 || paths[0] != Path {
+		t.Errorf("requests to %v, want %s alone", paths, Path)
+	}
+}
+
 // TestGetChecksTheCA: a server whose certificate the CA did not sign is
 // refused.
 func TestGetChecksTheCA(t *testing.T) {

@@ -7,7 +7,8 @@
 //
 // One job a file: client.go reaches the API server, status.go reads its
 // refusals, objects.go and events.go decode what it sends, union.go turns
-// ServiceCIDRs into prefixes, watch.go is the list-and-watch loop,
-// retry.go paces and logs its failures, conflist.go rewrites a conflist,
-// keeper.go writes the rewritten conflist on every change.
+// ServiceCIDRs into prefixes viaNode may hold, watch.go is the
+// list-and-watch loop, retry.go paces and logs its failures, conflist.go
+// rewrites a conflist (each plugin taking the families of its own
+// viaNode), keeper.go writes the rewritten conflist on every change.
 package servicecidr

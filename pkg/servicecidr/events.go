@@ -24,7 +24,7 @@ const (
 type Event struct {
 	Type EventType
 	// Object is the ServiceCIDR added, modified or deleted; of a
-	// Bookmark, only its resourceVersion is set.
+	// Bookmark, only its resourceVersion is set, if that.
 	Object ServiceCIDR
 	// Status is an Error's.
 	Status *StatusError
@@ -78,11 +78,10 @@ func (er *EventReader) Next() (Event, error) {
 			return Event{}, fmt.Errorf("watch event %s: object has no metadata.name", wire.Type)
 		}
 	case Bookmark:
+		// One without a resourceVersion is the watcher's to ignore: it
+		// must not end a watch that works.
 		if err := json.Unmarshal(wire.Object, &ev.Object); err != nil {
 			return Event{}, fmt.Errorf("watch event %s: object: %w", wire.Type, err)
-		}
-		if ev.Object.Metadata.ResourceVersion == "" {
-			return Event{}, fmt.Errorf("watch event %s: object has no metadata.resourceVersion", wire.Type)
 		}
 	case Error:
 		ev.Status = &StatusError{}

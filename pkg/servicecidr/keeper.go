@@ -25,13 +25,14 @@ type Keeper struct {
 	Target string
 	Client *Client
 	Log    *slog.Logger
-	// MinBackoff and MaxBackoff are the Watcher's.
-	MinBackoff, MaxBackoff time.Duration
+	// MinBackoff, MaxBackoff and IdleTimeout are the Watcher's.
+	MinBackoff, MaxBackoff, IdleTimeout time.Duration
 }
 
-// NewKeeper checks that source has a macvlan-host-route plugin whose
-// viaNode parses (else the request cannot be met: an error now rather than
-// a log line later) and reaches the API server as a pod does.
+// NewKeeper checks that source has a macvlan-host-route plugin whose own
+// viaNode the plugin takes (else the request cannot be met, or every pod's
+// ADD would fail: an error now, naming the plugin and the value, rather
+// than a log line later) and reaches the API server as a pod does.
 func NewKeeper(source []byte, target string, log *slog.Logger) (*Keeper, error) {
 	if _, err := Rewrite(source, nil); err != nil {
 		return nil, err
@@ -66,19 +67,23 @@ func (k *Keeper) Run(ctx context.Context) {
 	if k.Log == nil {
 		k.Log = slog.New(slog.DiscardHandler)
 	}
-	w := Watcher{Client: k.Client, OnChange: k.write, Log: k.Log, MinBackoff: k.MinBackoff, MaxBackoff: k.MaxBackoff}
+	w := Watcher{Client: k.Client, OnChange: k.write, Log: k.Log, MinBackoff: k.MinBackoff, MaxBackoff: k.MaxBackoff, IdleTimeout: k.IdleTimeout}
 	w.Run(ctx)
 }
 
-// write installs Source rewritten with prefixes.
+// write installs Source rewritten with prefixes, then warns of each prefix
+// left out: once per change of the union, as the Watcher calls it.
 func (k *Keeper) write(prefixes []netip.Prefix) error {
-	data, err := Rewrite(k.Source, prefixes)
+	data, leftOut, err := rewrite(k.Source, prefixes)
 	if err != nil {
 		return err
 	}
 	outcome, err := install.File(k.Target, data, conflistMode)
 	if err != nil {
 		return fmt.Errorf("install %s: %w", k.Target, err)
+	}
+	for _, err := range leftOut {
+		k.Log.Warn("a ServiceCIDR's CIDR is left out of viaNode", "error", err)
 	}
 	strs := make([]string, len(prefixes))
 	for i, p := range prefixes {

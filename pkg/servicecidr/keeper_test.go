@@ -15,7 +15,8 @@ import (
 )
 
 // TestKeeper: the installed conflist follows the ServiceCIDRs, each
-// change written once, and says so in the log.
+// change written once, and says so in the log, with a warning at each for
+// the CIDR of a family the conflist's own viaNode lacks.
 func TestKeeper(t *testing.T) {
 	api := newStandIn(t, func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Query().Get("watch") == "" {
@@ -65,6 +66,15 @@ func TestKeeper(t *testing.T) {
 			t.Errorf("log %q, want it to contain %q", line, wantLines[i])
 		}
 	}
+	leftOut := linesWith(logs.String(), "level=WARN")
+	if len(leftOut) != 2 {
+		t.Fatalf("warnings %q, want one per change of the union", leftOut)
+	}
+	for _, line := range leftOut {
+		if want := `msg="a ServiceCIDR's CIDR is left out of viaNode" error="ServiceCIDR value fd00:10:96::/112: left out of conflist plugins[1] (macvlan-host-route): IPv6, and the plugin's own viaNode lists IPv4 ranges alone`; !strings.Contains(line, want) {
+			t.Errorf("warning %q, want it to contain %q", line, want)
+		}
+	}
 }
 
 func TestKeeperInitial(t *testing.T) {
@@ -78,6 +88,8 @@ func TestKeeperInitial(t *testing.T) {
 		{"a new node: the source", nil, source},
 		{"a restart: the last rewrite of this source stays", rewritten, rewritten},
 		{"a conflist of another source: the source", []byte(`{"plugins":[{"type":"macvlan-host-route","viaNode":["10.96.0.0/12"]}]}`), source},
+		{"an earlier release's rewrite, with a family the source's viaNode lacks: the source",
+			[]byte(strings.Replace(string(rewritten), `"169.254.20.10/32"`, `"169.254.20.10/32",`+"\n        "+`"fd00:10:96::/112"`, 1)), source},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			target := filepath.Join(t.TempDir(), "c.conflist")
@@ -97,6 +109,10 @@ func TestKeeperInitial(t *testing.T) {
 func TestNewKeeperRefuses(t *testing.T) {
 	if _, err := NewKeeper([]byte(`{"plugins":[{"type":"bridge"}]}`), "/x", nil); err == nil || !strings.Contains(err.Error(), `no "macvlan-host-route" plugin`) {
 		t.Errorf("a conflist without macvlan-host-route: %v", err)
+	}
+	bad := `{"plugins":[{"type":"macvlan"},{"type":"macvlan-host-route","viaNode":["10.96.0.0/12","169.254.0.0/16"]}]}`
+	if _, err := NewKeeper([]byte(bad), "/x", nil); err == nil || !strings.Contains(err.Error(), `conflist plugins[1] (macvlan-host-route): viaNode[1] "169.254.0.0/16": holds the cloud metadata address`) {
+		t.Errorf("a viaNode the plugin refuses: %v", err)
 	}
 	t.Setenv("KUBERNETES_SERVICE_HOST", "")
 	if _, err := NewKeeper([]byte(headline), "/x", nil); err == nil || !strings.Contains(err.Error(), "KUBERNETES_SERVICE_HOST") {

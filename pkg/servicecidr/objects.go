@@ -2,6 +2,7 @@ package servicecidr
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 )
@@ -32,18 +33,28 @@ type List struct {
 	Items    []ServiceCIDR `json:"items"`
 }
 
-// maxListBytes bounds a list in memory: a cluster has a handful of
-// ServiceCIDRs of a few hundred bytes each.
-const maxListBytes = 16 << 20
+// maxListBytes and maxListItems bound a list in memory: a cluster has a
+// handful of ServiceCIDRs of a few hundred bytes each.
+const (
+	maxListBytes = 16 << 20
+	maxListItems = 10000
+)
 
 // DecodeList reads a ServiceCIDRList. It must name its resourceVersion
 // (the watch starts there) and every item its name (the key of the
-// union's map).
+// union's map), and stay within maxListBytes and maxListItems.
 func DecodeList(r io.Reader) (*List, error) {
 	var list List
-	dec := json.NewDecoder(io.LimitReader(r, maxListBytes))
-	if err := dec.Decode(&list); err != nil {
+	// One byte past the bound tells a list too large from one cut short.
+	in := &io.LimitedReader{R: r, N: maxListBytes + 1}
+	if err := json.NewDecoder(in).Decode(&list); err != nil {
+		if errors.Is(err, io.ErrUnexpectedEOF) && in.N <= 0 {
+			return nil, fmt.Errorf("ServiceCIDRList larger than %d bytes: too large", maxListBytes)
+		}
 		return nil, fmt.Errorf("ServiceCIDRList: %w", err)
+	}
+	if len(list.Items) > maxListItems {
+		return nil, fmt.Errorf("ServiceCIDRList of %d items, more than %d: too large", len(list.Items), maxListItems)
 	}
 	if list.Metadata.ResourceVersion == "" {
 		return nil, fmt.Errorf("ServiceCIDRList: no metadata.resourceVersion to watch from")

@@ -26,6 +26,11 @@ func TestDecodeList(t *testing.T) {
 		{name: "a Status, not a list", body: `{"kind":"Status","code":403}`, wantErr: "no metadata.resourceVersion"},
 		{name: "not JSON", body: `forbidden`, wantErr: "ServiceCIDRList: invalid character"},
 		{name: "items not a list", body: `{"metadata":{"resourceVersion":"1"},"items":{}}`, wantErr: "ServiceCIDRList: json: cannot unmarshal object"},
+		{name: "larger than the bound", body: `{"metadata":{"resourceVersion":"1"},"items":[{"metadata":{"name":"` + strings.Repeat("a", maxListBytes) + `"}}]}`,
+			wantErr: "ServiceCIDRList larger than 16777216 bytes: too large"},
+		{name: "cut short, within the bound", body: `{"metadata":{"resourceVersion":"1"},"items":[`, wantErr: "ServiceCIDRList: unexpected EOF"},
+		{name: "more items than the bound", body: `{"metadata":{"resourceVersion":"1"},"items":[` + strings.Repeat(`{"metadata":{"name":"a"}},`, maxListItems) + `{"metadata":{"name":"a"}}]}`,
+			wantErr: "ServiceCIDRList of 10001 items, more than 10000: too large"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -34,7 +34,7 @@ func newRetry(lo, hi time.Duration, log *slog.Logger) *retry {
 	return &retry{min: lo, max: hi, wait: lo, log: log}
 }
 
-// succeeded resets the wait: the list and the watch were answered.
+// succeeded resets the wait: a watch is steady, the cluster followed.
 func (r *retry) succeeded() {
 	r.wait = r.min
 	if r.failures > 0 {

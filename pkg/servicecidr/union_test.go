@@ -31,6 +31,12 @@ func TestPrefixes(t *testing.T) {
 			wantErrs: []string{`ServiceCIDR "extra" spec.cidrs[0] "10.100.0.0/33": not a CIDR`}},
 		{name: "an address without a length, a zone", obj: serviceCIDR("b", "10.96.0.1", "fe80::%eth0/64"),
 			wantErrs: []string{`spec.cidrs[0] "10.96.0.1"`, `spec.cidrs[1] "fe80::%eth0/64"`}},
+		{name: "IPv4-mapped: made IPv4, or left out when shorter than /96", obj: serviceCIDR("m", "::ffff:10.96.0.1/108", "::ffff:10.0.0.0/80"),
+			want:     prefixes("10.96.0.0/12"),
+			wantErrs: []string{`ServiceCIDR "m" spec.cidrs[1] "::ffff:10.0.0.0/80": left out: an IPv4-mapped IPv6 prefix shorter than /96`}},
+		{name: "what macvlan-host-route refuses is left out", obj: serviceCIDR("wide", "0.0.0.0/0", "::/0"),
+			want:     prefixes("::/0"),
+			wantErrs: []string{`ServiceCIDR "wide" spec.cidrs[0] "0.0.0.0/0": left out: macvlan-host-route refuses it in viaNode: holds the cloud metadata address`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

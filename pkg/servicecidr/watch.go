@@ -1,6 +1,7 @@
 package servicecidr
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"net/url"
 	"slices"
 	"strconv"
+	"sync/atomic"
 	"time"
 )
 
@@ -20,17 +22,33 @@ const Path = "/apis/networking.k8s.io/v1/servicecidrs"
 
 // How long a list may take, and how long a watch runs before the server
 // ends it (random, as client-go's, so the nodes' watches do not all end at
-// once); grace is how much later the client gives up on a silent one (a
-// connection that died with no reset).
+// once); grace is how much later the client gives up on one the server
+// keeps open past it.
 const (
 	listTimeout     = 30 * time.Second
 	minWatchTimeout = 5 * time.Minute
 	watchGrace      = 30 * time.Second
 )
 
+// DefaultIdleTimeout ends a watch that sent nothing for so long: the API
+// server sends a bookmark about once a minute, so a watch that silent is
+// most likely on a connection gone without a reset, which would stall
+// until the watch's own deadline (up to 10.5 minutes).
+const DefaultIdleTimeout = 3 * time.Minute
+
+// steadyWatch is how long a watch lives, with no event, before it counts
+// as followed (the back-off starts anew): one ending sooner without an
+// event is a failure, not a routine end, or a server that fails each
+// watch right after its headers would be asked again at the least wait.
+const steadyWatch = 30 * time.Second
+
 // errWatchEnded is a watch the server ended (or the client, past its
-// timeout): routine, the watcher lists again.
+// timeout or idle for IdleTimeout): routine, the watcher lists again.
 var errWatchEnded = errors.New("the watch ended")
+
+// errWatchEmpty is a watch that ended before it was steady, having sent
+// no event: a failure, paced by the back-off.
+var errWatchEmpty = fmt.Errorf("the watch ended within %v, with no event", steadyWatch)
 
 // Watcher keeps the union of the cluster's ServiceCIDRs and hands it on at
 // every change.
@@ -44,6 +62,11 @@ type Watcher struct {
 	// MinBackoff and MaxBackoff bound the wait before a relist
 	// (DefaultMinBackoff and DefaultMaxBackoff where zero).
 	MinBackoff, MaxBackoff time.Duration
+	// IdleTimeout ends a watch that sends nothing, not even a bookmark,
+	// for so long (DefaultIdleTimeout where zero).
+	IdleTimeout time.Duration
+	// steadyAfter is steadyWatch where zero; tests shorten it.
+	steadyAfter time.Duration
 }
 
 // known is what the watcher knows of the cluster's ServiceCIDRs, and what
@@ -59,9 +82,9 @@ type known struct {
 }
 
 // Run lists and watches until ctx ends. Whatever ends a watch (an ERROR
-// event such as 410 Expired, the stream cut short or ended, an HTTP error,
-// a failed OnChange) leads to a relist, after a wait that doubles while
-// attempts fail and starts anew once one is answered.
+// event such as 410 Expired, the stream cut short, ended or idle, an HTTP
+// error, a failed OnChange) leads to a relist, after a wait that doubles
+// until a watch delivers an event or stays open for steadyWatch.
 func (w *Watcher) Run(ctx context.Context) {
 	log := w.Log
 	if log == nil {
@@ -90,7 +113,8 @@ func (w *Watcher) Run(ctx context.Context) {
 
 // listAndWatch lists the ServiceCIDRs, hands their union on, then follows
 // a watch from the list's resourceVersion until it ends, which it returns
-// the reason of.
+// the reason of. It tells r of success once the watch is steady: it
+// delivered an event, or stayed open for steadyWatch.
 func (w *Watcher) listAndWatch(ctx context.Context, k *known, r *retry, log *slog.Logger) error {
 	rv, err := w.list(ctx, k, log)
 	if err != nil {
@@ -108,10 +132,35 @@ func (w *Watcher) listAndWatch(ctx context.Context, k *known, r *retry, log *slo
 		return err
 	}
 	defer body.Close()
-	r.succeeded()
-	err = w.follow(body, k, log)
-	if watchCtx.Err() != nil && ctx.Err() == nil {
-		err = errWatchEnded // our own deadline: the server went silent
+	// Cancelling watchCtx ends a read the body is blocked in.
+	idle := cmp.Or(w.IdleTimeout, DefaultIdleTimeout)
+	var idled atomic.Bool
+	idleTimer := time.AfterFunc(idle, func() {
+		idled.Store(true)
+		cancel()
+	})
+	defer idleTimer.Stop()
+	started, steady := time.Now(), false
+	err = w.follow(body, k, log, func(valid bool) {
+		idleTimer.Reset(idle)
+		if valid && !steady {
+			steady = true
+			r.succeeded()
+		}
+	})
+	if !steady && time.Since(started) >= cmp.Or(w.steadyAfter, steadyWatch) {
+		steady = true
+		r.succeeded()
+	}
+	switch {
+	case ctx.Err() != nil:
+		// Stopping: the reason is of no interest.
+	case idled.Load():
+		err = fmt.Errorf("%w: nothing came for %v, not even a bookmark", errWatchEnded, idle)
+	case watchCtx.Err() != nil:
+		err = errWatchEnded // our own deadline: the server kept it open past its timeout
+	case errors.Is(err, errWatchEnded) && !steady:
+		err = errWatchEmpty
 	}
 	return fmt.Errorf("watch %s%s: %w", w.Client.base, path, err)
 }
@@ -155,8 +204,9 @@ func watchPath(rv string, timeout time.Duration) string {
 }
 
 // follow applies the events of a watch stream to k, handing the union on
-// after each, until the stream ends (errWatchEnded) or fails.
-func (w *Watcher) follow(stream io.Reader, k *known, log *slog.Logger) error {
+// after each, until the stream ends (errWatchEnded) or fails. It calls
+// seen at every event, valid unless it is an ERROR or a bookmark ignored.
+func (w *Watcher) follow(stream io.Reader, k *known, log *slog.Logger, seen func(valid bool)) error {
 	events := NewEventReader(stream)
 	for {
 		ev, err := events.Next()
@@ -166,6 +216,14 @@ func (w *Watcher) follow(stream io.Reader, k *known, log *slog.Logger) error {
 		if err != nil {
 			return err
 		}
+		if ev.Type == Bookmark && ev.Object.Metadata.ResourceVersion == "" {
+			// Nothing to resume from, which the watcher never does anyway:
+			// no reason to end a watch that works.
+			log.Debug("a BOOKMARK event without metadata.resourceVersion, ignored")
+			seen(false)
+			continue
+		}
+		seen(ev.Type != Error)
 		switch ev.Type {
 		case Error:
 			return fmt.Errorf("ERROR event: %w", ev.Status)

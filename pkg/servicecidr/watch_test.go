@@ -73,7 +73,8 @@ func runWatcher(t *testing.T, w *Watcher, stop <-chan struct{}) string {
 
 // TestWatcher: a list, then a watch from its resourceVersion whose events
 // change the union (a ServiceCIDR being deleted still counts, a bookmark
-// changes nothing), then a 410 ERROR event: a relist, whose new object
+// changes nothing, one without a resourceVersion is ignored), then a 410
+// ERROR event: a relist, whose new object
 // joins the union, and a watch from the new list's resourceVersion. Each
 // request carries the token of the moment.
 func TestWatcher(t *testing.T) {
@@ -122,6 +123,7 @@ func TestWatcher(t *testing.T) {
 		writeEvent(w, `{"type":"ADDED","object":`+objectJSON("extra", "101", "", "10.100.0.0/16", "not-a-cidr")+`}`)
 		writeEvent(w, `{"type":"MODIFIED","object":`+objectJSON("extra", "102", `,"deletionTimestamp":"2026-01-01T00:00:00Z"`, "10.100.0.0/16", "not-a-cidr")+`}`)
 		writeEvent(w, `{"type":"BOOKMARK","object":{"kind":"ServiceCIDR","metadata":{"resourceVersion":"103"}}}`)
+		writeEvent(w, `{"type":"BOOKMARK","object":{"kind":"ServiceCIDR","metadata":{}}}`)
 		writeEvent(w, `{"type":"DELETED","object":`+objectJSON("extra", "104", "", "10.100.0.0/16", "not-a-cidr")+`}`)
 		// The kubelet rotates the token: the relist must send the new one.
 		if err := os.WriteFile(api.cfg.TokenFile, []byte("token-2"), 0o600); err != nil {
@@ -167,12 +169,16 @@ func TestWatcher(t *testing.T) {
 	if relist := linesWith(logs, "listing the ServiceCIDRs again"); len(relist) != 1 || !strings.Contains(relist[0], "ERROR event: 410 Expired: too old resource version") {
 		t.Errorf("relists logged %q, want one for the 410", relist)
 	}
+	if ignored := linesWith(logs, "a BOOKMARK event without metadata.resourceVersion, ignored"); len(ignored) != 1 || !strings.Contains(ignored[0], "level=DEBUG") {
+		t.Errorf("ignored bookmarks logged %q, want one, at debug", ignored)
+	}
 }
 
 // TestWatcherRetries: an API server out of reach (503 three times), then
-// a watch stream cut within an event, then a failing OnChange: each streak
-// is one warning and one line once it is over, the waits double from the
-// least, and the union missed is handed on again.
+// a watch stream cut within an event, then a failing OnChange, then a
+// watch ended at once with no event: each streak is one warning and one
+// line once a watch delivers again, the waits double from the least and
+// start anew only then, and the union missed is handed on again.
 func TestWatcherRetries(t *testing.T) {
 	var (
 		mu    sync.Mutex
@@ -180,6 +186,7 @@ func TestWatcherRetries(t *testing.T) {
 		end   sync.Once
 	)
 	done := make(chan struct{})
+	bookmark := `{"type":"BOOKMARK","object":{"kind":"ServiceCIDR","metadata":{"resourceVersion":"1000"}}}`
 	api := newStandIn(t, func(w http.ResponseWriter, r *http.Request) {
 		mu.Lock()
 		times = append(times, time.Now())
@@ -191,15 +198,18 @@ func TestWatcherRetries(t *testing.T) {
 			io.WriteString(w, `{"kind":"Status","status":"Failure","message":"the server is currently unable to handle the request","reason":"ServiceUnavailable","code":503}`)
 		case 4, 6: // lists
 			io.WriteString(w, listJSON(strconv.Itoa(n), kubernetesJSON))
-		case 5: // a watch cut within its first event
+		case 5: // a watch that delivers, then is cut within an event
+			writeEvent(w, bookmark)
 			io.WriteString(w, `{"type":"ADDED","object":{"metadata":{"na`)
 		case 7: // a watch whose event OnChange fails on
 			writeEvent(w, `{"type":"ADDED","object":`+objectJSON("extra", "300", "", "10.100.0.0/16")+`}`)
 			<-r.Context().Done()
-		case 8: // a list
+		case 8, 10: // lists
 			io.WriteString(w, listJSON(strconv.Itoa(n), kubernetesJSON, objectJSON("extra", "300", "", "10.100.0.0/16")))
-		case 9: // a watch the server ends at once: routine, a relist follows
+		case 9: // a watch ended at once, with no event: a failure, not a success
 			w.WriteHeader(http.StatusOK)
+		case 11: // a watch that delivers, then ends: routine
+			writeEvent(w, bookmark)
 		default:
 			end.Do(func() { close(done) })
 			<-r.Context().Done()
@@ -234,13 +244,18 @@ func TestWatcherRetries(t *testing.T) {
 	if !strings.Contains(warnings[1], "unexpected EOF") {
 		t.Errorf("warning %q does not say the stream was cut", warnings[1])
 	}
+	if still := linesWith(logs, "still cannot follow"); len(still) != 3 || !strings.Contains(still[2], "the watch ended within 30s, with no event") {
+		t.Errorf("failures after the first of a streak %q, want 3, the last the watch with no event", still)
+	}
 	again := linesWith(logs, "followed again")
-	if len(again) != 3 || !strings.Contains(again[0], "failedAttempts=3") || !strings.Contains(again[1], "failedAttempts=1") || !strings.Contains(again[2], "failedAttempts=1") {
-		t.Errorf("recoveries logged %q, want 3, after 3 failed attempts then 1 and 1", again)
+	if len(again) != 3 || !strings.Contains(again[0], "failedAttempts=3") || !strings.Contains(again[1], "failedAttempts=1") || !strings.Contains(again[2], "failedAttempts=2") {
+		t.Errorf("recoveries logged %q, want 3, after 3 failed attempts, then 1, then 2", again)
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	for i, least := range map[int]time.Duration{1: least, 2: 2 * least, 3: 2 * least} {
+	// times[i] is request i+1: the waits before the 2nd, 3rd and 4th, and
+	// before the list after the empty watch, which did not reset them.
+	for i, least := range map[int]time.Duration{1: least, 2: 2 * least, 3: 2 * least, 9: 2 * least} {
 		if gap := times[i].Sub(times[i-1]); gap < least {
 			t.Errorf("request %d came %v after the one before, want at least %v", i+1, gap, least)
 		}
@@ -248,6 +263,146 @@ func TestWatcherRetries(t *testing.T) {
 	full := prefixes("10.96.0.0/12", "10.100.0.0/16", "fd00:10:96::/112")
 	if n := len(u.got); n < 2 || !reflect.DeepEqual(u.got[n-1], full) {
 		t.Errorf("unions handed on %v, want the one OnChange failed on handed on again", u.got)
+	}
+}
+
+// TestWatcherBacksOffFailingWatches: a watch that fails right after its
+// headers, here with an ERROR 504 event every time, never resets the
+// back-off: the waits between relists double, with one warning.
+func TestWatcherBacksOffFailingWatches(t *testing.T) {
+	const wantLists = 6
+	var (
+		mu    sync.Mutex
+		lists []time.Time
+		end   sync.Once
+	)
+	done := make(chan struct{})
+	api := newStandIn(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Get("watch") != "" {
+			writeEvent(w, `{"type":"ERROR","object":{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"Timeout: request did not complete within the allotted timeout","reason":"Timeout","code":504}}`)
+			return
+		}
+		mu.Lock()
+		lists = append(lists, time.Now())
+		n := len(lists)
+		mu.Unlock()
+		if n > wantLists {
+			end.Do(func() { close(done) })
+			<-r.Context().Done()
+			return
+		}
+		io.WriteString(w, listJSON(strconv.Itoa(n), kubernetesJSON))
+	})
+	const least = 10 * time.Millisecond
+	logs := runWatcher(t, &Watcher{Client: api.client(t), OnChange: new(unions).onChange, MinBackoff: least, MaxBackoff: time.Second}, done)
+
+	mu.Lock()
+	defer mu.Unlock()
+	for i := 1; i < wantLists; i++ {
+		if gap, want := lists[i].Sub(lists[i-1]), least<<(i-1); gap < want {
+			t.Errorf("list %d came %v after the one before, want at least %v: the waits grow", i+1, gap, want)
+		}
+	}
+	if warnings := linesWith(logs, "level=WARN"); len(warnings) != 1 || !strings.Contains(warnings[0], "ERROR event: 504 Timeout") {
+		t.Errorf("warnings %q, want one, of the 504", warnings)
+	}
+	if again := linesWith(logs, "followed again"); len(again) != 0 {
+		t.Errorf("recoveries logged %q, want none", again)
+	}
+}
+
+// TestWatcherIdle: a watch whose server sends its headers, then nothing
+// (a connection gone without a reset), ends after IdleTimeout, and one
+// whose events stop does so that long after the last: a relist follows
+// each, without a warning.
+func TestWatcherIdle(t *testing.T) {
+	const idle = 200 * time.Millisecond
+	var (
+		mu      sync.Mutex
+		lists   []time.Time
+		watches []time.Time
+	)
+	done := make(chan struct{})
+	api := newStandIn(t, func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		if r.URL.Query().Get("watch") == "" {
+			lists = append(lists, time.Now())
+			n := len(lists)
+			mu.Unlock()
+			if n > 2 {
+				close(done)
+				<-r.Context().Done()
+				return
+			}
+			io.WriteString(w, listJSON(strconv.Itoa(n), kubernetesJSON))
+			return
+		}
+		watches = append(watches, time.Now())
+		n := len(watches)
+		mu.Unlock()
+		w.WriteHeader(http.StatusOK)
+		w.(http.Flusher).Flush()
+		for range 3 * (n - 1) { // the second: three bookmarks, idle/2 apart
+			time.Sleep(idle / 2)
+			writeEvent(w, `{"type":"BOOKMARK","object":{"kind":"ServiceCIDR","metadata":{"resourceVersion":"7"}}}`)
+		}
+		<-r.Context().Done()
+	})
+	logs := runWatcher(t, &Watcher{Client: api.client(t), OnChange: new(unions).onChange, MinBackoff: time.Millisecond, IdleTimeout: idle}, done)
+
+	mu.Lock()
+	defer mu.Unlock()
+	if len(lists) != 3 || len(watches) != 2 {
+		t.Fatalf("%d lists and %d watches, want 3 and 2", len(lists), len(watches))
+	}
+	for i, want := range []time.Duration{idle, 3*idle/2 + idle} {
+		if gap := lists[i+1].Sub(watches[i]); gap < want {
+			t.Errorf("watch %d ended %v after it began, want at least %v", i+1, gap, want)
+		}
+	}
+	if ended := linesWith(logs, "nothing came for 200ms"); len(ended) != 2 {
+		t.Errorf("idle watches logged %q, want 2", ended)
+	}
+	if warnings := linesWith(logs, "level=WARN"); len(warnings) != 0 {
+		t.Errorf("warnings %q, want none: an idle watch is relisted as a routine end", warnings)
+	}
+}
+
+// TestWatcherSteadyByTime: a watch that sends nothing but stays open past
+// steadyAfter is followed (the back-off starts anew), though it then ends.
+func TestWatcherSteadyByTime(t *testing.T) {
+	const steady = 50 * time.Millisecond
+	var (
+		mu  sync.Mutex
+		n   int
+		end sync.Once
+	)
+	done := make(chan struct{})
+	api := newStandIn(t, func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		n++
+		req := n
+		mu.Unlock()
+		switch req {
+		case 1:
+			w.WriteHeader(http.StatusServiceUnavailable)
+		case 2, 4:
+			io.WriteString(w, listJSON(strconv.Itoa(req), kubernetesJSON))
+		case 3:
+			w.WriteHeader(http.StatusOK)
+			w.(http.Flusher).Flush()
+			time.Sleep(2 * steady)
+		default:
+			end.Do(func() { close(done) })
+			<-r.Context().Done()
+		}
+	})
+	logs := runWatcher(t, &Watcher{Client: api.client(t), OnChange: new(unions).onChange, MinBackoff: time.Millisecond, steadyAfter: steady}, done)
+	if again := linesWith(logs, "followed again"); len(again) != 1 || !strings.Contains(again[0], "failedAttempts=1") {
+		t.Errorf("recoveries logged %q, want one after the 503", again)
+	}
+	if warnings := linesWith(logs, "level=WARN"); len(warnings) != 1 {
+		t.Errorf("warnings %q, want the 503's alone", warnings)
 	}
 }
 

@@ -3,6 +3,7 @@ package hostroute
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -111,15 +112,11 @@ func Parse(stdin []byte) (*Config, error) {
 func (cfg *Config) parseViaNode() error {
 	for i, s := range cfg.RawViaNode {
 		field := fmt.Sprintf("viaNode[%d]", i)
-		p, err := netip.ParsePrefix(s)
-		switch {
-		case err != nil || p.Addr().Zone() != "":
-			return cnierr.InvalidConfig(field, s, "not a CIDR such as 10.96.0.0/12 or 169.254.20.10/32")
-		case p != p.Masked():
-			return cnierr.InvalidConfig(field, s, fmt.Sprintf("has host bits set: write %s", p.Masked()))
-		case p.Contains(metadataAddr) && p.Bits() < 32:
-			return cnierr.InvalidConfig(field, s, "holds the cloud metadata address 169.254.169.254, which must stay reachable through the pod's gateway: name the node-local address alone, such as 169.254.20.10/32")
-		case slices.Contains(cfg.ViaNode, p):
+		p, _ := netip.ParsePrefix(s) // the zero Prefix, which CheckViaNodeEntry refuses, when s is no CIDR
+		if err := CheckViaNodeEntry(p); err != nil {
+			return cnierr.InvalidConfig(field, s, err.Error())
+		}
+		if slices.Contains(cfg.ViaNode, p) {
 			return cnierr.InvalidConfig(field, s, "listed twice")
 		}
 		cfg.ViaNode = append(cfg.ViaNode, p)
@@ -139,6 +136,23 @@ func (cfg *Config) parseViaNode() error {
 	case "", "legacy", "nft":
 	default:
 		return cnierr.InvalidConfig("iptablesFlavour", cfg.IptablesFlavour, `must be "", "legacy" or "nft"`)
+	}
+	return nil
+}
+
+// CheckViaNodeEntry says why viaNode may not hold p, or nil: the rules of
+// one entry, whatever the pod (duplicates are the list's to find). The
+// error is the reason alone, as Parse's error for the entry gives it after
+// the field and value: the installer's -service-cidrs checks the cluster's
+// CIDRs with it, since an entry refused here fails every pod's ADD.
+func CheckViaNodeEntry(p netip.Prefix) error {
+	switch {
+	case !p.IsValid() || p.Addr().Zone() != "":
+		return errors.New("not a CIDR such as 10.96.0.0/12 or 169.254.20.10/32")
+	case p != p.Masked():
+		return fmt.Errorf("has host bits set: write %s", p.Masked())
+	case p.Contains(metadataAddr) && p.Bits() < 32:
+		return errors.New("holds the cloud metadata address 169.254.169.254, which must stay reachable through the pod's gateway: name the node-local address alone, such as 169.254.20.10/32")
 	}
 	return nil
 }

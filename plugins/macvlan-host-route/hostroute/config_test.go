@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -334,6 +335,48 @@ func TestParseViaNode(t *testing.T) {
 			var cniErr *types.Error
 			if !errors.As(err, &cniErr) || cniErr.Code != types.ErrInvalidNetworkConfig || !strings.Contains(cniErr.Msg, tt.field) {
 				t.Fatalf("Parse error = %v, want code 7 naming %s", err, tt.field)
+			}
+		})
+	}
+}
+
+// TestCheckViaNodeEntry: the rules of one viaNode entry, which Parse and
+// the installer's -service-cidrs share, and Parse's error for an entry
+// being the field, the value and this reason.
+func TestCheckViaNodeEntry(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		p      netip.Prefix
+		reason string // "" when accepted
+	}{
+		{"a Service CIDR", netip.MustParsePrefix("10.96.0.0/12"), ""},
+		{"an IPv6 Service CIDR", netip.MustParsePrefix("fd00:10:96::/112"), ""},
+		{"node-local DNS", netip.MustParsePrefix("169.254.20.10/32"), ""},
+		{"the metadata address alone", netip.MustParsePrefix("169.254.169.254/32"), ""},
+		{"IPv6 everything holds no IPv4 address", netip.MustParsePrefix("::/0"), ""},
+		{"no prefix", netip.Prefix{}, "not a CIDR such as 10.96.0.0/12 or 169.254.20.10/32"},
+		{"host bits set", netip.MustParsePrefix("10.96.0.1/12"), "has host bits set: write 10.96.0.0/12"},
+		{"the link-local /16", netip.MustParsePrefix("169.254.0.0/16"), "holds the cloud metadata address 169.254.169.254"},
+		{"IPv4 everything", netip.MustParsePrefix("0.0.0.0/0"), "holds the cloud metadata address 169.254.169.254"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			err := CheckViaNodeEntry(tt.p)
+			if tt.reason == "" {
+				if err != nil {
+					t.Fatalf("CheckViaNodeEntry(%s) = %v, want nil", tt.p, err)
+				}
+				return
+			}
+			if err == nil || !strings.HasPrefix(err.Error(), tt.reason) {
+				t.Fatalf("CheckViaNodeEntry(%s) = %v, want %q...", tt.p, err, tt.reason)
+			}
+			if !tt.p.IsValid() {
+				return
+			}
+			_, perr := Parse([]byte(`{"name":"n","viaNode":["10.0.0.0/8",` + strconv.Quote(tt.p.String()) + `]}`))
+			var cniErr *types.Error
+			if want := fmt.Sprintf("viaNode[1] %q: %s", tt.p, err); !errors.As(perr, &cniErr) || cniErr.Msg != want {
+				t.Errorf("Parse error = %v, want %q", perr, want)
 			}
 		})
 	}
