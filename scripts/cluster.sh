@@ -147,9 +147,6 @@ cl_remove_cgroups() { # cl_remove_cgroups NODE: its cgroups, deepest first, once
 cluster_down() { cl_teardown 2>/dev/null; }
 cl_teardown() {
   local node pid key i ns
-  # The script's own background loops (probes, watches): none may outlive
-  # it, nor hold the cluster lock (their children close it: {CL_LOCK}>&-).
-  for pid in $(jobs -p); do kill -9 "$pid" 2>/dev/null || true; done
   for node in "${CL_NODES[@]}"; do
     [ -n "${CL_HOLDER[$node]:-}" ] || continue
     cl_kill_pods "$node"
@@ -167,6 +164,10 @@ cl_teardown() {
     cl_remove_cgroups "$node"
   done
   CL_HOLDER=()
+  # The script's own background loops (probes, watches), once the nodes'
+  # processes were found by their mount namespace: none may outlive it,
+  # nor hold the cluster lock (their children close it: {CL_LOCK}>&-).
+  for pid in $(jobs -p); do kill -9 "$pid" 2>/dev/null || true; done
   for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^$CL_ID-" || true); do
     for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
     ip netns delete "$ns" 2>/dev/null || true
@@ -700,12 +701,13 @@ cl_node_registered() { cl_kubectl get node "$1" >/dev/null 2>&1; }
 # lands in their /etc/cni/net.d).
 cluster_up() {
   scripts/ensure-tools.sh podman runc nft openssl
-  CL_BIN=$(scripts/k8s-build.sh)/bin
   # One cluster at a time per machine: the nodes' mount points on the
   # machine's tree are shared, and one run's removal of a mount point it
-  # made would take another's mount with it.
+  # made would take another's mount with it (and two builds of the
+  # components would write one cache).
   exec {CL_LOCK}>/tmp/cnichain-cluster.lock
   wait_for 1800 "another run's cluster to go (/tmp/cnichain-cluster.lock)" flock -n "$CL_LOCK"
+  CL_BIN=$(scripts/k8s-build.sh)/bin
   trap 'cluster_down' EXIT
   trap 'cluster_down; exit 130' INT TERM
   CL_DIR=$(mktemp -d /tmp/cnichain-k8s.XXXXXX)

@@ -333,6 +333,16 @@ for node in "${CL_NODES[@]}"; do
   check "a pod created on $node after it reaches the Service's IPv6 address from it" wait_for 60 "new-$node to reach [fd00:97::a]" from_pod "new-$node" "http://[fd00:97::a]/"
   k delete pod "new-$node" --wait=true --timeout 120s >/dev/null
 done
+# A restarted installer keeps its rewrite: until it reaches the API server
+# again (on a rebooted node, once kube-proxy runs), new pods still get the
+# new range. It says so on its first line for the conflist ("unchanged";
+# the conflist as given would be "written").
+k -n kube-system delete pod -l app.kubernetes.io/name=cnichain-plugins --field-selector spec.nodeName=node-a --wait=true --timeout 120s >/dev/null
+check "node-a's DaemonSet pod is made anew" rolled_out 180
+check "node-a: its new installer kept the rewrite holding the new ServiceCIDR" \
+  wait_for 60 "node-a's new installer to log its install" agent_logged node-a '^unchanged /host/etc/cni/net.d/30-lan.conflist$'
+check "node-a: viaNode still holds the new ServiceCIDR" \
+  matches '^\["10\.96\.0\.0/16","10\.97\.0\.0/24","fd00:96::/112","fd00:97::/120"\]$' vianode node-a
 for node in "${CL_NODES[@]}"; do
   check "$node's installer logged that viaNode follows the new ServiceCIDR" \
     agent_logged "$node" 'msg="viaNode follows the cluster.s ServiceCIDRs" cidrs=10\.96\.0\.0/16,10\.97\.0\.0/24,fd00:96::/112,fd00:97::/120 '
@@ -375,30 +385,42 @@ no_records_within() {
   echo "left on $2:" $(records "$2") >&2
   return 1
 }
-# lite_chains NODE: portmap-lite's rules on NODE (fails when they cannot be read).
+# lite_chains NODE: portmap-lite's rules of both families on NODE (fails when
+# they cannot be read).
 lite_chains() {
   local nat
-  nat=$(in_node "$1" iptables-save -t nat) || return 1
+  nat=$(in_node "$1" iptables-save -t nat && in_node "$1" ip6tables-save -t nat) || return 1
   awk '/^-A CNI-LITE/' <<<"$nat" | sort
 }
 
 # Deleting a pod.
-HP_IP=$(pod_ip hostport)
-dnat_8080() { matches '--dport 8080' in_node node-a iptables-save -t nat; }
-no_dnat_8080() { in_node node-a iptables-save -t nat >"$T/nat" && ! grep -q -- '--dport 8080' "$T/nat"; }
+HP_IP=$(pod_ip hostport) HP_IP6=$(pod_ip6 hostport)
+dnat_8080() { matches '--dport 8080' in_node node-a "$1" -t nat; } # dnat_8080 iptables-save|ip6tables-save
+no_dnat_8080() {
+  local nat
+  nat=$(in_node node-a iptables-save -t nat && in_node node-a ip6tables-save -t nat) || return 1
+  ! grep -- '--dport 8080' <<<"$nat" >&2
+}
 check "before it is deleted, node-a holds the hostPort pod's state" mentions node-a "$HP_IP"
-check "before it is deleted, node-a holds a DNAT for 8080" dnat_8080
+check "before it is deleted, node-a holds the hostPort pod's IPv6 state" mentions node-a "$HP_IP6"
+check "before it is deleted, node-a holds a DNAT for 8080" dnat_8080 iptables-save
+check "before it is deleted, node-a holds an IPv6 DNAT for 8080" dnat_8080 ip6tables-save
 k delete pod hostport --wait=true --timeout 120s >/dev/null
 check "deleting the hostPort pod leaves nothing of it on node-a" \
   wait_for 60 "node-a to forget $HP_IP" forgotten node-a "$HP_IP"
+check "deleting the hostPort pod leaves nothing of its IPv6 address on node-a" \
+  wait_for 60 "node-a to forget $HP_IP6" forgotten node-a "$HP_IP6"
 check "deleting the hostPort pod leaves no DNAT for 8080" wait_for 60 "node-a's rules to drop 8080" no_dnat_8080
 
 # Draining a node: its pod is evicted; node-a keeps serving.
 check "before the drain, node-b holds its pod's state" mentions node-b "$IP_B"
+check "before the drain, node-b holds its pod's IPv6 state" mentions node-b "$IP6_B"
 check "before the drain, node-b holds records" some_records node-b
 k drain node-b --ignore-daemonsets --force --grace-period 0 --timeout 120s >/dev/null 2>&1
 check "draining node-b evicts its pod and leaves nothing of it" \
   wait_for 60 "node-b to forget $IP_B" forgotten node-b "$IP_B"
+check "draining node-b leaves nothing of its pod's IPv6 address" \
+  wait_for 60 "node-b to forget $IP6_B" forgotten node-b "$IP6_B"
 check "draining node-b leaves no record on it" no_records_within 60 node-b
 check "node-a's pod still answers the lan while node-b is drained" from_lan "http://$IP_A/"
 k uncordon node-b >/dev/null
@@ -439,8 +461,8 @@ k -n kube-system delete pod -l app.kubernetes.io/name=cnichain-plugins --wait=tr
 rolled_out() { cl_rolled_out "$@"; }
 check "the DaemonSet's pods come back" rolled_out 180
 for node in "${CL_NODES[@]}"; do
-  check "$node: its new installer kept the conflist it had rewritten (no pod meanwhile gets one without the cluster's ranges)" \
-    agent_logged "$node" '^unchanged /host/etc/cni/net.d/30-lan.conflist$'
+  check "$node: its new installer kept the conflist it had rewritten" \
+    wait_for 60 "$node's new installer to log its install" agent_logged "$node" '^unchanged /host/etc/cni/net.d/30-lan.conflist$'
 done
 same_as() { local now; now=$(lite_chains "$1" && records "$1") && [ "$now" = "$2" ]; }
 check "deleting the DaemonSet's pods changes nothing of node-a's pods" same_as node-a "$before_a"
@@ -599,7 +621,7 @@ check "multinic: deleting the pod leaves no record" wait_for 60 "node-a's multin
 # Everything deleted: nothing of any pod is left on either node.
 pod_chains_or_routes() { # what NODE holds of pods, one a line: their DNAT chains, our host routes
   local nat routes
-  nat=$(in_node "$1" iptables-save -t nat) || return 1
+  nat=$(in_node "$1" iptables-save -t nat && in_node "$1" ip6tables-save -t nat) || return 1
   routes=$(in_node "$1" ip route show proto 197 && in_node "$1" ip -6 route show proto 197) || return 1
   awk '/^-A CNI-LITE-DN-/' <<<"$nat"
   [ -z "$routes" ] || printf '%s\n' "$routes"
