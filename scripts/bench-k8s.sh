@@ -76,7 +76,7 @@ round() {
     -o 'jsonpath={.metadata.name} {.metadata.creationTimestamp} {.status.conditions[?(@.type=="Ready")].status}{"\n"}' |
     while read -r line; do echo "$EPOCHREALTIME $line"; done {CL_LOCK}>&- >>"$T/watch" &
   watch=$!
-  wait_for 60 "kubectl's watch of $variant's pods to be established" matches 'watch=true.* 200 OK' cat "$T/watch.log"
+  wait_for 60 "kubectl's watch of $variant's pods to be established" matches 'watch=true.*200 OK' cat "$T/watch.log"
   pods "$variant" | k apply -f - >/dev/null
   wait_for 600 "$PODS $variant pods to be Ready" all_ready
   kill "$watch"

@@ -338,7 +338,7 @@ done
 # new range. It says so on its first line for the conflist ("unchanged";
 # the conflist as given would be "written").
 k -n kube-system delete pod -l app.kubernetes.io/name=cnichain-plugins --field-selector spec.nodeName=node-a --wait=true --timeout 120s >/dev/null
-check "node-a's DaemonSet pod is made anew" rolled_out 180
+check "node-a's DaemonSet pod is made anew" cl_rolled_out 180
 check "node-a: its new installer kept the rewrite holding the new ServiceCIDR" \
   wait_for 60 "node-a's new installer to log its install" agent_logged node-a '^unchanged /host/etc/cni/net.d/30-lan.conflist$'
 check "node-a: viaNode still holds the new ServiceCIDR" \
@@ -458,8 +458,7 @@ before_a=$(lite_chains node-a && records node-a) && before_b=$(lite_chains node-
 check "node-a holds its pods' chains and records before the DaemonSet's pods are deleted" test -n "$before_a"
 check "node-b holds its pods' chains and records before the DaemonSet's pods are deleted" test -n "$before_b"
 k -n kube-system delete pod -l app.kubernetes.io/name=cnichain-plugins --wait=true --timeout 120s >/dev/null
-rolled_out() { cl_rolled_out "$@"; }
-check "the DaemonSet's pods come back" rolled_out 180
+check "the DaemonSet's pods come back" cl_rolled_out 180
 for node in "${CL_NODES[@]}"; do
   check "$node: its new installer kept the conflist it had rewritten" \
     wait_for 60 "$node's new installer to log its install" agent_logged "$node" '^unchanged /host/etc/cni/net.d/30-lan.conflist$'
@@ -561,7 +560,7 @@ done
 # A new image rolled out by the DaemonSet, under running pods.
 probe_start
 daemonset k8s-e2e-2 | k apply -f - >/dev/null
-check "the DaemonSet rolls out the new image" rolled_out 300
+check "the DaemonSet rolls out the new image" cl_rolled_out 300
 probe_stop
 check "during the rollout, every probe of node-a:8080 from the lan was answered ($(probes))" probes_all_answered
 version_of() { "$T/$1/mnt/opt/cni/bin/$2" </dev/null 2>&1; }

@@ -47,9 +47,10 @@ func main() {
 	runAgent := flag.Bool("agent", false, "after installing, run the node agent until terminated (its flags follow)")
 	serviceCIDRs := flag.Bool("service-cidrs", false, "keep the installed conflist's macvlan-host-route viaNode in step with the cluster's\n"+
 		"ServiceCIDRs (networking.k8s.io/v1, list and watch): its own viaNode and theirs, rewritten on every\n"+
-		"change; needs -conflist, and -agent or -sleep to keep running. Only the families (IPv4, IPv6) of\n"+
-		"the plugin's own viaNode are taken, for the plugin refuses a range of a family its pod lacks;\n"+
-		"an empty own viaNode takes every family the cluster has")
+		"change; needs -conflist, and -agent or -sleep to keep running. Only the families (IPv4, IPv6) the\n"+
+		"pods have are taken, for the plugin refuses a range of a family its pod lacks: those the conflist's\n"+
+		"ipam gives them (host-local ranges, static-ipam addresses), else those of the plugin's own viaNode,\n"+
+		"else every family the cluster has; a range overlapping the ipam's subnets is left out too")
 	verify := flag.Bool("verify", false, "install nothing: exit 0 when the node holds these plugins, else name\n"+
 		"those it lacks and exit 1 (the DaemonSet's readiness probe: a rolling update\nmoves on once a node has the new binaries)")
 	var agent agentcmd.Flags

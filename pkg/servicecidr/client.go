@@ -1,9 +1,11 @@
 package servicecidr
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -12,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -49,24 +52,50 @@ func InCluster(getenv func(string) string) (Config, error) {
 // Client sends GET requests to the API server.
 type Client struct {
 	base      string
+	caFile    string
 	tokenFile string
-	http      *http.Client
+	// trust is the HTTP client and the CA it trusts, replaced when the CA
+	// file changes.
+	trust atomic.Pointer[trust]
 }
 
-// NewClient reads the CA once (it changes with the cluster's, which
-// restarts everything) and checks the URL; the token is read per request.
+// trust is an HTTP client trusting the CA of pem.
+type trust struct {
+	pem  []byte
+	http *http.Client
+}
+
+// NewClient reads the CA (and again after a request fails to verify the
+// API server's certificate: the kubelet rewrites ca.crt when the cluster's
+// CA rotates) and checks the URL; the token is read per request.
 func NewClient(cfg Config) (*Client, error) {
 	u, err := url.Parse(cfg.BaseURL)
 	if err != nil || u.Scheme != "https" || u.Host == "" || (u.Path != "" && u.Path != "/") {
 		return nil, fmt.Errorf("API server URL %q: want https://host:port", cfg.BaseURL)
 	}
-	pem, err := os.ReadFile(cfg.CAFile)
+	c := &Client{base: strings.TrimSuffix(cfg.BaseURL, "/"), caFile: cfg.CAFile, tokenFile: cfg.TokenFile}
+	if _, err := c.readCA(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// readCA reads the CA file and, when it differs from the one trusted (or
+// none is yet), trusts it from the next request on, telling whether it
+// did. A CA file that cannot be read, or holds no certificate, is an
+// error, and the one trusted stays.
+func (c *Client) readCA() (bool, error) {
+	pem, err := os.ReadFile(c.caFile)
 	if err != nil {
-		return nil, fmt.Errorf("API server's CA: %w", err)
+		return false, fmt.Errorf("API server's CA: %w", err)
+	}
+	old := c.trust.Load()
+	if old != nil && bytes.Equal(old.pem, pem) {
+		return false, nil
 	}
 	roots := x509.NewCertPool()
 	if !roots.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("API server's CA %s: no PEM certificate in it", cfg.CAFile)
+		return false, fmt.Errorf("API server's CA %s: no PEM certificate in it", c.caFile)
 	}
 	transport := &http.Transport{
 		// No proxy from the environment: the API server is the cluster's own.
@@ -76,11 +105,13 @@ func NewClient(cfg Config) (*Client, error) {
 		ResponseHeaderTimeout: 30 * time.Second,
 		IdleConnTimeout:       90 * time.Second,
 	}
-	return &Client{
-		base:      strings.TrimSuffix(cfg.BaseURL, "/"),
-		tokenFile: cfg.TokenFile,
-		http:      &http.Client{Transport: transport, CheckRedirect: refuseRedirect},
-	}, nil
+	if !c.trust.CompareAndSwap(old, &trust{pem: pem, http: &http.Client{Transport: transport, CheckRedirect: refuseRedirect}}) {
+		return false, nil // another request's read won; it is as new
+	}
+	if old != nil {
+		old.http.CloseIdleConnections()
+	}
+	return true, nil
 }
 
 // refuseRedirect keeps the bearer token with the API server, which never
@@ -106,9 +137,20 @@ func (c *Client) get(ctx context.Context, path string) (io.ReadCloser, error) {
 	req.Header.Set("Authorization", "Bearer "+token)
 	req.Header.Set("Accept", "application/json")
 	req.Header.Set("User-Agent", "cnichain-install")
-	resp, err := c.http.Do(req)
+	resp, err := c.trust.Load().http.Do(req)
 	if err != nil {
-		return nil, err // a *url.Error: it names the method and URL
+		// A *url.Error: it names the method and URL.
+		if isVerification(err) {
+			// The cluster's CA may have rotated: the next attempt trusts
+			// what ca.crt holds now.
+			switch changed, rerr := c.readCA(); {
+			case rerr != nil:
+				err = fmt.Errorf("%w (reading the CA again: %v)", err, rerr)
+			case changed:
+				err = fmt.Errorf("%w (the CA file %s changed: the next attempt trusts it)", err, c.caFile)
+			}
+		}
+		return nil, err
 	}
 	if resp.StatusCode != http.StatusOK {
 		defer resp.Body.Close()
@@ -130,4 +172,12 @@ func (c *Client) token() (string, error) {
 		return "", fmt.Errorf("service account token %s: empty", c.tokenFile)
 	}
 	return token, nil
+}
+
+// isVerification tells whether err is the API server's certificate failing
+// to verify, as it does with a CA other than the one trusted.
+func isVerification(err error) bool {
+	var verify *tls.CertificateVerificationError
+	var unknown x509.UnknownAuthorityError
+	return errors.As(err, &verify) || errors.As(err, &unknown)
 }

@@ -5,15 +5,20 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"io"
+	"log"
 	"math/big"
+	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -157,5 +162,125 @@ func TestGetChecksTheCA(t *testing.T) {
 	c := api.client(t)
 	if _, err := c.get(context.Background(), Path); err == nil || !strings.Contains(err.Error(), "certificate signed by unknown authority") {
 		t.Errorf("error %v, want a certificate error", err)
+	}
+}
+
+// newCA makes a CA and a certificate it signs for 127.0.0.1 (where the
+// stand-ins listen): the CA's PEM, as ca.crt holds it, and the server's
+// certificate.
+func newCA(t *testing.T, name string) ([]byte, tls.Certificate) {
+	t.Helper()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name}, IsCA: true,
+		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign, NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour)}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := x509.ParseCertificate(caDER)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "kube-apiserver"},
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}, KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+// TestGetRereadsTheCA: after the cluster's CA rotates (the API server's
+// certificate signed by a new CA, which the kubelet writes to ca.crt), the
+// request that fails to verify has the CA read again, and the next one
+// trusts it; a CA file unchanged, or unreadable, changes nothing.
+func TestGetRereadsTheCA(t *testing.T) {
+	ca1, cert1 := newCA(t, "cluster CA 1")
+	ca2, cert2 := newCA(t, "cluster CA 2")
+	ca3, cert3 := newCA(t, "cluster CA 3")
+	var current atomic.Pointer[tls.Certificate]
+	current.Store(&cert1)
+	var requests atomic.Int32
+	server := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		io.WriteString(w, "fine")
+	}))
+	server.Config.ErrorLog = log.New(io.Discard, "", 0)
+	server.TLS = &tls.Config{
+		Certificates: []tls.Certificate{cert1},
+		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+			return &tls.Config{Certificates: []tls.Certificate{*current.Load()}}, nil
+		},
+	}
+	server.StartTLS()
+	t.Cleanup(server.Close)
+	dir := t.TempDir()
+	cfg := Config{BaseURL: server.URL, CAFile: filepath.Join(dir, "ca.crt"), TokenFile: filepath.Join(dir, "token")}
+	write := func(name string, data []byte) {
+		t.Helper()
+		if err := os.WriteFile(name, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(cfg.TokenFile, []byte("token-1"))
+	write(cfg.CAFile, ca1)
+	c, err := NewClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	get := func(step, wantErr string) {
+		t.Helper()
+		body, err := c.get(ctx, "/ok")
+		if wantErr == "" {
+			if err != nil {
+				t.Fatalf("%s: %v", step, err)
+			}
+			body.Close()
+			return
+		}
+		if err == nil {
+			body.Close()
+			t.Fatalf("%s: no error, want one containing %q", step, wantErr)
+		}
+		if !strings.Contains(err.Error(), wantErr) {
+			t.Fatalf("%s: error %v, want one containing %q", step, err, wantErr)
+		}
+	}
+	// rotate has the server present cert from its next connection on.
+	rotate := func(cert *tls.Certificate) {
+		current.Store(cert)
+		server.CloseClientConnections()
+	}
+	get("the first CA", "")
+
+	rotate(&cert2)
+	write(cfg.CAFile, ca2)
+	get("the CA rotated: the first request after", "certificate signed by unknown authority (the CA file "+cfg.CAFile+" changed: the next attempt trusts it)")
+	get("the CA rotated: the next request", "")
+
+	rotate(&cert3)
+	get("a certificate of a CA not in ca.crt", "certificate signed by unknown authority")
+	if _, err := c.get(ctx, "/ok"); err == nil || strings.Contains(err.Error(), "changed") {
+		t.Fatalf("ca.crt unchanged: %v, want the same certificate error", err)
+	}
+	os.Remove(cfg.CAFile)
+	get("ca.crt gone", "certificate signed by unknown authority (reading the CA again: API server's CA: open "+cfg.CAFile)
+	write(cfg.CAFile, []byte("not PEM"))
+	get("ca.crt not PEM", "(reading the CA again: API server's CA "+cfg.CAFile+": no PEM certificate in it)")
+	write(cfg.CAFile, ca3)
+	get("ca.crt written at last", "the next attempt trusts it")
+	get("ca.crt written at last: the next request", "")
+	if n := requests.Load(); n != 3 {
+		t.Errorf("%d requests reached the server, want the 3 that trusted it", n)
 	}
 }

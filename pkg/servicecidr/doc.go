@@ -8,7 +8,9 @@
 // One job a file: client.go reaches the API server, status.go reads its
 // refusals, objects.go and events.go decode what it sends, union.go turns
 // ServiceCIDRs into prefixes viaNode may hold, watch.go is the
-// list-and-watch loop, retry.go paces and logs its failures, conflist.go
-// rewrites a conflist (each plugin taking the families of its own
-// viaNode), keeper.go writes the rewritten conflist on every change.
+// list-and-watch loop, retry.go paces and logs its failures, pods.go reads
+// the pods' families and subnets from the conflist's ipam, conflist.go
+// rewrites a conflist (each plugin taking the pods' families: the ipam's,
+// else those of its own viaNode), keeper.go writes the rewritten conflist
+// on every change.
 package servicecidr

@@ -72,21 +72,23 @@ func (k *Keeper) Run(ctx context.Context) {
 }
 
 // write installs Source rewritten with prefixes, then warns of each prefix
-// left out: once per change of the union, as the Watcher calls it.
+// left out: once per change of the union, as the Watcher calls it. The
+// log names the cluster's prefixes written, in any plugin's viaNode: not
+// those left out, each warned of.
 func (k *Keeper) write(prefixes []netip.Prefix) error {
-	data, leftOut, err := rewrite(k.Source, prefixes)
+	r, err := rewrite(k.Source, prefixes)
 	if err != nil {
 		return err
 	}
-	outcome, err := install.File(k.Target, data, conflistMode)
+	outcome, err := install.File(k.Target, r.out, conflistMode)
 	if err != nil {
 		return fmt.Errorf("install %s: %w", k.Target, err)
 	}
-	for _, err := range leftOut {
+	for _, err := range r.leftOut {
 		k.Log.Warn("a ServiceCIDR's CIDR is left out of viaNode", "error", err)
 	}
-	strs := make([]string, len(prefixes))
-	for i, p := range prefixes {
+	strs := make([]string, len(r.added))
+	for i, p := range r.added {
 		strs[i] = p.String()
 	}
 	k.Log.Info("viaNode follows the cluster's ServiceCIDRs", "cidrs", strings.Join(strs, ","), "conflist", k.Target, "outcome", outcome)
