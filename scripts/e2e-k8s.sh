@@ -220,13 +220,6 @@ kube_proxy_rules() {
 }
 # has_kube_proxy_rules NODE PATTERN: they are there (PATTERN: of that mode).
 has_kube_proxy_rules() { matches "$2" kube_proxy_rules "$1"; }
-no_kube_proxy_rules() {
-  local out
-  out=$(kube_proxy_rules "$1") || return 1
-  [ -z "$out" ] && return 0
-  echo "left on $1: $out" >&2
-  return 1
-}
 coredns_ready() { # both CoreDNS pods are Ready (its ready plugin: synced with the API server)
   local out
   out=$(k -n kube-system get pod -l k8s-app=kube-dns -o 'jsonpath={.items[*].status.conditions[?(@.type=="Ready")].status}') &&
@@ -263,7 +256,7 @@ for mode in iptables nftables; do
     done
     for node in "${CL_NODES[@]}"; do
       cl_kube_proxy_stop "$node"
-      check "$how: stopped (--cleanup), its rules are gone from $node before the next starts" no_kube_proxy_rules "$node"
+      check "$how: stopped (--cleanup), its rules are gone from $node before the next starts" nothing_from kube_proxy_rules "$node"
     done
   done
 done
@@ -377,13 +370,11 @@ records() {
   [ ${#dirs[@]} -gt 0 ] || return 0
   find "${dirs[@]}" -type f ! -name '.*' ! -name 'answers-*' | sort
 }
-some_records() { [ -n "$(records "$1")" ]; }
-no_records() { [ -z "$(records "$1")" ]; }
-# no_records_within SECONDS NODE: waits for NODE's records to go; names those left.
+some_records() { matches . records "$1"; }
+# no_records_within SECONDS NODE: waits for NODE's records to go (quietly);
+# names those left when they do not.
 no_records_within() {
-  wait_for "$1" "$2's records to go" no_records "$2" && return 0
-  echo "left on $2:" $(records "$2") >&2
-  return 1
+  wait_for "$1" "$2's records to go" nothing_from records "$2" 2>/dev/null || nothing_from records "$2"
 }
 # lite_chains NODE: portmap-lite's rules of both families on NODE (fails when
 # they cannot be read).
@@ -439,17 +430,9 @@ event_restores() {
   log=$(agent_log "$1") || return 1
   awk '/msg=restore / && !/ after="?start[;" ]/ && !/ after="a second look" /' <<<"$log"
 }
-no_event_restores() {
-  local out
-  out=$(event_restores "$1") || return 1
-  [ -z "$out" ] && return 0
-  echo "the agent on $1 restored after:" >&2
-  echo "$out" >&2
-  return 1
-}
 for node in "${CL_NODES[@]}"; do
   check "$node: its agent logged its first restore" matches 'msg=restore .*after="?start' agent_log "$node"
-  check "$node: kube-proxy's mode changes and the pods' comings and goings made its agent restore nothing" no_event_restores "$node"
+  check "$node: kube-proxy's mode changes and the pods' comings and goings made its agent restore nothing" nothing_from event_restores "$node"
 done
 
 # Deleting the DaemonSet's pods: it recreates them; the pods' rules,
@@ -614,8 +597,7 @@ check "multinic: the pod's IP in the API is eth0's" matches '^192\.168\.71\.' po
 multinic_records() { find "$T/node-a/mnt/var/lib/cni/multinic" -type f ! -name '.*'; }
 check "multinic: node-a holds the pod's multinic record" matches . multinic_records
 k delete pod multi --wait=true --timeout 120s >/dev/null
-no_multinic_records() { local out; out=$(multinic_records) && [ -z "$out" ]; }
-check "multinic: deleting the pod leaves no record" wait_for 60 "node-a's multinic records to go" no_multinic_records
+check "multinic: deleting the pod leaves no record" wait_for 60 "node-a's multinic records to go" nothing_from multinic_records
 
 # Everything deleted: nothing of any pod is left on either node.
 pod_chains_or_routes() { # what NODE holds of pods, one a line: their DNAT chains, our host routes
@@ -624,13 +606,6 @@ pod_chains_or_routes() { # what NODE holds of pods, one a line: their DNAT chain
   routes=$(in_node "$1" ip route show proto 197 && in_node "$1" ip -6 route show proto 197) || return 1
   awk '/^-A CNI-LITE-DN-/' <<<"$nat"
   [ -z "$routes" ] || printf '%s\n' "$routes"
-}
-no_pod_chains_or_routes() {
-  local out
-  out=$(pod_chains_or_routes "$1") || return 1
-  [ -z "$out" ] && return 0
-  echo "left on $1: $out" >&2
-  return 1
 }
 for node in "${CL_NODES[@]}"; do
   check "before everything is deleted, $node holds records" some_records "$node"
@@ -646,7 +621,7 @@ no_pods() {
 check "all pods deleted: no web or CoreDNS pod is left" wait_for 120 "the web and CoreDNS pods to go" no_pods
 for node in "${CL_NODES[@]}"; do
   check "all pods deleted: no record is left on $node" no_records_within 60 "$node"
-  check "all pods deleted: no pod chain and no pod route is left on $node" no_pod_chains_or_routes "$node"
+  check "all pods deleted: no pod chain and no pod route is left on $node" nothing_from pod_chains_or_routes "$node"
 done
 
 report

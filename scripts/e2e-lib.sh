@@ -39,6 +39,17 @@ matches() {
   grep -qE -- "$pattern" <<<"$out"
 }
 
+# nothing_from CMD...: CMD succeeds and prints nothing; what it prints
+# instead is named on stderr. A CMD that cannot read what it looks at fails:
+# a "nothing left" check never passes by an error.
+nothing_from() {
+  local out
+  out=$("$@") || return 1
+  [ -z "$out" ] && return 0
+  echo "left ($*): $out" >&2
+  return 1
+}
+
 no_mention() { # no_mention PATTERN: neither the node's rules nor our routes mention PATTERN
   local out
   out=$(in_ns node iptables-save; in_ns node ip6tables-save; ip -n "$SB_NODE" route show proto 197; ip -n "$SB_NODE" -6 route show proto 197) || return 1
