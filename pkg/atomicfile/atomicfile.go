@@ -1,5 +1,6 @@
-// Package atomicfile writes a file so that a reader, or the node after a
-// crash or a power cut, finds the old content or the new, never a part.
+// Package atomicfile writes a file so that a reader finds the old content
+// or the new, never a part; and, synced (Write), so does the node after a
+// crash or a power cut.
 package atomicfile
 
 import (
@@ -13,6 +14,16 @@ import (
 // temporary dot-name, synced, renamed over it, and the rename synced by
 // syncing the directory. A failed write leaves no temporary file.
 func Write(path string, data []byte, mode fs.FileMode) error {
+	return write(path, data, mode, true)
+}
+
+// WriteUnsynced is Write without the syncs: a reader finds the old content
+// or the new, but a power cut may leave either, or an empty file.
+func WriteUnsynced(path string, data []byte, mode fs.FileMode) error {
+	return write(path, data, mode, false)
+}
+
+func write(path string, data []byte, mode fs.FileMode, sync bool) error {
 	dir := filepath.Dir(path)
 	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-")
 	if err != nil {
@@ -27,15 +38,20 @@ func Write(path string, data []byte, mode fs.FileMode) error {
 		tmp.Close()
 		return err
 	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
+	if sync {
+		if err := tmp.Sync(); err != nil {
+			tmp.Close()
+			return err
+		}
 	}
 	if err := tmp.Close(); err != nil {
 		return err
 	}
 	if err := os.Rename(tmp.Name(), path); err != nil {
 		return err
+	}
+	if !sync {
+		return nil
 	}
 	return SyncDir(dir)
 }

@@ -12,13 +12,15 @@ type Backend interface {
 	Install(fp *FamilyPlan) error
 	Uninstall(fp *FamilyPlan) error
 	Missing(fp *FamilyPlan) (what string, missing bool, err error)
+	// Close releases what the backend keeps open between calls.
+	Close() error
 }
 
 // BackendFor is the backend called name ("iptables", the default, or
 // "nftables"); flavour picks the iptables binaries.
 func BackendFor(name, flavour string) Backend {
 	if name == BackendNFTables {
-		return nftBackend{}
+		return &nftBackend{}
 	}
 	return iptablesBackend{r: iptbatch.Runner{Flavour: flavour}}
 }
@@ -51,6 +53,8 @@ func (b iptablesBackend) Uninstall(fp *FamilyPlan) error {
 	}
 	return removeChains(b.r, fp.Family, fp.Chains())
 }
+
+func (iptablesBackend) Close() error { return nil }
 
 func (b iptablesBackend) Missing(fp *FamilyPlan) (string, bool, error) {
 	text, err := b.r.Save(fp.Family, "nat")
@@ -120,11 +124,12 @@ const repairBatch = 250
 // while an attachment's was gone is left to it, and said in taken (its DEL
 // finds its elements by the chains they lead to, so it leaves that key).
 func RepairNFTables(fam iptbatch.Family, plans []*FamilyPlan) (taken []string, err error) {
-	b := nftBackend{}
-	c, err := newConn()
+	b := &nftBackend{}
+	c, err := b.open()
 	if err != nil {
 		return nil, err
 	}
+	defer b.Close()
 	if err := b.ensureShared(c, fam); err != nil {
 		return nil, fmt.Errorf("nftables table %s (%s): %w", nftTable, fam, err)
 	}
@@ -141,12 +146,12 @@ func RepairNFTables(fam iptbatch.Family, plans []*FamilyPlan) (taken []string, e
 		// Transactions of repairBatch attachments keep each message well
 		// under the socket's buffer however many attachments a node has.
 		if (i+1)%repairBatch == 0 {
-			if err := c.Flush(); err != nil {
+			if err := c.commit(); err != nil {
 				return taken, fmt.Errorf("nftables table %s (%s): repairing: %w", nftTable, fam, err)
 			}
 		}
 	}
-	if err := c.Flush(); err != nil {
+	if err := c.commit(); err != nil {
 		return taken, fmt.Errorf("nftables table %s (%s): repairing: %w", nftTable, fam, err)
 	}
 	return taken, nil

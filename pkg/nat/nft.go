@@ -1,6 +1,7 @@
 package nat
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -10,7 +11,6 @@ import (
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
-	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/cnichain/plugins/pkg/iptbatch"
@@ -27,7 +27,30 @@ const (
 	nftMasq      = "masq"
 )
 
-type nftBackend struct{}
+// nftBackend opens its connection at its first request and keeps it until
+// Close (nftConn says why).
+type nftBackend struct{ conn *nftConn }
+
+func (b *nftBackend) open() (*nftConn, error) {
+	if b.conn == nil {
+		c, err := openNFT()
+		if err != nil {
+			return nil, err
+		}
+		b.conn = c
+	}
+	return b.conn, nil
+}
+
+// Close closes the connection, if one was opened.
+func (b *nftBackend) Close() error {
+	if b.conn == nil {
+		return nil
+	}
+	err := b.conn.Close()
+	b.conn = nil
+	return err
+}
 
 func nftFamily(f iptbatch.Family) nftables.TableFamily {
 	if f == iptbatch.IPv6 {
@@ -49,7 +72,7 @@ func chainOf(t *nftables.Table, name string) *nftables.Chain {
 // the node-wide lock of the shared chains (lockShared) so concurrent first
 // ADDs never duplicate a rule. The pod map is created last of all: when it
 // is there, so is the rest, and an ADD checks no more than that.
-func (b nftBackend) ensureShared(c *nftables.Conn, fam iptbatch.Family) error {
+func (b *nftBackend) ensureShared(c *nftConn, fam iptbatch.Family) error {
 	t := nftTableOf(fam)
 	if _, err := c.GetSetByName(t, podMap); err == nil {
 		return nil
@@ -98,19 +121,28 @@ func (b nftBackend) ensureShared(c *nftables.Conn, fam iptbatch.Family) error {
 		c.InsertRule(&nftables.Rule{Table: t, Chain: hostports, Exprs: e})
 	}
 	c.InsertRule(&nftables.Rule{Table: t, Chain: masq, Exprs: masqLookup})
-	return c.Flush()
+	return c.commit()
 }
 
 // Install adds fp's chains, rules and dispatch elements in one
-// transaction. An element whose key another attachment holds (the same
-// hostPort, protocol and hostIP) fails it, and nothing is installed; but
-// the pod's address is this attachment's now: an element another left for
-// it (a container whose DEL never came, its address handed on) is taken
-// over, and that one's DEL leaves it alone (Uninstall).
-func (b nftBackend) Install(fp *FamilyPlan) error {
-	c, err := newConn()
+// transaction, asking nothing first: the table is there on all but a
+// node's first ADD (or one after a flush), when the transaction fails
+// whole and is made again once the table is. An element whose key another
+// attachment holds (the same hostPort, protocol and hostIP) fails it, and
+// nothing is installed; but the pod's address is this attachment's now: an
+// element another left for it (a container whose DEL never came, its
+// address handed on) is taken over, and that one's DEL leaves it alone
+// (Uninstall).
+func (b *nftBackend) Install(fp *FamilyPlan) error {
+	c, err := b.open()
 	if err != nil {
 		return err
+	}
+	if _, err := queueInstall(c, fp, nftState{}); err != nil {
+		return err
+	}
+	if c.commit() == nil {
+		return nil
 	}
 	if err := b.ensureShared(c, fp.Family); err != nil {
 		return fmt.Errorf("nftables table %s: %w", nftTable, err)
@@ -118,11 +150,11 @@ func (b nftBackend) Install(fp *FamilyPlan) error {
 	if _, err := queueInstall(c, fp, nftState{}); err != nil {
 		return err
 	}
-	err = c.Flush()
+	err = c.commit()
 	if err == nil {
 		return nil
 	}
-	st, rerr := readDispatch(c, fp.Family)
+	st, rerr := c.leadsTo(fp.Family, dispatchElems(fp))
 	if rerr != nil {
 		return err
 	}
@@ -145,20 +177,7 @@ func (b nftBackend) Install(fp *FamilyPlan) error {
 	if _, err := queueInstall(c, fp, nftState{}); err != nil {
 		return err
 	}
-	return c.Flush()
-}
-
-// takenKeys reads which of fp's dispatch keys lead to other chains.
-func takenKeys(fp *FamilyPlan) []string {
-	c, err := newConn()
-	if err != nil {
-		return nil
-	}
-	st, err := readDispatch(c, fp.Family)
-	if err != nil {
-		return nil
-	}
-	return takenElems(fp, st)
+	return c.commit()
 }
 
 // takenElems describes fp's dispatch elements whose keys lead, in st, to
@@ -206,7 +225,7 @@ type dispatchState map[string]map[string]string
 
 // readDispatch reads the elements of fam's dispatch maps; a missing map
 // has none.
-func readDispatch(c *nftables.Conn, fam iptbatch.Family) (dispatchState, error) {
+func readDispatch(c *nftConn, fam iptbatch.Family) (dispatchState, error) {
 	st := dispatchState{}
 	sets, err := c.GetSets(nftTableOf(fam))
 	if err != nil {
@@ -230,7 +249,7 @@ func readDispatch(c *nftables.Conn, fam iptbatch.Family) (dispatchState, error) 
 
 // readNFTState reads fam's table in a few dumps per chain, whatever the
 // number of attachments.
-func readNFTState(c *nftables.Conn, fam iptbatch.Family) (nftState, error) {
+func readNFTState(c *nftConn, fam iptbatch.Family) (nftState, error) {
 	st := nftState{rules: map[string]int{}}
 	t := nftTableOf(fam)
 	chains, err := c.ListChainsOfTableFamily(nftFamily(fam))
@@ -258,7 +277,7 @@ func readNFTState(c *nftables.Conn, fam iptbatch.Family) (nftState, error) {
 // whose rules are all there is left alone, one with a part missing is
 // refilled, a missing element is added; one whose key leads to another
 // attachment's chain is left to it, and said in taken.
-func queueInstall(c *nftables.Conn, fp *FamilyPlan, st nftState) (taken []string, err error) {
+func queueInstall(c *nftConn, fp *FamilyPlan, st nftState) (taken []string, err error) {
 	t := nftTableOf(fp.Family)
 	comment := userdata.AppendString(nil, userdata.TypeComment, fp.Comment)
 	fill := func(name string, exprs [][]expr.Any) {
@@ -357,30 +376,29 @@ func snatExprs(fp *FamilyPlan) [][]expr.Any {
 // Uninstall removes fp's chains and what leads to them, found by what it
 // leads to, never by key alone: a key of ours may lead to another
 // attachment's chain now (its hostPort taken while ours was gone, its pod
-// address handed on). What is gone already (a second DEL, a flushed
-// ruleset) is no error.
-func (b nftBackend) Uninstall(fp *FamilyPlan) error {
-	return removeNFTChainsNow(fp.Family, fp.Chains())
-}
-
-// removeNFTChains queues the removal of chains and of whatever leads to
-// them: dispatch elements, and an older release's jump rules.
-func removeNFTChains(c *nftables.Conn, fam iptbatch.Family, chains []string) error {
-	t := nftTableOf(fam)
-	existing, err := c.ListChainsOfTableFamily(nftFamily(fam))
+// address handed on). It asks for fp's own keys alone and removes them with
+// the chains in one transaction, which the kernel refuses whole where the
+// record and the table disagree (a chain gone, or still jumped to by an
+// older release's rule); then what is left is found in the whole table.
+// What is gone already (a second DEL, a flushed ruleset) is no error.
+func (b *nftBackend) Uninstall(fp *FamilyPlan) error {
+	c, err := b.open()
 	if err != nil {
 		return err
 	}
-	present := map[string]bool{}
-	for _, ch := range existing {
-		if ch.Table.Name == nftTable {
-			present[ch.Name] = true
+	chains := fp.Chains()
+	if st, err := c.leadsTo(fp.Family, dispatchElems(fp)); err == nil {
+		queueRemoval(c, fp.Family, chains, st)
+		if c.commit() == nil {
+			return nil
 		}
 	}
-	dispatch, err := readDispatch(c, fam)
-	if err != nil {
-		return err
-	}
+	return removeNFTChainsOn(c, fp.Family, chains)
+}
+
+// queueRemoval queues the removal of chains and of the elements of
+// dispatch that lead to them.
+func queueRemoval(c *nftConn, fam iptbatch.Family, chains []string, dispatch dispatchState) {
 	for name, elems := range dispatch {
 		var del []nftables.SetElement
 		for key, chain := range elems {
@@ -389,13 +407,38 @@ func removeNFTChains(c *nftables.Conn, fam iptbatch.Family, chains []string) err
 			}
 		}
 		if len(del) > 0 {
-			if err := c.SetDeleteElements(mapRef(fam, name), del); err != nil {
-				return err
-			}
+			// Only a bad set reference errs, and the map is ours by name.
+			_ = c.SetDeleteElements(mapRef(fam, name), del)
 		}
 	}
+	t := nftTableOf(fam)
+	for _, name := range chains {
+		c.FlushChain(chainOf(t, name))
+		c.DelChain(chainOf(t, name))
+	}
+}
+
+// removeNFTChains queues the removal of chains and of whatever leads to
+// them, as found in the whole table: dispatch elements, and an older
+// release's jump rules.
+func removeNFTChains(c *nftConn, fam iptbatch.Family, chains []string) error {
+	t := nftTableOf(fam)
+	existing, err := c.ListChainsOfTableFamily(nftFamily(fam))
+	if err != nil {
+		return err
+	}
+	var present []string
+	for _, ch := range existing {
+		if ch.Table.Name == nftTable {
+			present = append(present, ch.Name)
+		}
+	}
+	dispatch, err := readDispatch(c, fam)
+	if err != nil {
+		return err
+	}
 	for _, parent := range []string{nftHostPorts, nftMasq} {
-		if !present[parent] {
+		if !slices.Contains(present, parent) {
 			continue
 		}
 		rules, err := c.GetRules(t, chainOf(t, parent))
@@ -410,18 +453,13 @@ func removeNFTChains(c *nftables.Conn, fam iptbatch.Family, chains []string) err
 			}
 		}
 	}
-	for _, name := range chains {
-		if present[name] {
-			c.FlushChain(chainOf(t, name))
-			c.DelChain(chainOf(t, name))
-		}
-	}
+	queueRemoval(c, fam, slices.DeleteFunc(slices.Clone(chains), func(name string) bool { return !slices.Contains(present, name) }), dispatch)
 	return nil
 }
 
 // Missing reports the first part of fp that is not in the kernel, for CHECK.
-func (b nftBackend) Missing(fp *FamilyPlan) (string, bool, error) {
-	c, err := newConn()
+func (b *nftBackend) Missing(fp *FamilyPlan) (string, bool, error) {
+	c, err := b.open()
 	if err != nil {
 		return "", false, err
 	}
@@ -438,7 +476,7 @@ func (b nftBackend) Missing(fp *FamilyPlan) (string, bool, error) {
 			return fmt.Sprintf("chain %s of table %s %s has %d rules, want %d", want.chain, fp.Family, nftTable, len(rules), want.rules), true, nil
 		}
 	}
-	dispatch, err := readDispatch(c, fp.Family)
+	dispatch, err := c.leadsTo(fp.Family, dispatchElems(fp))
 	if err != nil {
 		return "", false, err
 	}
@@ -463,7 +501,7 @@ func (b nftBackend) Missing(fp *FamilyPlan) (string, bool, error) {
 
 // readJumps lists the chains that the shared chains jump to by rule, as an
 // older release dispatched.
-func readJumps(c *nftables.Conn, fam iptbatch.Family) (map[string]bool, error) {
+func readJumps(c *nftConn, fam iptbatch.Family) (map[string]bool, error) {
 	t := nftTableOf(fam)
 	out := map[string]bool{}
 	for _, parent := range []string{nftHostPorts, nftMasq} {
@@ -481,10 +519,11 @@ func readJumps(c *nftables.Conn, fam iptbatch.Family) (map[string]bool, error) {
 // nftAttachmentChains lists our attachment chains in fam's table, with
 // the network their rules' comments name.
 func nftAttachmentChains(fam iptbatch.Family) ([]AttachmentChain, error) {
-	c, err := newConn()
+	c, err := openNFT()
 	if err != nil {
 		return nil, err
 	}
+	defer c.Close()
 	chains, err := c.ListChainsOfTableFamily(nftFamily(fam))
 	if err != nil {
 		return nil, err
@@ -509,55 +548,37 @@ func nftAttachmentChains(fam iptbatch.Family) ([]AttachmentChain, error) {
 	return out, nil
 }
 
-// removeNFTChainsNow removes chains and the rules jumping to them in one transaction.
-//
-// A transaction that fails because another verb removed part of it
-// meanwhile (two DELs or GCs of one attachment at once) is made again from
-// what is left, a few times.
+// removeNFTChainsNow removes chains and what leads to them in one
+// transaction, on a connection of its own.
 func removeNFTChainsNow(fam iptbatch.Family, chains []string) error {
 	if len(chains) == 0 {
 		return nil
 	}
+	c, err := openNFT()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return removeNFTChainsOn(c, fam, chains)
+}
+
+// removeNFTChainsOn removes chains and what leads to them, as found in the
+// whole table, in one transaction. One that fails because another verb
+// removed part of it meanwhile (two DELs or GCs of one attachment at once)
+// is made again from what is left, a few times.
+func removeNFTChainsOn(c *nftConn, fam iptbatch.Family, chains []string) error {
 	var err error
 	for range 3 {
-		var c *nftables.Conn
-		if c, err = newConn(); err != nil {
-			return err
-		}
 		if err = removeNFTChains(c, fam, chains); err != nil {
+			// Drop what was queued before the read that failed.
+			err = errors.Join(err, c.reopen())
 			continue
 		}
-		if err = c.Flush(); err == nil {
+		if err = c.commit(); err == nil {
 			return nil
 		}
 	}
 	return err
-}
-
-// newConn opens a netlink connection to nftables with buffers for a whole
-// transaction: every rule added is echoed back, and 50 mappings' worth of
-// echoes overflow the default receive buffer (ENOBUFS); a restore's
-// transaction overflows the default send buffer (EMSGSIZE). Forcing the
-// sizes needs CAP_NET_ADMIN, which a CNI plugin has.
-func newConn() (*nftables.Conn, error) {
-	return nftables.New(nftables.WithSockOptions(func(c *netlink.Conn) error {
-		raw, err := c.SyscallConn()
-		if err != nil {
-			return err
-		}
-		var serr error
-		err = raw.Control(func(fd uintptr) {
-			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 16<<20)
-			if serr == nil {
-				// A restore's transaction is sent in one message.
-				serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, 16<<20)
-			}
-		})
-		if err != nil {
-			return err
-		}
-		return serr
-	}))
 }
 
 func jump(chain string) *expr.Verdict { return &expr.Verdict{Kind: expr.VerdictJump, Chain: chain} }

@@ -326,7 +326,7 @@ func replyChainOf(fam iptbatch.Family) *nftables.Chain {
 // missingShared names what is missing of fam's table, map and rule, ""
 // when none: the map is made last of the three when the table is made,
 // the rule is what a flush of the chain takes.
-func (nftReplies) missingShared(c *nftables.Conn, fam iptbatch.Family) string {
+func (nftReplies) missingShared(c *nftConn, fam iptbatch.Family) string {
 	if _, err := c.GetSetByName(replyTableOf(fam), replyMap); err != nil {
 		return fmt.Sprintf("reply paths (%s): the map %s of table %s", fam, replyMap, replyTable)
 	}
@@ -337,25 +337,27 @@ func (nftReplies) missingShared(c *nftables.Conn, fam iptbatch.Family) string {
 }
 
 func (b nftReplies) ensureEntry(fam iptbatch.Family) error {
-	c, err := newConn()
+	c, err := openNFT()
 	if err != nil {
 		return err
 	}
+	defer c.Close()
 	return b.ensureShared(c, fam)
 }
 
 // MissingEntry names fam's table, map or rule when one is missing.
 func (b nftReplies) MissingEntry(fam iptbatch.Family) (string, error) {
-	c, err := newConn()
+	c, err := openNFT()
 	if err != nil {
 		return "", err
 	}
+	defer c.Close()
 	return b.missingShared(c, fam), nil
 }
 
 // ensureShared creates fam's table, map and rule where missing, under the
 // node-wide lock.
-func (b nftReplies) ensureShared(c *nftables.Conn, fam iptbatch.Family) error {
+func (b nftReplies) ensureShared(c *nftConn, fam iptbatch.Family) error {
 	if b.missingShared(c, fam) == "" {
 		return nil
 	}
@@ -394,7 +396,7 @@ func (b nftReplies) ensureShared(c *nftables.Conn, fam iptbatch.Family) error {
 		&expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: m.Name, SetID: m.ID},
 		&expr.NAT{Type: expr.NATTypeSourceNAT, Family: nfprotoOf(fam), RegAddrMin: 1}, // no port range: ports kept
 	}})
-	return c.Flush()
+	return c.commit()
 }
 
 func nfprotoOf(fam iptbatch.Family) uint32 {
@@ -417,10 +419,11 @@ func replyElems(list []ReplyPath) []nftables.SetElement {
 // address (a container whose DEL never came, its address handed on) is
 // replaced, for the address is this attachment's now.
 func (b nftReplies) Install(paths []ReplyPath) error {
-	c, err := newConn()
+	c, err := openNFT()
 	if err != nil {
 		return err
 	}
+	defer c.Close()
 	for fam, list := range byFamily(paths) {
 		if err := b.ensureShared(c, fam); err != nil {
 			return fmt.Errorf("nftables table %s: %w", replyTable, err)
@@ -440,7 +443,7 @@ func (nftReplies) lockElements(fam iptbatch.Family) (func(), error) {
 }
 
 // installLocked is Install's part for one family, under lockElements.
-func (b nftReplies) installLocked(c *nftables.Conn, fam iptbatch.Family, list []ReplyPath) error {
+func (b nftReplies) installLocked(c *nftConn, fam iptbatch.Family, list []ReplyPath) error {
 	unlock, err := b.lockElements(fam)
 	if err != nil {
 		return err
@@ -464,17 +467,18 @@ func (b nftReplies) installLocked(c *nftables.Conn, fam iptbatch.Family, list []
 	if err := c.SetAddElements(replyMapOf(fam), replyElems(list)); err != nil {
 		return err
 	}
-	return c.Flush()
+	return c.commit()
 }
 
 // Uninstall deletes the paths' elements that are still theirs: an element
 // of the same address that another attachment put there since is left to
 // it.
 func (b nftReplies) Uninstall(paths []ReplyPath) error {
-	c, err := newConn()
+	c, err := openNFT()
 	if err != nil {
 		return err
 	}
+	defer c.Close()
 	for fam, list := range byFamily(paths) {
 		unlock, err := b.lockElements(fam)
 		if err != nil {
@@ -490,7 +494,7 @@ func (b nftReplies) Uninstall(paths []ReplyPath) error {
 }
 
 // uninstallLocked is Uninstall's part for one family, under lockElements.
-func (b nftReplies) uninstallLocked(c *nftables.Conn, fam iptbatch.Family, list []ReplyPath) error {
+func (b nftReplies) uninstallLocked(c *nftConn, fam iptbatch.Family, list []ReplyPath) error {
 	have, err := b.inFamily(c, fam)
 	if err != nil {
 		return nil // no table or map: nothing left
@@ -507,11 +511,11 @@ func (b nftReplies) uninstallLocked(c *nftables.Conn, fam iptbatch.Family, list 
 	if err := c.SetDeleteElements(replyMapOf(fam), replyElems(own)); err != nil {
 		return err
 	}
-	return c.Flush()
+	return c.commit()
 }
 
 // inFamily lists the elements of fam's map as reply paths.
-func (nftReplies) inFamily(c *nftables.Conn, fam iptbatch.Family) ([]ReplyPath, error) {
+func (nftReplies) inFamily(c *nftConn, fam iptbatch.Family) ([]ReplyPath, error) {
 	elems, err := c.GetSetElements(replyMapOf(fam))
 	if err != nil {
 		return nil, err
@@ -529,10 +533,11 @@ func (nftReplies) inFamily(c *nftables.Conn, fam iptbatch.Family) ([]ReplyPath, 
 
 // All lists the elements of both families' maps.
 func (b nftReplies) All() ([]ReplyPath, error) {
-	c, err := newConn()
+	c, err := openNFT()
 	if err != nil {
 		return nil, err
 	}
+	defer c.Close()
 	var out []ReplyPath
 	for _, fam := range []iptbatch.Family{iptbatch.IPv4, iptbatch.IPv6} {
 		if _, err := c.GetSetByName(replyTableOf(fam), replyMap); err != nil {

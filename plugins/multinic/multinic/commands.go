@@ -59,7 +59,7 @@ func setup(args *skel.CmdArgs) (*attachment, error) {
 	return &attachment{
 		cfg:   cfg,
 		key:   attachstate.Key{Network: cfg.Name, ContainerID: args.ContainerID, IfName: args.IfName},
-		store: attachstate.Store{Dir: cfg.StateDir},
+		store: attachstate.Store{Dir: cfg.StateDir, Durable: true},
 		cni:   libcni.NewCNIConfigWithCacheDir(bin, filepath.Join(cfg.StateDir, "cache"), nil),
 		args:  args,
 	}, nil

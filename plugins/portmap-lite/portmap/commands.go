@@ -133,6 +133,7 @@ func Add(args *skel.CmdArgs) (err error) {
 		}
 	}()
 	be := rec.backend(cfg)
+	defer be.Close()
 	for i := range plan.Families {
 		fp := &plan.Families[i]
 		if err := be.Install(fp); err != nil {
@@ -231,6 +232,7 @@ func removeRecorded(cfg *Config, store attachstate.Store, key attachstate.Key) e
 		return err
 	}
 	be := rec.backend(cfg)
+	defer be.Close()
 	for i := range rec.Families {
 		fp := &rec.Families[i]
 		if err := be.Uninstall(fp); err != nil {
@@ -286,6 +288,7 @@ func Check(args *skel.CmdArgs) error {
 		rec.Backend, rec.IptablesFlavour = cfg.Backend, &cfg.IptablesFlavour
 	}
 	be := rec.backend(cfg)
+	defer be.Close()
 	for i := range plan.Families {
 		fp := &plan.Families[i]
 		what, missing, err := be.Missing(fp)
