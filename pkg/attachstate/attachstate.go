@@ -18,7 +18,10 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
+	"slices"
 	"strings"
+	"sync"
 
 	"github.com/containernetworking/cni/pkg/types"
 	"golang.org/x/sys/unix"
@@ -246,23 +249,41 @@ func LoadLive[T any, R interface {
 	if err != nil {
 		return nil, err
 	}
-	for _, name := range names {
-		if !match(name) {
-			continue
+	names = slices.DeleteFunc(names, func(name string) bool { return !match(name) })
+	// Decoding is most of a restore's own work on a node of thousands of
+	// attachments: it is spread over the CPUs, the records kept in order.
+	type loaded struct {
+		rec   R
+		found bool
+		err   error
+		gone  bool
+	}
+	all := make([]loaded, len(names))
+	var wg sync.WaitGroup
+	workers := min(runtime.GOMAXPROCS(0), len(names))
+	for w := range workers {
+		wg.Go(func() {
+			for i := w; i < len(names); i += workers {
+				l := &all[i]
+				l.rec = R(new(T))
+				l.found, l.err = s.Load(names[i], l.rec)
+				l.gone = l.err == nil && l.found && NetnsGone(l.rec.PodNetns())
+			}
+		})
+	}
+	wg.Wait()
+	for i, l := range all {
+		if IsTorn(l.err) {
+			fmt.Fprintf(out, "not restored: %v\n", l.err)
 		}
-		rec := R(new(T))
-		found, err := s.Load(name, rec)
-		if IsTorn(err) {
-			fmt.Fprintf(out, "not restored: %v\n", err)
-		}
-		if err != nil || !found {
+		if l.err != nil || !l.found {
 			continue // deleted meanwhile, or unreadable: nothing to restore from
 		}
-		if NetnsGone(rec.PodNetns()) {
-			fmt.Fprintf(out, "skipped %s: its netns %s is gone; GC removes it\n", rec.Describe(name), rec.PodNetns())
+		if l.gone {
+			fmt.Fprintf(out, "skipped %s: its netns %s is gone; GC removes it\n", l.rec.Describe(names[i]), l.rec.PodNetns())
 			continue
 		}
-		recs = append(recs, Loaded[R]{name, rec})
+		recs = append(recs, Loaded[R]{names[i], l.rec})
 	}
 	return recs, nil
 }

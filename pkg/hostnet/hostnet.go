@@ -483,6 +483,36 @@ func EnableRouteLocalnet(ip netip.Addr) error {
 	return setIPv4Conf(link, "route_localnet", ipv4DevconfRouteLocalnet, 1)
 }
 
+// EnableRouteLocalnetFor is EnableRouteLocalnet for many addresses, as a
+// restore needs it: the routes asked over one netlink socket, each
+// interface they lead to set once (thousands of pods sit behind a few).
+// Addresses nothing on the node routes to are skipped, as ErrNoRoute is.
+func EnableRouteLocalnetFor(ips []netip.Addr) error {
+	if len(ips) == 0 {
+		return nil
+	}
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	done := map[int]bool{}
+	var errs []error
+	for _, ip := range ips {
+		routes, err := h.RouteGet(ip.AsSlice())
+		if err != nil || len(routes) == 0 || done[routes[0].LinkIndex] {
+			continue
+		}
+		done[routes[0].LinkIndex] = true
+		link, err := h.LinkByIndex(routes[0].LinkIndex)
+		if err == nil {
+			err = setIPv4Conf(link, "route_localnet", ipv4DevconfRouteLocalnet, 1)
+		}
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
 // FlushUDPConntrack forgets the UDP flows to the given host ports in the
 // family of ipv6, so that a new pod mapped to a reused port gets the traffic
 // instead of a dead pod's stale flow (containernetworking/plugins#123).

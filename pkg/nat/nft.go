@@ -247,24 +247,23 @@ func readDispatch(c *nftConn, fam iptbatch.Family) (dispatchState, error) {
 	return st, nil
 }
 
-// readNFTState reads fam's table in a few dumps per chain, whatever the
-// number of attachments.
+// readNFTState reads fam's table in a few dumps, whatever the number of
+// attachments: its chains, the rules of all of them at once, the shared
+// chains' jumps and the dispatch maps.
 func readNFTState(c *nftConn, fam iptbatch.Family) (nftState, error) {
 	st := nftState{rules: map[string]int{}}
-	t := nftTableOf(fam)
 	chains, err := c.ListChainsOfTableFamily(nftFamily(fam))
 	if err != nil {
 		return st, err
 	}
+	counts, err := c.ruleCounts(fam)
+	if err != nil {
+		return st, err
+	}
 	for _, ch := range chains {
-		if ch.Table.Name != nftTable {
-			continue
+		if ch.Table.Name == nftTable {
+			st.rules[ch.Name] = counts[ch.Name]
 		}
-		rules, err := c.GetRules(t, chainOf(t, ch.Name))
-		if err != nil {
-			return st, err
-		}
-		st.rules[ch.Name] = len(rules)
 	}
 	if st.jumped, err = readJumps(c, fam); err != nil {
 		return st, err

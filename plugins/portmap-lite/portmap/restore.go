@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/netip"
 	"slices"
 
 	"github.com/cnichain/plugins/pkg/attachstate"
@@ -39,7 +40,7 @@ func Restore(stateDir, flavour string, out io.Writer) error {
 		fam              iptbatch.Family
 	}
 	plans := map[installer][]*nat.FamilyPlan{}
-	var localnet []*nat.FamilyPlan
+	var localnet []netip.Addr
 	recs := make([]*record, len(loaded))
 	for i, l := range loaded {
 		recs[i] = l.Rec
@@ -56,7 +57,7 @@ func Restore(stateDir, flavour string, out io.Writer) error {
 			}
 			plans[by] = append(plans[by], fp)
 			if fp.Localnet {
-				localnet = append(localnet, fp)
+				localnet = append(localnet, fp.PodIP)
 			}
 		}
 	}
@@ -72,11 +73,7 @@ func Restore(stateDir, flavour string, out io.Writer) error {
 		}
 		errs = append(errs, err)
 	}
-	for _, fp := range localnet {
-		if err := hostnet.EnableRouteLocalnet(fp.PodIP); err != nil && !errors.Is(err, hostnet.ErrNoRoute) {
-			errs = append(errs, err)
-		}
-	}
+	errs = append(errs, hostnet.EnableRouteLocalnetFor(localnet))
 	fmt.Fprintf(out, "restored what was missing of %d attachments from %s\n", len(recs), stateDir)
 	return errors.Join(errs...)
 }
