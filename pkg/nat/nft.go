@@ -139,7 +139,7 @@ func (b *nftBackend) Install(fp *FamilyPlan) error {
 		return err
 	}
 	if _, err := queueInstall(c, fp, nftState{}); err != nil {
-		return err
+		return errors.Join(err, c.reopen()) // drop what was queued
 	}
 	if c.commit() == nil {
 		return nil
@@ -148,7 +148,7 @@ func (b *nftBackend) Install(fp *FamilyPlan) error {
 		return fmt.Errorf("nftables table %s: %w", nftTable, err)
 	}
 	if _, err := queueInstall(c, fp, nftState{}); err != nil {
-		return err
+		return errors.Join(err, c.reopen()) // drop what was queued
 	}
 	err = c.commit()
 	if err == nil {
@@ -172,10 +172,10 @@ func (b *nftBackend) Install(fp *FamilyPlan) error {
 		return err
 	}
 	if err := c.SetDeleteElements(mapRef(fp.Family, podMap), pods); err != nil {
-		return err
+		return errors.Join(err, c.reopen())
 	}
 	if _, err := queueInstall(c, fp, nftState{}); err != nil {
-		return err
+		return errors.Join(err, c.reopen()) // drop what was queued
 	}
 	return c.commit()
 }

@@ -3,6 +3,7 @@ package nat
 import (
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/google/nftables"
 	"github.com/mdlayher/netlink"
@@ -18,7 +19,8 @@ import (
 // netns deleted to be freed after an RCU grace period (nf_tables'
 // NETLINK_URELEASE handler flushes that work), so each close after a DEL's
 // commit, ours or another runtime's, waits milliseconds. Hence one socket,
-// closed once, after any node-wide lock is released.
+// closed once, at the end of the verb, after the node-wide locks of the
+// shared tables are released (only a failure reopens it under one).
 type nftConn struct {
 	*nftables.Conn
 	raw *netlink.Conn // the same socket, for the requests google/nftables lacks
@@ -100,32 +102,44 @@ func (c *nftConn) leadsTo(fam iptbatch.Family, elems []dispatchElem) (dispatchSt
 	}
 	sent, err := c.raw.SendMessages(msgs)
 	if err != nil {
-		return nil, fmt.Errorf("get elements: %w", err)
+		return nil, errors.Join(fmt.Errorf("get elements: %w", err), c.reopen())
 	}
 	bySeq := map[uint32]dispatchElem{}
 	for i, m := range sent {
 		bySeq[m.Header.Sequence] = elems[i]
 	}
-	// One answer per request: the element, or an error.
-	for range sent {
+	// One answer per request, the element or an error, each read even
+	// after an error: none may be left to answer the next request.
+	var failed error
+	for len(bySeq) > 0 {
 		replies, err := c.raw.Receive()
 		var oerr *netlink.OpError
-		switch {
-		case errors.As(err, &oerr) && errors.Is(oerr.Err, unix.ENOENT):
-			continue
-		case err != nil:
-			return nil, fmt.Errorf("get elements: %w", err)
+		if errors.As(err, &oerr) {
+			if _, ok := bySeq[oerr.Sequence]; ok {
+				delete(bySeq, oerr.Sequence)
+				if !errors.Is(oerr.Err, unix.ENOENT) && failed == nil {
+					failed = fmt.Errorf("get elements: %w", err)
+				}
+				continue
+			}
+		}
+		if err != nil {
+			return nil, errors.Join(fmt.Errorf("get elements: %w", err), c.reopen())
 		}
 		for _, r := range replies {
 			e, ok := bySeq[r.Header.Sequence]
 			if !ok {
-				return nil, fmt.Errorf("get elements: an answer to no request (sequence %d)", r.Header.Sequence)
+				return nil, errors.Join(fmt.Errorf("get elements: an answer to no request (sequence %d)", r.Header.Sequence), c.reopen())
 			}
+			delete(bySeq, r.Header.Sequence)
 			if st[e.Map] == nil {
 				st[e.Map] = map[string]string{}
 			}
 			st[e.Map][string(e.Key)] = elemChain(r.Data)
 		}
+	}
+	if failed != nil {
+		return nil, failed
 	}
 	return st, nil
 }
@@ -206,12 +220,20 @@ func (c *nftConn) ruleCounts(fam iptbatch.Family) (map[string]int, error) {
 	if err != nil {
 		return nil, err
 	}
-	msgs, err := c.raw.Execute(netlink.Message{
+	req := netlink.Message{
 		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETRULE), Flags: netlink.Request | netlink.Dump},
 		Data:   append([]byte{byte(nftFamily(fam)), unix.NFNETLINK_V0, 0, 0}, attrs...),
-	})
-	if err != nil {
-		return nil, fmt.Errorf("dump the rules of table %s: %w", nftTable, err)
+	}
+	// A dump the table changed during (another network's ADD) says so: it
+	// is made again.
+	var msgs []netlink.Message
+	for range 5 {
+		if msgs, err = c.raw.Execute(req); err != nil {
+			return nil, errors.Join(fmt.Errorf("dump the rules of table %s: %w", nftTable, err), c.reopen())
+		}
+		if !slices.ContainsFunc(msgs, func(m netlink.Message) bool { return m.Header.Flags&netlink.DumpInterrupted != 0 }) {
+			break
+		}
 	}
 	counts := map[string]int{}
 	for _, m := range msgs {
