@@ -193,13 +193,14 @@ func benchWholeChain(t *testing.T, r *report, rounds int) {
 	const parallel = 16
 	bursts := max(3, rounds/5)
 	oursBurstCase, refBurstCase := chain("whole-burst", "static-ipam", routesOnly), chain("whole-burst-ref", "static", routesOnly)
-	var oursBurst, refBurst series
+	viaBurstCase := chain("whole-burst-via", "static-ipam", routesOnly, `,"viaNode":["10.96.0.0/12","fd00:10:96::/112","169.254.20.10/32"]`)
+	var oursBurst, refBurst, viaBurst, oursBurstDel, refBurstDel, viaBurstDel series
 	for b := 0; b < bursts; b++ {
 		for _, c := range []struct {
-			cc  *chainCase
-			out *series
-			v4  int
-		}{{oursBurstCase, &oursBurst, 70}, {refBurstCase, &refBurst, 71}} {
+			cc       *chainCase
+			add, del *series
+			v4       int
+		}{{oursBurstCase, &oursBurst, &oursBurstDel, 70}, {refBurstCase, &refBurst, &refBurstDel, 71}, {viaBurstCase, &viaBurst, &viaBurstDel, 72}} {
 			atts := make([]*libcni.RuntimeConf, parallel)
 			for i := range atts {
 				atts[i] = sandbox.Attachment(sb.NewPod(t), fmt.Sprintf("%s-%d-%d", c.cc.label, b, i), "eth0")
@@ -208,9 +209,17 @@ func benchWholeChain(t *testing.T, r *report, rounds int) {
 					"portMappings": []map[string]any{{"hostPort": 20000 + 100*c.v4 + i, "containerPort": 80, "protocol": "tcp"}},
 				}
 			}
-			c.out.d = append(c.out.d, burst(t, atts, func(a *libcni.RuntimeConf) error { _, err := c.cc.rtm.Add(c.cc.list, a); return err })...)
-			burst(t, atts, func(a *libcni.RuntimeConf) error { return c.cc.rtm.Del(c.cc.list, a) })
+			c.add.d = append(c.add.d, burst(t, atts, func(a *libcni.RuntimeConf) error { _, err := c.cc.rtm.Add(c.cc.list, a); return err })...)
+			c.del.d = append(c.del.d, burst(t, atts, func(a *libcni.RuntimeConf) error { return c.cc.rtm.Del(c.cc.list, a) })...)
 		}
+	}
+	for _, c := range []struct {
+		verb      string
+		via, ours *series
+	}{{"ADD", &viaBurst, &oursBurst}, {"DEL", &viaBurstDel, &oursBurstDel}} {
+		r.rows = append(r.rows, row{section: s, name: fmt.Sprintf("ours: %s of %d pods at once with viaNode / without, median", c.verb, parallel), ours: c.via, ref: c.ours})
+		got := float64(c.via.median()) / float64(c.ours.median())
+		r.check(fmt.Sprintf("the whole chain's %s of %d pods at once with viaNode within 1.2x of the same without", c.verb, parallel), got <= 1.2, fmt.Sprintf("%.2fx at the median, %.2fx at p90", got, float64(c.via.p90())/float64(c.ours.p90())))
 	}
 	r.rows = append(r.rows,
 		row{section: s, name: fmt.Sprintf("ADD, %d pods at once, median (no address gateway in either)", parallel), ours: &oursBurst, ref: &refBurst},
