@@ -227,12 +227,15 @@ func (c *nftConn) ruleCounts(fam iptbatch.Family) (map[string]int, error) {
 	// A dump the table changed during (another network's ADD) says so: it
 	// is made again.
 	var msgs []netlink.Message
-	for range 5 {
+	for attempt := 0; ; attempt++ {
 		if msgs, err = c.raw.Execute(req); err != nil {
 			return nil, errors.Join(fmt.Errorf("dump the rules of table %s: %w", nftTable, err), c.reopen())
 		}
 		if !slices.ContainsFunc(msgs, func(m netlink.Message) bool { return m.Header.Flags&netlink.DumpInterrupted != 0 }) {
 			break
+		}
+		if attempt == 4 {
+			return nil, fmt.Errorf("dump the rules of table %s: changed during each of 5 dumps", nftTable)
 		}
 	}
 	counts := map[string]int{}
