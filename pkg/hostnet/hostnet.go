@@ -472,11 +472,26 @@ var ErrNoRoute = errors.New("no route")
 // with a 127.0.0.0/8 source or destination, which forwarding a connection
 // to 127.0.0.1:hostPort on to a pod needs. It changes only that interface.
 func EnableRouteLocalnet(ip netip.Addr) error {
-	routes, err := netlink.RouteGet(ip.AsSlice())
-	if err != nil || len(routes) == 0 {
-		return fmt.Errorf("%w to %s: %v", ErrNoRoute, ip, err)
+	h := &netlink.Handle{} // the package's way: a socket per request
+	index, err := indexTowards(h, ip)
+	if err != nil {
+		return err
 	}
-	link, err := netlink.LinkByIndex(routes[0].LinkIndex)
+	return setRouteLocalnet(h, index)
+}
+
+// indexTowards is the index of the interface the node's route to ip
+// leads out of.
+func indexTowards(h *netlink.Handle, ip netip.Addr) (int, error) {
+	routes, err := h.RouteGet(ip.AsSlice())
+	if err != nil || len(routes) == 0 {
+		return 0, fmt.Errorf("%w to %s: %v", ErrNoRoute, ip, err)
+	}
+	return routes[0].LinkIndex, nil
+}
+
+func setRouteLocalnet(h *netlink.Handle, index int) error {
+	link, err := h.LinkByIndex(index)
 	if err != nil {
 		return err
 	}
@@ -499,16 +514,12 @@ func EnableRouteLocalnetFor(ips []netip.Addr) error {
 	done := map[int]bool{}
 	var errs []error
 	for _, ip := range ips {
-		routes, err := h.RouteGet(ip.AsSlice())
-		if err != nil || len(routes) == 0 || done[routes[0].LinkIndex] {
-			continue
+		index, err := indexTowards(h, ip)
+		if err != nil || done[index] {
+			continue // ErrNoRoute: nothing on the node reaches it
 		}
-		done[routes[0].LinkIndex] = true
-		link, err := h.LinkByIndex(routes[0].LinkIndex)
-		if err == nil {
-			err = setIPv4Conf(link, "route_localnet", ipv4DevconfRouteLocalnet, 1)
-		}
-		errs = append(errs, err)
+		done[index] = true
+		errs = append(errs, setRouteLocalnet(h, index))
 	}
 	return errors.Join(errs...)
 }

@@ -139,7 +139,7 @@ func (b *nftBackend) Install(fp *FamilyPlan) error {
 		return err
 	}
 	if _, err := queueInstall(c, fp, nftState{}); err != nil {
-		return errors.Join(err, c.reopen()) // drop what was queued
+		return err
 	}
 	if c.commit() == nil {
 		return nil
@@ -148,7 +148,7 @@ func (b *nftBackend) Install(fp *FamilyPlan) error {
 		return fmt.Errorf("nftables table %s: %w", nftTable, err)
 	}
 	if _, err := queueInstall(c, fp, nftState{}); err != nil {
-		return errors.Join(err, c.reopen()) // drop what was queued
+		return err
 	}
 	err = c.commit()
 	if err == nil {
@@ -175,7 +175,7 @@ func (b *nftBackend) Install(fp *FamilyPlan) error {
 		return errors.Join(err, c.reopen())
 	}
 	if _, err := queueInstall(c, fp, nftState{}); err != nil {
-		return errors.Join(err, c.reopen()) // drop what was queued
+		return err
 	}
 	return c.commit()
 }
@@ -275,7 +275,8 @@ func readNFTState(c *nftConn, fam iptbatch.Family) (nftState, error) {
 // queueInstall queues what of fp the table (as st says) lacks: a chain
 // whose rules are all there is left alone, one with a part missing is
 // refilled, a missing element is added; one whose key leads to another
-// attachment's chain is left to it, and said in taken.
+// attachment's chain is left to it, and said in taken. One that fails
+// drops what it queued (reopen), so that no later commit sends half of it.
 func queueInstall(c *nftConn, fp *FamilyPlan, st nftState) (taken []string, err error) {
 	t := nftTableOf(fp.Family)
 	comment := userdata.AppendString(nil, userdata.TypeComment, fp.Comment)
@@ -307,7 +308,7 @@ func queueInstall(c *nftConn, fp *FamilyPlan, st nftState) (taken []string, err 
 		}
 		if len(add) > 0 {
 			if err := c.SetAddElements(mapRef(fp.Family, name), add); err != nil {
-				return nil, err
+				return nil, errors.Join(err, c.reopen())
 			}
 		}
 	}

@@ -155,19 +155,11 @@ func admit(own []netip.Prefix, pods podNetwork, cluster []netip.Prefix) (kept []
 // viaNode but not in source's (a prefix one plugin was given, another
 // may have left out, or listed itself).
 func IsRewriteOf(installed, source []byte) bool {
-	_, gotPlugins, err := decodeConflist(installed)
+	got, err := hostRoutesOf(installed)
 	if err != nil {
 		return false
 	}
-	got, err := hostRoutes(gotPlugins)
-	if err != nil {
-		return false
-	}
-	_, ownPlugins, err := decodeConflist(source)
-	if err != nil {
-		return false
-	}
-	own, err := hostRoutes(ownPlugins)
+	own, err := hostRoutesOf(source)
 	if err != nil || len(got) != len(own) {
 		return false
 	}
@@ -184,6 +176,15 @@ func IsRewriteOf(installed, source []byte) bool {
 	}
 	again, err := Rewrite(source, union(cluster))
 	return err == nil && bytes.Equal(again, installed)
+}
+
+// hostRoutesOf is hostRoutes of a conflist's plugins.
+func hostRoutesOf(conflist []byte) ([]hostRoute, error) {
+	_, plugins, err := decodeConflist(conflist)
+	if err != nil {
+		return nil, err
+	}
+	return hostRoutes(plugins)
 }
 
 // hostRoute is a macvlan-host-route plugin of a conflist.
